@@ -1,0 +1,41 @@
+"""The Flask app factory and `init_kala`, which mounts the API on any Flask app."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from kala_celery.api.routes import build_blueprint
+from kala_celery.api.state import KalaState, Publisher, no_publisher
+from kala_celery.config import Settings
+from kala_celery.db import init_schema, make_engine, make_sessionmaker
+
+DEFAULT_PREFIX = "/api/v1"
+
+
+def init_kala(
+    app: Flask,
+    settings: Settings | None = None,
+    *,
+    url_prefix: str = DEFAULT_PREFIX,
+    publish: Publisher | None = None,
+) -> KalaState:
+    """Connect the job store and register the Kala API blueprint under `url_prefix`."""
+    settings = settings or Settings.from_env()
+    engine = make_engine(settings.db_url)
+    init_schema(engine)
+    state = KalaState(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        publish=publish or no_publisher,
+        url_prefix=url_prefix.rstrip("/") or "/",
+    )
+    app.extensions["kala"] = state
+    app.register_blueprint(build_blueprint(), url_prefix=state.url_prefix)
+    return state
+
+
+def create_app(settings: Settings | None = None, **kwargs: object) -> Flask:
+    app = Flask("kala_celery")
+    init_kala(app, settings, **kwargs)  # type: ignore[arg-type]
+    return app

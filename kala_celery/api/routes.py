@@ -1,0 +1,87 @@
+"""Every API route in one table (Kala's, then NextKala's), and the blueprint built from it."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response
+from sqlalchemy.exc import SQLAlchemyError
+
+from kala_celery.api import http, views
+from kala_celery.api.state import kala
+from kala_celery.errors import JobError, NotFound
+from kala_celery.wire import WireError
+
+log = logging.getLogger(__name__)
+
+# (path under the prefix, methods, view). Every path ends with "/" (Kala's StrictSlash).
+ROUTES = [
+    # Kala
+    ("/job/", ["POST"], views.create_job),
+    ("/job/", ["GET"], views.list_jobs),
+    ("/job/all/", ["DELETE"], views.delete_all),
+    ("/job/<job_id>/", ["GET"], views.get_job),
+    ("/job/<job_id>/", ["DELETE"], views.delete_job),
+    ("/job/stats/<job_id>/", ["GET"], views.job_stats),
+    ("/job/start/<job_id>/", ["POST"], views.start_job),
+    ("/job/enable/<job_id>/", ["POST"], views.enable_job),
+    ("/job/disable/<job_id>/", ["POST"], views.disable_job),
+    ("/stats/", ["GET"], views.app_stats),
+    # NextKala
+    ("/job/<job_id>/", ["PUT"], views.replace_job),
+    ("/job/<job_id>/params/", ["GET"], views.get_params),
+    ("/job/<job_id>/params/", ["PUT"], views.put_params),
+    ("/job/<job_id>/executions/", ["GET"], views.list_executions),
+    ("/job/<job_id>/executions/<run_id>/", ["GET"], views.get_execution),
+    ("/job/<job_id>/executions/<run_id>/", ["PUT"], views.put_execution_status),
+]
+
+
+def build_blueprint(name: str = "kala") -> Blueprint:
+    bp = Blueprint(name, __name__)
+    for path, methods, view in ROUTES:
+        bp.add_url_rule(
+            path,
+            endpoint=view.__name__,
+            view_func=view,
+            methods=methods,
+            provide_automatic_options=False,
+        )
+
+    @bp.before_app_request
+    def kala_conventions() -> Response | None:
+        state = kala()
+        if not http.under(state.url_prefix):
+            return None
+        return http.check_token(state.settings.api_token) or http.routing_response()
+
+    @bp.after_app_request
+    def compress(response: Response) -> Response:
+        return http.gzip_if_asked(response) if http.under(kala().url_prefix) else response
+
+    @bp.errorhandler(NotFound)
+    def not_found(_exc: NotFound) -> Response:
+        return http.empty_response(404)  # Kala: unknown id -> 404 with an empty body
+
+    @bp.errorhandler(JobError)
+    def refused(exc: JobError) -> Response:
+        return http.error_response(str(exc), exc.status)
+
+    @bp.errorhandler(WireError)
+    def bad_json(exc: WireError) -> Response:
+        return http.error_response(str(exc), 400)
+
+    @bp.errorhandler(http.BodyTooLarge)
+    def too_large(_exc: http.BodyTooLarge) -> Response:
+        return http.error_response("request body is larger than 1 MiB", 413)
+
+    @bp.errorhandler(ValueError)
+    def bad_query(exc: ValueError) -> Response:
+        return http.error_response(str(exc), 400)
+
+    @bp.errorhandler(SQLAlchemyError)
+    def database_down(exc: SQLAlchemyError) -> Response:
+        log.exception("database error")
+        return http.error_response(f"database error: {type(exc).__name__}", 503)
+
+    return bp

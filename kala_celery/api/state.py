@@ -1,0 +1,46 @@
+"""What the blueprint needs from its app: settings, the job store and the run publisher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from kala_celery.config import Settings
+from kala_celery.jobs import Rules
+from kala_celery.models import Run
+
+log = logging.getLogger(__name__)
+
+Publisher = Callable[[Sequence[Run]], None]
+
+
+def no_publisher(runs: Sequence[Run]) -> None:
+    """Leave runs pending (the beat's sweep publishes them); used when no broker is wired."""
+    for run in runs:
+        log.debug("run %s of job %s recorded, not published", run.id, run.job_id)
+
+
+@dataclass
+class KalaState:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    publish: Publisher
+    url_prefix: str
+
+    @property
+    def rules(self) -> Rules:
+        return Rules(
+            allow_shell=self.settings.allow_shell,
+            default_timezone=self.settings.timezone,
+            default_owner=self.settings.default_owner,
+        )
+
+
+def kala() -> KalaState:
+    return current_app.extensions["kala"]

@@ -1,0 +1,246 @@
+"""Route handlers: parse with `wire`, act with `jobs`/`history`, answer with `wire`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from flask import Response, request, url_for
+from sqlalchemy.orm import Session
+
+from kala_celery import history, jobs, wire
+from kala_celery.api.http import empty_response, error_response, json_response, read_body
+from kala_celery.api.state import kala
+from kala_celery.errors import Forbidden
+from kala_celery.models import JOB_REMOTE, TERMINAL_STATES, Job, Run
+
+PAGE_LIMIT = 1000
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextmanager
+def _transaction() -> Iterator[Session]:
+    with kala().sessions.begin() as session:
+        yield session
+
+
+def _publish(*runs: Run | None) -> None:
+    ready = [run for run in runs if run is not None]
+    if ready:
+        kala().publish(ready)
+
+
+def _documents(session: Session, rows: list[Job], *, everything: bool = False) -> dict[str, dict]:
+    ids = None if everything else [job.id for job in rows]
+    parents, children = jobs.links_of(session, ids)
+    stats = history.recent_stats(session, ids, kala().settings.stats_in_job)
+    return {
+        job.id: wire.job_document(
+            job,
+            parent_ids=parents.get(job.id, []),
+            child_ids=children.get(job.id, []),
+            stats=stats.get(job.id),
+        )
+        for job in rows
+    }
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def create_job() -> Response:
+    data = wire.decode_job(read_body())
+    with _transaction() as session:
+        job, run = jobs.create_job(session, data, kala().rules, _now())
+    _publish(run)
+    return json_response({"id": job.id}, 201)
+
+
+def list_jobs() -> Response:
+    with _transaction() as session:
+        docs = _documents(session, jobs.list_jobs(session), everything=True)
+    return json_response({"jobs": dict(sorted(docs.items()))})
+
+
+def get_job(job_id: str) -> Response:
+    with _transaction() as session:
+        job = jobs.get_job(session, job_id)
+        doc = _documents(session, [job])[job_id]
+    return json_response({"job": doc})
+
+
+def replace_job(job_id: str) -> Response:
+    data = wire.decode_job(read_body())
+    with _transaction() as session:
+        job, run = jobs.replace_job(session, job_id, data, kala().rules, _now())
+        session.flush()
+        doc = _documents(session, [job])[job_id]
+    _publish(run)
+    return json_response({"job": doc})
+
+
+def delete_job(job_id: str) -> Response:
+    with _transaction() as session:
+        jobs.delete_job(session, job_id)
+    return empty_response(204)
+
+
+def delete_all() -> Response:
+    with _transaction() as session:
+        jobs.delete_all(session)
+    return empty_response(204)
+
+
+def enable_job(job_id: str) -> Response:
+    with _transaction() as session:
+        _job, run = jobs.enable_job(session, job_id, kala().rules, _now())
+    _publish(run)
+    return empty_response(204)
+
+
+def disable_job(job_id: str) -> Response:
+    with _transaction() as session:
+        jobs.disable_job(session, job_id)
+    return empty_response(204)
+
+
+def start_job(job_id: str) -> Response:
+    """Decision 10: wait for the run (up to KALA_START_WAIT), 204; else 202 + Location."""
+    wait = request.args.get("wait", "true").strip().lower() not in ("false", "0", "no")
+    with _transaction() as session:
+        run = jobs.start_job(session, job_id, kala().rules, _now())
+    _publish(run)
+    if wait and _wait_until_finished(run.id, kala().settings.start_wait):
+        return empty_response(204)
+    response = json_response({"id": run.id}, 202)
+    response.headers["Location"] = url_for(".get_execution", job_id=job_id, run_id=run.id)
+    return response
+
+
+def _wait_until_finished(run_id: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    pause = 0.02
+    while True:
+        with kala().sessions() as session:
+            run = session.get(Run, run_id)
+        if run is None or run.state in TERMINAL_STATES:  # None: deleted meanwhile
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(pause, left))
+        pause = min(pause * 1.5, 0.25)
+
+
+# ---------------------------------------------------------------- remote body (NextKala)
+
+
+def _remote_job(session: Session, job_id: str) -> Job:
+    job = jobs.get_job(session, job_id)
+    if job.job_type != JOB_REMOTE:
+        raise Forbidden("Job is not a remote job")
+    return job
+
+
+def get_params(job_id: str) -> Response:
+    with _transaction() as session:
+        body = _remote_job(session, job_id).remote_body
+    return Response(body.encode(), status=200, content_type="application/json;charset=UTF-8")
+
+
+def put_params(job_id: str) -> Response:
+    body = read_body()
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return error_response("the body must be UTF-8 text", 400)
+    with _transaction() as session:
+        _remote_job(session, job_id).remote_body = text
+    return empty_response(204)
+
+
+# ---------------------------------------------------------------- runs
+
+
+def _page_args() -> tuple[int | None, int]:
+    def number(name: str) -> int | None:
+        raw = request.args.get(name)
+        if raw is None:
+            return None
+        if not raw.isdigit():
+            raise ValueError(f"{name} must be a non-negative integer")
+        return int(raw)
+
+    limit = number("limit")
+    return number("offset"), min(limit if limit else PAGE_LIMIT, PAGE_LIMIT)
+
+
+def _runs_page(job_id: str, *, finished_only: bool) -> tuple[list[Run], int]:
+    offset, limit = _page_args()
+    with _transaction() as session:
+        jobs.get_job(session, job_id)
+        return history.page_runs(
+            session, job_id, finished_only=finished_only, offset=offset, limit=limit
+        )
+
+
+def job_stats(job_id: str) -> Response:
+    """Kala: finished runs as JobStats, oldest first; null before the first one."""
+    runs, total = _runs_page(job_id, finished_only=True)
+    response = json_response({"job_stats": [wire.kala_stat(r) for r in runs] or None})
+    response.headers["X-Total-Count"] = str(total)
+    return response
+
+
+def list_executions(job_id: str) -> Response:
+    """NextKala: every run of this job (not of all jobs), oldest first."""
+    runs, total = _runs_page(job_id, finished_only=False)
+    response = json_response({"job_stats": [wire.execution(r) for r in runs]})
+    response.headers["X-Total-Count"] = str(total)
+    return response
+
+
+def get_execution(job_id: str, run_id: str) -> Response:
+    with _transaction() as session:
+        run = history.get_run(session, run_id)
+        if run.job_id != job_id:
+            return empty_response(404)
+        return json_response({"job_run": wire.execution(run)})
+
+
+def put_execution_status(job_id: str, run_id: str) -> Response:
+    status = wire.decode_status(read_body())
+    if status.lower() not in history.STATUS_STATES:
+        names = ", ".join(s.capitalize() for s in history.STATUS_STATES)
+        return error_response(f"unknown status {status!r}; use one of {names}", 400)
+    with _transaction() as session:
+        run = history.get_run(session, run_id)
+        if run.job_id != job_id:
+            return empty_response(404)
+        history.set_status(session, run_id, status, _now())
+    return empty_response(204)
+
+
+# ---------------------------------------------------------------- app stats
+
+
+def app_stats() -> Response:
+    with _transaction() as session:
+        stats = jobs.app_stats(session)
+    return json_response(
+        wire.app_stats_document(
+            active_jobs=stats.active_jobs,
+            disabled_jobs=stats.disabled_jobs,
+            jobs=stats.jobs,
+            error_count=stats.error_count,
+            success_count=stats.success_count,
+            next_run_at=stats.next_run_at,
+            last_attempted_run=stats.last_attempted_run,
+            created=_now(),
+        )
+    )

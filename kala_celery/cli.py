@@ -1,0 +1,102 @@
+"""`kala-celery`: serve the scheduler, or run one of its parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from kala_celery.config import ConfigError, Settings
+
+
+def _settings(
+    db: str | None, broker: str | None, data_dir: str | None, owner: str | None
+) -> Settings:
+    try:
+        base = Settings.from_env()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    return base.with_overrides(
+        database_url=db,
+        broker_url=broker,
+        data_dir=Path(data_dir) if data_dir else None,
+        default_owner=owner,
+    )
+
+
+def _store_options(fn):
+    fn = click.option("--data-dir", help="Where the embedded defaults keep files (KALA_DATA_DIR).")(
+        fn
+    )
+    fn = click.option("--broker", help="Celery broker URL (KALA_BROKER_URL).")(fn)
+    fn = click.option("--db", help="SQLAlchemy URL of the job store (KALA_DATABASE_URL).")(fn)
+    return fn
+
+
+def _http_options(fn):
+    fn = click.option(
+        "--insecure", is_flag=True, help="Allow a non-loopback address without a token."
+    )(fn)
+    fn = click.option("-o", "--default-owner", help="Owner for jobs posted without one.")(fn)
+    fn = click.option(
+        "-i", "--interface", default="127.0.0.1", show_default=True, help="Address to listen on."
+    )(fn)
+    fn = click.option(
+        "-p", "--port", default="8000", show_default=True, help="Port (Kala's ':8000' works too)."
+    )(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kala-celery")
+def main() -> None:
+    """Kala's job scheduler API and semantics, run on Celery.
+
+    \b
+    serve   everything on one machine: API (and, as they land, beat and worker)
+    api     the REST API alone (also: gunicorn 'kala_celery.wsgi:app')
+    """
+
+
+def _serve_api(port: str, interface: str, insecure: bool, settings: Settings) -> None:
+    from kala_celery.api import create_app
+    from kala_celery.server import BindError, check_bind, parse_port, serve_api
+
+    try:
+        number = parse_port(port)
+        check_bind(interface, settings.api_token, insecure)
+    except BindError as exc:
+        raise click.UsageError(str(exc)) from None
+    serve_api(create_app(settings), interface, number)
+
+
+@main.command()
+@_http_options
+@_store_options
+def serve(
+    port: str,
+    interface: str,
+    default_owner: str | None,
+    insecure: bool,
+    db: str | None,
+    broker: str | None,
+    data_dir: str | None,
+) -> None:
+    """Run the scheduler on this machine (embedded SQLite by default)."""
+    _serve_api(port, interface, insecure, _settings(db, broker, data_dir, default_owner))
+
+
+@main.command()
+@_http_options
+@_store_options
+def api(
+    port: str,
+    interface: str,
+    default_owner: str | None,
+    insecure: bool,
+    db: str | None,
+    broker: str | None,
+    data_dir: str | None,
+) -> None:
+    """Run the REST API alone (for a multi-machine layout)."""
+    _serve_api(port, interface, insecure, _settings(db, broker, data_dir, default_owner))

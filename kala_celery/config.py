@@ -1,0 +1,83 @@
+"""One Settings object built from the environment (KALA_*). Nothing else reads os.environ."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """A KALA_* setting has a value we cannot use."""
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def _number(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("kala-data")
+    database_url: str = ""  # empty: SQLite file in data_dir
+    broker_url: str = ""  # empty: kombu's SQLAlchemy transport on SQLite in data_dir
+    api_token: str | None = None
+    timezone: str = "UTC"
+    start_wait: float = 30.0
+    allow_shell: bool = True
+    run_retention: str = "P30D"
+    default_owner: str = ""
+    stats_in_job: int = field(default=100)  # most recent runs shown in a job's "stats"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'kala.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir.resolve() / 'broker.db'}"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """Return a copy with the given fields replaced (CLI flags win over the environment)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        kw: dict[str, object] = {}
+        if "KALA_DATA_DIR" in env:
+            kw["data_dir"] = Path(env["KALA_DATA_DIR"])
+        if "KALA_DATABASE_URL" in env:
+            kw["database_url"] = env["KALA_DATABASE_URL"]
+        if "KALA_BROKER_URL" in env:
+            kw["broker_url"] = env["KALA_BROKER_URL"]
+        if env.get("KALA_API_TOKEN"):
+            kw["api_token"] = env["KALA_API_TOKEN"]
+        if "KALA_TIMEZONE" in env:
+            kw["timezone"] = env["KALA_TIMEZONE"] or "UTC"
+        if "KALA_START_WAIT" in env:
+            kw["start_wait"] = _number("KALA_START_WAIT", env["KALA_START_WAIT"])
+        if "KALA_ALLOW_SHELL" in env:
+            kw["allow_shell"] = _bool("KALA_ALLOW_SHELL", env["KALA_ALLOW_SHELL"])
+        if "KALA_RUN_RETENTION" in env:
+            kw["run_retention"] = env["KALA_RUN_RETENTION"]
+        if "KALA_DEFAULT_OWNER" in env:
+            kw["default_owner"] = env["KALA_DEFAULT_OWNER"]
+        return cls(**kw)
