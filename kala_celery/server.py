@@ -65,5 +65,7 @@ def serve_api(app: Flask, host: str, port: int, threads: int = 16) -> None:
             "errorlog": "-",
             "loglevel": "info",
             "timeout": 120,
+            "control_socket_disable": True,
+            "graceful_timeout": 10,
         },
     ).run()

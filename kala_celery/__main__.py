@@ -1,0 +1,3 @@
+from kala_celery.cli import main
+
+main()

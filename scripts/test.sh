@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The project's test command: installs what is missing, lints, runs pytest.
+# Usage: scripts/test.sh [pytest args...]     (from anywhere; runs from the repo root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_initdb() {
+    command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+
+if ! command -v redis-server >/dev/null 2>&1 || ! have_initdb; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "test.sh: redis-server and PostgreSQL are needed:" \
+             "sudo apt-get install redis-server postgresql" >&2
+        exit 1
+    fi
+    echo "test.sh: installing redis-server and postgresql with apt-get" >&2
+    # The packages' own services are not needed (the tests start their own servers on free
+    # ports) and must not fail the install where no init system runs: forbid service starts
+    # for the duration of the install unless a policy is already in place.
+    policy=/usr/sbin/policy-rc.d
+    added_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 0755 "$policy"
+        added_policy=1
+    fi
+    remove_policy() { if [ -n "$added_policy" ]; then rm -f "$policy"; fi; }
+    trap remove_policy EXIT
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        redis-server postgresql >/dev/null
+    remove_policy
+    trap - EXIT
+fi
+
+python3 -m pip install -q -e '.[test]'
+python3 -m ruff check kala_celery tests
+python3 -m pytest -q "$@"

@@ -1,0 +1,104 @@
+"""`kala-celery serve` as a subprocess, driven like a Kala client over real HTTP."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.processes import Command, free_port, port_open, wait_for
+from tests.test_api_jobs import future
+
+ZERO = "0001-01-01T00:00:00Z"
+
+
+def answers(port: int) -> bool:
+    """The API answers (not just the port: gunicorn binds before its worker is ready)."""
+    if not port_open(port):
+        return False
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/api/v1/stats/", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def served(db_url: str, tmp_path: Path):
+    port = free_port()
+    command = Command.kala("serve", "-p", f":{port}", "--data-dir", str(tmp_path / "data"),
+                           log=tmp_path / "serve.log", env={"KALA_DATABASE_URL": db_url})
+    try:
+        wait_for(lambda: answers(port) or command.proc.poll() is not None, 60, "serve")
+        assert command.proc.poll() is None, command.output()
+        yield f"http://127.0.0.1:{port}", command
+    finally:
+        command.stop()
+
+
+def kala_job(job_id: str, name: str, schedule: str, next_run_at: str, disabled: bool) -> str:
+    return (
+        f'{{"name":"{name}","id":"{job_id}","command":"echo \\u003chi\\u003e \\u0026 bye",'
+        f'"owner":"ops@example.com","disabled":{str(disabled).lower()},"dependent_jobs":null,'
+        f'"parent_jobs":null,"on_failure_job":"","schedule":"{schedule}","retries":2,'
+        f'"epsilon":"PT5S","next_run_at":"{next_run_at}","TemplateDelimiters":"",'
+        f'"resume_at_next_scheduled_time":false,"metadata":{{"success_count":0,'
+        f'"last_success":"{ZERO}","error_count":0,"last_error":"{ZERO}",'
+        f'"last_attempted_run":"{ZERO}","number_of_finished_runs":0}},"type":0,'
+        f'"remote_properties":{{"url":"","method":"","body":"","headers":null,"timeout":0,'
+        f'"expected_response_codes":null}},"stats":null,"is_done":false}}'
+    )
+
+
+def test_kala_client_session_matches_kala_byte_for_byte(served) -> None:
+    base, _command = served
+    start = future()
+    schedule = f"R5/{start}/PT1H"
+    with httpx.Client(base_url=f"{base}/api/v1", headers={"Accept-Encoding": "gzip"}) as kala:
+        body = {"name": "nightly", "command": "echo <hi> & bye", "owner": "ops@example.com",
+                "schedule": schedule, "retries": 2, "epsilon": "PT5S"}
+        created = kala.post("/job/", json=body)
+        assert created.status_code == 201
+        assert created.headers["content-type"] == "application/json;charset=UTF-8"
+        job_id = created.json()["id"]
+        assert created.content == f'{{"id":"{job_id}"}}\n'.encode()
+
+        one = kala_job(job_id, "nightly", schedule, start, False)
+        assert kala.get(f"/job/{job_id}/").content == f'{{"job":{one}}}\n'.encode()
+        assert kala.get("/job/").content == f'{{"jobs":{{"{job_id}":{one}}}}}\n'.encode()
+
+        assert kala.post(f"/job/disable/{job_id}/").status_code == 204
+        off = kala_job(job_id, "nightly", schedule, ZERO, True)
+        assert kala.get(f"/job/{job_id}/").content == f'{{"job":{off}}}\n'.encode()
+        assert kala.post(f"/job/enable/{job_id}/").status_code == 204
+        assert kala.get(f"/job/{job_id}/").content == f'{{"job":{one}}}\n'.encode()
+
+        assert kala.get(f"/job/stats/{job_id}/").content == b'{"job_stats":null}\n'
+        stats = kala.get("/stats/")
+        created_at = stats.json()["Stats"]["created"]
+        assert stats.content == (
+            '{"Stats":{"active_jobs":1,"disabled_jobs":0,"jobs":1,"error_count":0,'
+            f'"success_count":0,"next_run_at":"{start}","last_attempted_run":"{ZERO}",'
+            f'"created":"{created_at}"}}}}\n'
+        ).encode()
+
+        deleted = kala.delete(f"/job/{job_id}/")
+        assert (deleted.status_code, deleted.content) == (204, b"")
+        assert kala.get(f"/job/{job_id}/").status_code == 404
+        kala.post("/job/", json=body)
+        assert kala.delete("/job/all/").status_code == 204
+        assert kala.get("/job/").content == b'{"jobs":{}}\n'
+
+
+def test_serve_stops_cleanly_on_ctrl_c(served) -> None:
+    _base, command = served
+    assert command.stop(signal.SIGINT) == 0, command.output()
+
+
+def test_serve_refuses_a_public_address_without_token(tmp_path: Path) -> None:
+    command = Command.kala("serve", "-i", "0.0.0.0", "-p", str(free_port()),
+                           "--data-dir", str(tmp_path), log=tmp_path / "serve.log")
+    assert command.proc.wait(30) == 2
+    assert "refusing to serve on 0.0.0.0 without KALA_API_TOKEN" in command.output()
+    command.stop()
