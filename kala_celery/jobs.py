@@ -289,8 +289,13 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
         if parsed.start < now:
             raise InvalidJob(f"schedule {job.schedule!r}: the start time is in the past")
         job.next_run_at = parsed.start
+    elif parsed.interval is None:
+        job.next_run_at = parsed.start  # R0 that never ran: its one run is still owed
     else:
-        job.next_run_at = parsed.occurrence(parsed.index_at_or_after(now))
+        try:
+            job.next_run_at = parsed.occurrence(parsed.index_at_or_after(now))
+        except schedule.ScheduleOverflowError:
+            job.next_run_at = None  # no occurrence left before year 9999
     return False
 
 

@@ -320,3 +320,21 @@ def test_child_schedule_is_stored_and_not_parsed(api: Api) -> None:
     job_id = api.create(name="c", command="true", parent_jobs=["p"], schedule="garbage")
     job = api.job(job_id)
     assert (job["schedule"], job["next_run_at"]) == ("garbage", "0001-01-01T00:00:00Z")
+
+
+def test_enable_r0_job_whose_start_passed_owes_its_run(api: Api) -> None:
+    job_id = api.create(name="r0", command="true", schedule=f"R0/{future(2)}/")
+    api.http.post(f"/job/disable/{job_id}/")
+    with api.state.sessions.begin() as session:
+        session.get(Job, job_id).schedule = "R0/2020-01-01T00:00:00Z/"
+    assert api.http.post(f"/job/enable/{job_id}/").status_code == 204
+    assert api.job(job_id)["next_run_at"] == "2020-01-01T00:00:00Z"  # due: fires at once
+
+
+def test_enable_when_no_occurrence_is_left_before_year_9999(api: Api) -> None:
+    job_id = api.create(name="y", command="true", schedule=f"R/{future(2)}/P1000Y")
+    api.http.post(f"/job/disable/{job_id}/")
+    with api.state.sessions.begin() as session:
+        session.get(Job, job_id).schedule = "R/1000-01-01T00:00:00Z/P9000Y"  # next: year 10000
+    assert api.http.post(f"/job/enable/{job_id}/").status_code == 204
+    assert api.job(job_id)["next_run_at"] == "0001-01-01T00:00:00Z"
