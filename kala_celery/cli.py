@@ -55,6 +55,8 @@ def main() -> None:
     \b
     serve   everything on one machine: API (and, as they land, beat and worker)
     api     the REST API alone (also: gunicorn 'kala_celery.wsgi:app')
+    worker  a Celery worker that runs jobs (also: celery -A kala_celery worker)
+    run     run one command the way a worker would (Kala's debug command)
     """
 
 
@@ -100,3 +102,35 @@ def api(
 ) -> None:
     """Run the REST API alone (for a multi-machine layout)."""
     _serve_api(port, interface, insecure, _settings(db, broker, data_dir, default_owner))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@_store_options
+@click.pass_context
+def worker(ctx: click.Context, db: str | None, broker: str | None, data_dir: str | None) -> None:
+    """Run a Celery worker for kala's jobs; extra arguments go to `celery worker`."""
+    from kala_celery.celery_app import make_celery
+
+    app = make_celery(_settings(db, broker, data_dir, None))
+    app.worker_main(["worker", "-l", "info", *ctx.args])
+
+
+@main.command("run")
+@click.argument("command", nargs=-1)
+def run_once(command: tuple[str, ...]) -> None:
+    """Run COMMAND once as a worker would (split into words, no shell) and print its output."""
+    from datetime import datetime
+
+    from kala_celery.tasks.shell import run_command
+
+    if not command:
+        raise click.ClickException("Must include a command")
+    if len(command) > 1:
+        raise click.ClickException("Must only include a command")
+    outcome = run_command(command[0])
+    if not outcome.ok:
+        stamp = datetime.now().strftime("%Y/%m/%d %H:%M:%S")
+        click.echo(f"{stamp} Command Failed with err: {outcome.error}", err=True)
+        raise SystemExit(1)
+    click.echo("Command Succeeded!")
+    click.echo(f"Output:  {outcome.output}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -38,3 +40,23 @@ def init_schema(engine: Engine) -> None:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@dataclass(frozen=True)
+class Store:
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+
+_stores: dict[tuple[int, str], Store] = {}
+
+
+def store_for(url: str) -> Store:
+    """One engine per process and URL (a forked worker child gets its own), schema ensured."""
+    key = (os.getpid(), url)
+    store = _stores.get(key)
+    if store is None:
+        engine = make_engine(url)
+        init_schema(engine)
+        store = _stores[key] = Store(engine, make_sessionmaker(engine))
+    return store

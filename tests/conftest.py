@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from kala_celery.api import create_app
 from kala_celery.config import Settings
 from tests import servers
 from tests.live import Api, LiveServer
+from tests.processes import Command, wait_for
 
 T = TypeVar("T")
 
@@ -101,3 +104,40 @@ def make_api(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Api]]:
 @pytest.fixture
 def api(make_api: Callable[..., Api]) -> Api:
     return make_api()
+
+
+@pytest.fixture
+def cluster(
+    make_api: Callable[..., Api], db_url: str, redis_url: str, tmp_path: Path
+) -> Iterator[object]:
+    """The API and real `celery worker` processes sharing db_url and a real Redis broker."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    env = {"KALA_DATABASE_URL": db_url, "KALA_BROKER_URL": redis_url,
+           "KALA_DATA_DIR": str(tmp_path)}
+    workers: list[Command] = []
+
+    class Cluster:
+        def __init__(self) -> None:
+            self.api = make_api(broker_url=redis_url, start_wait=30)
+            self.env = env
+
+        def worker(self, *args: str, app: str = "kala_celery", concurrency: int = 2,
+                   extra_env: dict[str, str] | None = None) -> Command:
+            name = f"w{len(workers)}-{uuid.uuid4().hex[:6]}@%h"
+            command = Command(
+                [sys.executable, "-m", "celery", "-A", app, "worker", "-l", "info", "-n", name,
+                 "-c", str(concurrency), "--without-gossip", "--without-mingle", *args],
+                tmp_path / f"worker{len(workers)}.log",
+                {**env, **(extra_env or {})},
+            )
+            workers.append(command)
+            wait_for(lambda: " ready." in command.output() or command.proc.poll() is not None,
+                     60, "celery worker ready")
+            assert command.proc.poll() is None, command.output()
+            return command
+
+    yield Cluster()
+    for command in workers:
+        command.stop(signal.SIGTERM)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from flask import Flask
 
 from kala_celery.api.routes import build_blueprint
-from kala_celery.api.state import KalaState, Publisher, no_publisher
+from kala_celery.api.state import KalaState, Publisher
+from kala_celery.celery_app import make_celery
 from kala_celery.config import Settings
 from kala_celery.db import init_schema, make_engine, make_sessionmaker
+from kala_celery.publish import CeleryPublisher
 
 DEFAULT_PREFIX = "/api/v1"
 
@@ -23,11 +25,14 @@ def init_kala(
     settings = settings or Settings.from_env()
     engine = make_engine(settings.db_url)
     init_schema(engine)
+    sessions = make_sessionmaker(engine)
+    if publish is None:
+        publish = CeleryPublisher(make_celery(settings), sessions)
     state = KalaState(
         settings=settings,
         engine=engine,
-        sessions=make_sessionmaker(engine),
-        publish=publish or no_publisher,
+        sessions=sessions,
+        publish=publish,
         url_prefix=url_prefix.rstrip("/") or "/",
     )
     app.extensions["kala"] = state

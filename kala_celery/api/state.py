@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,15 +13,7 @@ from kala_celery.config import Settings
 from kala_celery.jobs import Rules
 from kala_celery.models import Run
 
-log = logging.getLogger(__name__)
-
 Publisher = Callable[[Sequence[Run]], None]
-
-
-def no_publisher(runs: Sequence[Run]) -> None:
-    """Leave runs pending (the beat's sweep publishes them); used when no broker is wired."""
-    for run in runs:
-        log.debug("run %s of job %s recorded, not published", run.id, run.job_id)
 
 
 @dataclass

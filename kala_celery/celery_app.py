@@ -1,0 +1,46 @@
+"""The Celery app factory, configured from Settings (`celery -A kala_celery worker` uses it)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from kala_celery.config import Settings
+
+RUN_TASK = "kala.run"
+SETTINGS_KEY = "kala_settings"
+
+
+def configure(app: Celery, settings: Settings) -> Celery:
+    """What kala's tasks need from any Celery app (ours or a team's own)."""
+    app.conf.update(
+        task_acks_late=True,  # a run whose worker dies is redelivered, not lost in the broker
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # outcomes live in the runs table
+        worker_send_task_events=True,  # Flower sees runs
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        # Redis redelivers unacked messages after this; runs can be long (acks_late).
+        broker_transport_options={"visibility_timeout": 12 * 3600},
+        beat_scheduler="kala_celery.beat:KalaScheduler",
+        enable_utc=True,
+        timezone="UTC",
+    )
+    app.conf[SETTINGS_KEY] = settings
+    return app
+
+
+def make_celery(settings: Settings | None = None, name: str = "kala_celery") -> Celery:
+    settings = settings or Settings.from_env()
+    app = Celery(name, broker=settings.broker, include=["kala_celery.tasks"])
+    return configure(app, settings)
+
+
+def settings_of(app: Celery) -> Settings:
+    """The kala settings of a Celery app: configured ones, else the KALA_* environment."""
+    settings = app.conf.get(SETTINGS_KEY)
+    if settings is None:
+        settings = app.conf[SETTINGS_KEY] = Settings.from_env()
+    return settings

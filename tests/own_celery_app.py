@@ -1,0 +1,15 @@
+"""A team's existing Celery app that adopts kala's tasks by importing them."""
+
+import os
+
+from celery import Celery
+
+app = Celery("their_app", broker=os.environ["KALA_BROKER_URL"])
+app.conf.task_serializer = "json"
+
+import kala_celery.tasks  # noqa: E402, F401 - registers kala's tasks with this app
+
+
+@app.task
+def their_own_task() -> str:
+    return "still here"
