@@ -56,6 +56,7 @@ def main() -> None:
     serve   everything on one machine: API (and, as they land, beat and worker)
     api     the REST API alone (also: gunicorn 'kala_celery.wsgi:app')
     worker  a Celery worker that runs jobs (also: celery -A kala_celery worker)
+    beat    the scheduler that dispatches due jobs (also: celery -A kala_celery beat -S kala)
     run     run one command the way a worker would (Kala's debug command)
     """
 
@@ -113,6 +114,17 @@ def worker(ctx: click.Context, db: str | None, broker: str | None, data_dir: str
 
     app = make_celery(_settings(db, broker, data_dir, None))
     app.worker_main(["worker", "-l", "info", *ctx.args])
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@_store_options
+@click.pass_context
+def beat(ctx: click.Context, db: str | None, broker: str | None, data_dir: str | None) -> None:
+    """Run the Kala beat scheduler; extra arguments go to `celery beat`."""
+    from kala_celery.celery_app import make_celery
+
+    app = make_celery(_settings(db, broker, data_dir, None))
+    app.start(["beat", "-S", "kala", "-l", "info", *ctx.args])
 
 
 @main.command("run")

@@ -18,7 +18,7 @@ import httpx
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.orm import Session
 
-from kala_celery import dispatch, schedule
+from kala_celery import dispatch, schedule, wire
 from kala_celery.errors import Conflict, Forbidden, InvalidJob, NotFound
 from kala_celery.models import ID_LENGTH, JOB_LOCAL, JOB_REMOTE, Job, JobLink, Run
 
@@ -263,7 +263,10 @@ def _apply_metadata(job: Job, metadata: dict[str, Any] | None) -> None:
     """Kala lets a client seed the counters; absent ones start at zero."""
     for field in _METADATA_FIELDS:
         default = None if field.startswith("last_") else 0
-        setattr(job, field, (metadata or {}).get(field, default))
+        value = (metadata or {}).get(field, default)
+        if isinstance(value, datetime) and wire.is_zero_time(value):
+            value = None  # Go clients send the zero time for "never"
+        setattr(job, field, value)
 
 
 def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:

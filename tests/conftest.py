@@ -138,6 +138,19 @@ def cluster(
             assert command.proc.poll() is None, command.output()
             return command
 
+        def beat(self, *args: str) -> Command:
+            command = Command(
+                [sys.executable, "-m", "celery", "-A", "kala_celery", "beat", "-S", "kala",
+                 "-l", "info", "--pidfile=", *args],
+                tmp_path / f"beat{len(workers)}.log",
+                env,
+            )
+            workers.append(command)
+            wait_for(lambda: "beat: Starting" in command.output() or command.proc.poll()
+                     is not None, 60, "celery beat started")
+            assert command.proc.poll() is None, command.output()
+            return command
+
     yield Cluster()
     for command in workers:
         command.stop(signal.SIGTERM)

@@ -82,7 +82,10 @@ def test_go_client_full_job_shape_is_accepted(api: Api) -> None:
     }
     response = api.http.post("/job/", content=json.dumps(body) + "\n")
     assert response.status_code == 201, response.text
-    assert api.job(response.json()["id"])["metadata"]["last_success"] == zero
+    job_id = response.json()["id"]
+    assert api.job(job_id)["metadata"]["last_success"] == zero
+    with api.state.sessions() as session:  # stored as "never", not as year 1
+        assert session.get(Job, job_id).last_success is None
 
 
 def test_unknown_id_is_404_with_empty_body(api: Api) -> None:
