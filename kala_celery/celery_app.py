@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from celery import Celery
 
 from kala_celery.config import Settings
 
 RUN_TASK = "kala.run"
 SETTINGS_KEY = "kala_settings"
+EMBEDDED_BROKER = "sqla+sqlite:///"
 
 
 def configure(app: Celery, settings: Settings) -> Celery:
@@ -22,12 +25,17 @@ def configure(app: Celery, settings: Settings) -> Celery:
         worker_send_task_events=True,  # Flower sees runs
         task_send_sent_event=True,
         broker_connection_retry_on_startup=True,
-        # Redis redelivers unacked messages after this; runs can be long (acks_late).
-        broker_transport_options={"visibility_timeout": 12 * 3600},
         beat_scheduler="kala_celery.beat:KalaScheduler",
         enable_utc=True,
         timezone="UTC",
     )
+    if settings.broker.startswith(EMBEDDED_BROKER):  # kombu does not create the directory
+        Path(settings.broker.removeprefix(EMBEDDED_BROKER)).parent.mkdir(
+            parents=True, exist_ok=True
+        )
+    if settings.broker.startswith(("redis://", "rediss://", "redis+socket://")):
+        # Redis redelivers unacked messages after this; runs can be long (acks_late).
+        app.conf.broker_transport_options = {"visibility_timeout": 12 * 3600}
     app.conf[SETTINGS_KEY] = settings
     return app
 

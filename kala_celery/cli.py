@@ -53,7 +53,7 @@ def main() -> None:
     """Kala's job scheduler API and semantics, run on Celery.
 
     \b
-    serve   everything on one machine: API (and, as they land, beat and worker)
+    serve   everything on one machine: the API, a beat and a worker
     api     the REST API alone (also: gunicorn 'kala_celery.wsgi:app')
     worker  a Celery worker that runs jobs (also: celery -A kala_celery worker)
     beat    the scheduler that dispatches due jobs (also: celery -A kala_celery beat -S kala)
@@ -61,16 +61,24 @@ def main() -> None:
     """
 
 
-def _serve_api(port: str, interface: str, insecure: bool, settings: Settings) -> None:
+def _serve_api(
+    port: str, interface: str, insecure: bool, settings: Settings, *, with_companions: bool
+) -> None:
     from kala_celery.api import create_app
     from kala_celery.server import BindError, check_bind, parse_port, serve_api
+    from kala_celery.supervise import companions
 
     try:
         number = parse_port(port)
         check_bind(interface, settings.api_token, insecure)
     except BindError as exc:
         raise click.UsageError(str(exc)) from None
-    serve_api(create_app(settings), interface, number)
+    app = create_app(settings)
+    if not with_companions:
+        serve_api(app, interface, number)
+        return
+    with companions(settings):
+        serve_api(app, interface, number)
 
 
 @main.command()
@@ -85,8 +93,9 @@ def serve(
     broker: str | None,
     data_dir: str | None,
 ) -> None:
-    """Run the scheduler on this machine (embedded SQLite by default)."""
-    _serve_api(port, interface, insecure, _settings(db, broker, data_dir, default_owner))
+    """Run the scheduler on this machine: API, beat and worker (embedded SQLite by default)."""
+    settings = _settings(db, broker, data_dir, default_owner)
+    _serve_api(port, interface, insecure, settings, with_companions=True)
 
 
 @main.command()
@@ -102,7 +111,8 @@ def api(
     data_dir: str | None,
 ) -> None:
     """Run the REST API alone (for a multi-machine layout)."""
-    _serve_api(port, interface, insecure, _settings(db, broker, data_dir, default_owner))
+    settings = _settings(db, broker, data_dir, default_owner)
+    _serve_api(port, interface, insecure, settings, with_companions=False)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -54,6 +54,22 @@ class Settings:
     def broker(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{self.data_dir.resolve() / 'broker.db'}"
 
+    def to_env(self) -> dict[str, str]:
+        """The KALA_* variables that give another process these settings."""
+        env = {
+            "KALA_DATA_DIR": str(self.data_dir),
+            "KALA_DATABASE_URL": self.db_url,
+            "KALA_BROKER_URL": self.broker,
+            "KALA_TIMEZONE": self.timezone,
+            "KALA_START_WAIT": str(self.start_wait),
+            "KALA_ALLOW_SHELL": str(self.allow_shell).lower(),
+            "KALA_RUN_RETENTION": self.run_retention,
+            "KALA_DEFAULT_OWNER": self.default_owner,
+        }
+        if self.api_token:
+            env["KALA_API_TOKEN"] = self.api_token
+        return env
+
     def with_overrides(self, **changes: object) -> Settings:
         """Return a copy with the given fields replaced (CLI flags win over the environment)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -91,9 +92,40 @@ def test_kala_client_session_matches_kala_byte_for_byte(served) -> None:
         assert kala.get("/job/").content == b'{"jobs":{}}\n'
 
 
+def children_of(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(line) for line in found.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_job_created_with_curl_runs_on_the_embedded_default(served) -> None:
+    base, _command = served
+    created = httpx.post(f"{base}/api/v1/job/", json={"name": "hi", "command": "echo hi"})
+    job_id = created.json()["id"]
+
+    def succeeded() -> dict | None:
+        job = httpx.get(f"{base}/api/v1/job/{job_id}/").json()["job"]
+        return job if job["metadata"]["success_count"] == 1 else None
+
+    job = wait_for(succeeded, 60, "the one-off job to run")
+    assert job["is_done"] is True
+    runs = httpx.get(f"{base}/api/v1/job/{job_id}/executions/").json()["job_stats"]
+    assert [(r["status"], r["output"]) for r in runs] == [("Success", "hi")]
+
+
 def test_serve_stops_cleanly_on_ctrl_c(served) -> None:
     _base, command = served
+    children = children_of(command.proc.pid)
+    assert len(children) >= 3  # gunicorn's worker, the beat and the celery worker
     assert command.stop(signal.SIGINT) == 0, command.output()
+    wait_for(lambda: not any(alive(pid) for pid in children), 30, "no orphans")
 
 
 def test_serve_refuses_a_public_address_without_token(tmp_path: Path) -> None:
