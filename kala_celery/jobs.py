@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from kala_celery import dispatch, schedule, wire
@@ -27,6 +27,7 @@ RESERVED_IDS = frozenset({"all", "stats", "start", "enable", "disable"})
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:@-]*")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
+MAX_DEPTH = 32  # levels of dependent jobs below any job
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _METADATA_FIELDS = (
     "success_count",
@@ -221,6 +222,36 @@ def _set_links(
         for position, child in enumerate(children):
             session.add(JobLink(parent_id=job_id, child_id=child, position=position))
     session.flush()
+    _check_tree_size(session, job_id)
+
+
+def _check_tree_size(session: Session, job_id: str) -> None:
+    """Every run dispatches its whole dependency tree as one chain: keep trees bounded."""
+    tops, frontier, seen = [], [job_id], {job_id}
+    while frontier:  # the top-most ancestors of the job
+        rows = session.execute(
+            select(JobLink.child_id, JobLink.parent_id).where(JobLink.child_id.in_(frontier))
+        ).all()
+        has_parent = {child for child, _ in rows}
+        tops += [j for j in frontier if j not in has_parent]
+        frontier = [p for _, p in rows if p not in seen]
+        seen.update(frontier)
+    children = dispatch.children_by_parent(session, tops)
+    sizes: dict[str, int] = {}
+
+    def size(job: str, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise InvalidJob(f"dependent jobs may nest at most {MAX_DEPTH} levels deep")
+        if job not in sizes:
+            sizes[job] = 1 + sum(size(c, depth + 1) for c in children.get(job, []))
+        return sizes[job]
+
+    for top in tops:
+        if size(top, 0) > dispatch.MAX_TREE_RUNS:
+            raise InvalidJob(
+                f"job {top!r} would start more than {dispatch.MAX_TREE_RUNS} runs per run "
+                "with its dependent jobs"
+            )
 
 
 def _append_child(session: Session, parent: str, child: str) -> None:
@@ -343,7 +374,7 @@ def _start_if_due(
         job.next_run_at = None
         return None
     if _arm(job, rules, now, fresh=True):
-        return dispatch.record_run(session, job, trigger="schedule", scheduled_for=now, now=now)
+        return dispatch.record_tree(session, job, trigger="schedule", scheduled_for=now, now=now)
     return None
 
 
@@ -419,6 +450,15 @@ def delete_job(session: Session, job_id: str) -> list[str]:
                 frontier.append(child)
     ids = sorted(doomed)
     session.execute(delete(JobLink).where(JobLink.parent_id.in_(ids) | JobLink.child_id.in_(ids)))
+    # Dependent runs of surviving jobs, in chains started by a deleted job's runs, will not run.
+    session.execute(
+        update(Run)
+        .where(
+            Run.root_run_id.in_(select(Run.id).where(Run.job_id.in_(ids))),
+            Run.state.in_(("pending", "sent")),
+        )
+        .values(state="skipped", error="the job that started this chain was deleted")
+    )
     session.execute(delete(Run).where(Run.job_id.in_(ids)))
     session.execute(delete(Job).where(Job.id.in_(ids)))
     return ids
@@ -455,7 +495,7 @@ def enable_job(
         ran = session.scalar(select(func.count()).select_from(Run).where(Run.job_id == job_id))
         if ran or job.is_done:
             return job, None
-        return job, dispatch.record_run(
+        return job, dispatch.record_tree(
             session, job, trigger="schedule", scheduled_for=now, now=now
         )
     _arm(job, rules, now, fresh=False)
@@ -467,7 +507,7 @@ def start_job(session: Session, job_id: str, rules: Rules, now: datetime) -> Run
     job = get_job(session, job_id)
     if job.disabled:
         raise Conflict("the job is disabled; enable it to start it")
-    run = dispatch.record_run(session, job, trigger="manual", scheduled_for=now, now=now)
+    run = dispatch.record_tree(session, job, trigger="manual", scheduled_for=now, now=now)
     session.flush()
     session.refresh(job, ["runs_used"])
     if job.schedule and job.next_run_at is not None:

@@ -143,6 +143,10 @@ class Run(Base):
     scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime)
     trigger: Mapped[str] = mapped_column(String(16))
     parent_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # A dependent run belongs to the tree dispatched with its root run; `seq` is its place in
+    # that tree's depth-first order (the order of the Celery chain).
+    root_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -114,7 +114,7 @@ def claim_batch(session: Session, now: datetime, limit: int, default_tz: str) ->
         if moved != 1 or step.run_for is None:
             continue  # another beat claimed it first, or a skipped (missed) occurrence
         runs.append(
-            dispatch.record_run(
+            dispatch.record_tree(
                 session, job, trigger="schedule", scheduled_for=step.run_for, now=now
             )
         )

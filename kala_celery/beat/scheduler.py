@@ -109,7 +109,11 @@ class KalaScheduler(Scheduler):
         with self._store.sessions() as session:
             stale = session.scalars(
                 select(Run.id)
-                .where(Run.state == "pending", Run.created_at < now - PENDING_GRACE)
+                .where(
+                    Run.state == "pending",
+                    Run.root_run_id.is_(None),  # dependents go out with their root's chain
+                    Run.created_at < now - PENDING_GRACE,
+                )
                 .order_by(Run.created_at)
                 .limit(BATCH)
             ).all()

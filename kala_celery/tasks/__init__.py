@@ -9,6 +9,7 @@ from celery import shared_task
 
 from kala_celery.celery_app import RUN_TASK, settings_of
 from kala_celery.db import store_for
+from kala_celery.publish import CeleryPublisher
 from kala_celery.tasks.runner import execute_run
 
 __all__ = ["run_job"]
@@ -25,11 +26,14 @@ __all__ = ["run_job"]
 def run_job(self, run_id: str, job_id: str | None = None) -> None:
     """Run one run of a job (task id = run id); job_id is there for Flower and logs."""
     settings = settings_of(self.app)
-    wait = execute_run(
-        store_for(settings.db_url).sessions,
+    sessions = store_for(settings.db_url).sessions
+    delivery = execute_run(
+        sessions,
         run_id,
         hostname=self.request.hostname or socket.gethostname(),
         settings=settings,
     )
-    if wait is not None:
-        raise self.retry(countdown=wait)
+    if delivery.publish:
+        CeleryPublisher(self.app, sessions).publish_ids(delivery.publish)
+    if delivery.retry_in is not None:
+        raise self.retry(countdown=delivery.retry_in)

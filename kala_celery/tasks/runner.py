@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from kala_celery import schedule
+from kala_celery import dispatch, schedule
 from kala_celery.config import Settings
 from kala_celery.models import JOB_REMOTE, Job, JobLink, Run
 from kala_celery.tasks.outcome import Outcome, tail
@@ -96,9 +96,7 @@ def _died_here(worker: str | None, hostname: str) -> bool:
 
 def _count_failed_attempt(session: Session, job_id: str, now: datetime) -> None:
     session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(error_count=Job.error_count + 1, last_error=now)
+        update(Job).where(Job.id == job_id).values(error_count=Job.error_count + 1, last_error=now)
     )
 
 
@@ -124,9 +122,7 @@ def _claim(
         claimed = session.execute(
             update(Run)
             .where(Run.id == run_id, guard)
-            .values(
-                state="started", worker=me, started_at=run.started_at or now, error=error
-            )
+            .values(state="started", worker=me, started_at=run.started_at or now, error=error)
             .execution_options(synchronize_session=False)
         ).rowcount
         if claimed != 1:
@@ -174,8 +170,9 @@ def _finish(
     now: datetime,
     *,
     failed_attempt: bool = False,
-) -> bool:
-    """started -> success | failed | skipped | lost, with Kala's counters, in one transaction."""
+) -> list[str]:
+    """started -> success | failed | skipped | lost, with Kala's counters and the run of the
+    job's on-failure job, in one transaction. Returns the runs recorded here to publish."""
     began = run.started_at or now
     with sessions.begin() as session:
         if failed_attempt:
@@ -194,7 +191,7 @@ def _finish(
             )
         ).rowcount
         if done != 1:
-            return False  # someone else ended it (status callback, sweep)
+            return []  # someone else ended it (status callback, sweep)
         values: dict[str, object] = {}
         if state == "success":
             values.update(success_count=Job.success_count + 1, last_success=now)
@@ -204,7 +201,25 @@ def _finish(
             values["is_done"] = True
         if values:
             session.execute(update(Job).where(Job.id == job.id).values(**values))
-    return True
+        if state in ("failed", "lost") and job.on_failure_job:
+            follow_up = _record_on_failure(session, job, now)
+            return [follow_up.id] if follow_up else []
+    return []
+
+
+def _record_on_failure(session: Session, job: Job, now: datetime) -> Run | None:
+    """KALA-SPEC §10: after a run that failed all attempts, the on-failure job runs (with its
+    own dependents). An unknown or disabled on-failure job is logged and ignored."""
+    target = session.get(Job, job.on_failure_job)
+    if target is None or target.disabled:
+        log.warning(
+            "job %s: on-failure job %r is %s; not run",
+            job.id,
+            job.on_failure_job,
+            "unknown" if target is None else "disabled",
+        )
+        return None
+    return dispatch.record_tree(session, target, trigger="on_failure", scheduled_for=now, now=now)
 
 
 def _is_done_after(session: Session, job: Job, settings: Settings) -> bool:
@@ -259,6 +274,26 @@ def perform(job: Job, settings: Settings) -> Outcome:
         return Outcome(ok=False, error=str(exc))
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """What the task does after handling a delivery: redeliver the run after `retry_in`
+    seconds (its next attempt), and publish the runs in `publish` (an on-failure job)."""
+
+    retry_in: float | None = None
+    publish: tuple[str, ...] = ()
+
+
+def _parent_failed(sessions: sessionmaker[Session], run: Run) -> str | None:
+    """A dependent run executes only after its parent run succeeded (KALA-SPEC §10)."""
+    if run.trigger != "parent":
+        return None
+    with sessions() as session:
+        state = session.scalar(select(Run.state).where(Run.id == run.parent_run_id))
+    if state == "success":
+        return None
+    return f"parent run {run.parent_run_id} ended {state or 'deleted'}; dependent not run"
+
+
 def execute_run(
     sessions: sessionmaker[Session],
     run_id: str,
@@ -267,44 +302,48 @@ def execute_run(
     settings: Settings,
     attempt: Attempt = perform,
     clock: Callable[[], datetime] = utcnow,
-) -> float | None:
-    """Handle one delivery of a run. Returns seconds to wait before redelivering it for its
-    next attempt, or None when the delivery is finished with."""
+) -> Delivery:
+    """Handle one delivery of a run."""
     me = worker_id(hostname)
     claimed = _claim(sessions, run_id, me, hostname, clock())
     if claimed is None:
-        return None
+        return Delivery()
     run, job = claimed
-    if job.disabled:
-        _finish(sessions, run, job, me, "skipped", Outcome(False, error="job is disabled"),
-                settings, clock())
-        return None
+
+    def finish(state: str, outcome: Outcome, *, failed_attempt: bool = False) -> Delivery:
+        follow = _finish(
+            sessions, run, job, me, state, outcome, settings, clock(), failed_attempt=failed_attempt
+        )
+        return Delivery(publish=tuple(follow))
+
+    reason = "job is disabled" if job.disabled else _parent_failed(sessions, run)
+    if reason:
+        return finish("skipped", Outcome(False, error=reason))
     policy = RetryPolicy.of(job, run, settings)
     failed = run.attempts  # attempts already made (a redelivery after a delay or a crash)
     last = Outcome(ok=False, error=run.error)
     if failed >= policy.attempts:
-        _finish(sessions, run, job, me, "lost", last, settings, clock())
-        return None
+        return finish("lost", last)
     while True:
         if not policy.may_start(clock()):
-            state = "skipped" if failed == 0 else "failed"
             reason = f"epsilon window ended at {policy.deadline:%Y-%m-%dT%H:%M:%S%z}"
-            outcome = Outcome(False, last.output, f"{last.error}; {reason}" if failed else reason,
-                              last.exit_code, last.http_status)
-            _finish(sessions, run, job, me, state, outcome, settings, clock())
-            return None
+            outcome = Outcome(
+                False,
+                last.output,
+                f"{last.error}; {reason}" if failed else reason,
+                last.exit_code,
+                last.http_status,
+            )
+            return finish("skipped" if failed == 0 else "failed", outcome)
         number = _begin_attempt(sessions, run_id, me)
         last = attempt(job, settings)
         if last.ok:
-            _finish(sessions, run, job, me, "success", last, settings, clock())
-            return None
+            return finish("success", last)
         failed = number
         if failed >= policy.attempts:
-            _finish(sessions, run, job, me, "failed", last, settings, clock(),
-                    failed_attempt=True)
-            return None
+            return finish("failed", last, failed_attempt=True)
         with sessions.begin() as session:
             _count_failed_attempt(session, job.id, clock())
         wait = policy.wait_after(failed)
         if wait > 0:
-            return wait if _release(sessions, run_id, me, last) else None
+            return Delivery(retry_in=wait) if _release(sessions, run_id, me, last) else Delivery()
