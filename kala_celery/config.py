@@ -45,6 +45,7 @@ class Settings:
     run_retention: str = "P30D"
     default_owner: str = ""
     stats_in_job: int = field(default=100)  # most recent runs shown in a job's "stats"
+    lost_after: str = "PT24H"  # a run started this long ago (past its run_timeout) is lost
 
     @property
     def db_url(self) -> str:
@@ -65,6 +66,7 @@ class Settings:
             "KALA_ALLOW_SHELL": str(self.allow_shell).lower(),
             "KALA_RUN_RETENTION": self.run_retention,
             "KALA_DEFAULT_OWNER": self.default_owner,
+            "KALA_LOST_AFTER": self.lost_after,
         }
         if self.api_token:
             env["KALA_API_TOKEN"] = self.api_token
@@ -94,6 +96,8 @@ class Settings:
             kw["allow_shell"] = _bool("KALA_ALLOW_SHELL", env["KALA_ALLOW_SHELL"])
         if "KALA_RUN_RETENTION" in env:
             kw["run_retention"] = env["KALA_RUN_RETENTION"]
+        if "KALA_LOST_AFTER" in env:
+            kw["lost_after"] = env["KALA_LOST_AFTER"]
         if "KALA_DEFAULT_OWNER" in env:
             kw["default_owner"] = env["KALA_DEFAULT_OWNER"]
         return cls(**kw)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from kala_celery.models import Job, JobLink, Run
@@ -25,34 +25,19 @@ def new_run_id() -> str:
     return str(uuid.uuid4())
 
 
-def record_run(
-    session: Session,
-    job: Job,
-    *,
-    trigger: str,
-    scheduled_for: datetime,
-    now: datetime,
-    parent_run_id: str | None = None,
-    root_run_id: str | None = None,
-    seq: int = 0,
-) -> Run:
-    """Insert one pending run of `job`; counted triggers use up one of its runs."""
-    run = Run(
-        id=new_run_id(),
-        job_id=job.id,
-        scheduled_for=scheduled_for,
-        trigger=trigger,
-        parent_run_id=parent_run_id,
-        root_run_id=root_run_id,
-        seq=seq,
-        state="pending",
-        attempts=0,
-        created_at=now,
-    )
-    session.add(run)
-    if trigger in COUNTED_TRIGGERS:
-        session.execute(update(Job).where(Job.id == job.id).values(runs_used=Job.runs_used + 1))
-    return run
+def _row(job_id: str, when: datetime, trigger: str, now: datetime, **tree: object) -> dict:
+    return {
+        "id": new_run_id(),
+        "job_id": job_id,
+        "scheduled_for": when,
+        "trigger": trigger,
+        "parent_run_id": tree.get("parent_run_id"),
+        "root_run_id": tree.get("root_run_id"),
+        "seq": tree.get("seq", 0),
+        "state": "pending",
+        "attempts": 0,
+        "created_at": now,
+    }
 
 
 def children_by_parent(session: Session, roots: list[str]) -> dict[str, list[str]]:
@@ -67,35 +52,61 @@ def children_by_parent(session: Session, roots: list[str]) -> dict[str, list[str
         ).all()
         for parent, child in rows:
             children.setdefault(parent, []).append(child)
-        frontier = [c for _, c in rows if c not in children]
-        frontier = list(dict.fromkeys(frontier))
+        frontier = list(dict.fromkeys(c for _, c in rows if c not in children))
     return children
+
+
+def record_trees(
+    session: Session, roots: list[tuple[str, datetime]], *, trigger: str, now: datetime
+) -> list[str]:
+    """Record a run for each (job id, scheduled_for) and, depth first in FIFO order, a pending
+    run for every job that depends on it. One bulk insert; returns the root run ids."""
+    if not roots:
+        return []
+    children = children_by_parent(session, [job_id for job_id, _ in roots])
+    rows: list[dict] = []
+    root_ids: list[str] = []
+    for job_id, when in roots:
+        root = _row(job_id, when, trigger, now)
+        rows.append(root)
+        root_ids.append(root["id"])
+        seq = 0
+
+        def visit(parent_job: str, parent_run: str, root_id: str = root["id"]) -> None:
+            nonlocal seq
+            for child_id in children.get(parent_job, []):
+                seq += 1
+                if seq >= MAX_TREE_RUNS:  # jobs.py refuses such trees; never exceed it
+                    return
+                row = _row(
+                    child_id,
+                    now,
+                    "parent",
+                    now,
+                    parent_run_id=parent_run,
+                    root_run_id=root_id,
+                    seq=seq,
+                )
+                rows.append(row)
+                visit(child_id, row["id"])
+
+        visit(job_id, root["id"])
+    session.execute(insert(Run), rows)
+    if trigger in COUNTED_TRIGGERS:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_([job_id for job_id, _ in roots]))
+            .values(runs_used=Job.runs_used + 1)
+            .execution_options(synchronize_session=False)
+        )
+    return root_ids
 
 
 def record_tree(
     session: Session, job: Job, *, trigger: str, scheduled_for: datetime, now: datetime
 ) -> Run:
-    """Record `job`'s run and a pending run for each dependent, depth first; returns the root."""
-    root = record_run(session, job, trigger=trigger, scheduled_for=scheduled_for, now=now)
-    children = children_by_parent(session, [job.id])
-    if not children:
-        return root
-    jobs = {
-        j.id: j
-        for j in session.scalars(select(Job).where(Job.id.in_({c for cs in children.values()
-                                                               for c in cs})))
-    }
-    seq = 0
-
-    def visit(parent_job: str, parent_run: Run) -> None:
-        nonlocal seq
-        for child_id in children.get(parent_job, []):
-            seq += 1
-            if seq >= MAX_TREE_RUNS:
-                return
-            run = record_run(session, jobs[child_id], trigger="parent", scheduled_for=now,
-                             now=now, parent_run_id=parent_run.id, root_run_id=root.id, seq=seq)
-            visit(child_id, run)
-
-    visit(job.id, root)
-    return root
+    """Record one job's run (and its dependents' runs); returns the root run."""
+    [run_id] = record_trees(session, [(job.id, scheduled_for)], trigger=trigger, now=now)
+    run = session.get(Run, run_id)
+    assert run is not None
+    return run

@@ -329,7 +329,8 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
         try:
             job.next_run_at = parsed.occurrence(parsed.index_at_or_after(now))
         except schedule.ScheduleOverflowError:
-            job.next_run_at = None  # no occurrence left before year 9999
+            job.next_run_at = None  # no occurrence left before year 9999: nothing more to do
+            job.is_done = True
     return False
 
 
@@ -410,6 +411,17 @@ def replace_job(
     elif was_disabled or job.next_run_at is None:
         _arm(job, rules, now, fresh=False)
     return job, None
+
+
+def rearm(job: Job, rules: Rules, now: datetime) -> None:
+    """Give an enabled scheduled job whose next_run_at was cleared outside the API (bulk SQL)
+    its next occurrence; a schedule that no longer parses disables the job instead."""
+    try:
+        _arm(job, rules, now, fresh=False)
+    except InvalidJob as exc:
+        job.disabled = True
+        job.next_run_at = None
+        raise schedule.ScheduleError(exc.reason) from None
 
 
 # ---------------------------------------------------------------- read

@@ -48,6 +48,7 @@ class Base(DeclarativeBase):
     pass
 
 
+UNARMED = "next_run_at IS NULL AND NOT disabled AND NOT is_done"
 JOB_LOCAL = 0
 JOB_REMOTE = 1
 
@@ -106,6 +107,14 @@ class Job(Base):
             sqlite_where=text("next_run_at IS NOT NULL"),
             postgresql_where=text("next_run_at IS NOT NULL"),
         ),
+        # Enabled jobs with nothing scheduled and not done: one-offs and children before
+        # their run, and rows written outside the API that the beat's sweep re-arms.
+        Index(
+            "ix_jobs_unarmed",
+            "id",
+            sqlite_where=text(UNARMED),
+            postgresql_where=text(UNARMED),
+        ),
     )
 
 
@@ -152,6 +161,7 @@ class Run(Base):
     worker: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # latest
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     duration_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -120,7 +120,9 @@ def test_claim_coalesces_missed_occurrences_and_resume_skips_them(api) -> None:
     now = first + 3.5 * S
     with api.state.sessions.begin() as session:
         runs = claim_batch(session, now, 100, "UTC")
-    assert [(r.job_id, r.scheduled_for) for r in runs] == [(catch_up, first + 3 * S)]
+    with api.state.sessions() as session:
+        recorded = [(r.job_id, r.scheduled_for) for r in map(session.get, [Run] * len(runs), runs)]
+    assert recorded == [(catch_up, first + 3 * S)]
     for job_id in (catch_up, resume):
         assert api.job(job_id)["next_run_at"] == (first + 4 * S).strftime("%Y-%m-%dT%H:%M:%SZ")
     with api.state.sessions.begin() as session:  # nothing more is due until the next one
@@ -168,3 +170,34 @@ def test_an_unparseable_stored_schedule_is_disabled_and_the_beat_goes_on(cluster
     job = api.job(poisoned)
     assert job["disabled"] is True and runs_of(api, poisoned) == []
     assert "unusable schedule" in beat.output()
+
+
+def test_sweep_gives_up_on_runs_whose_worker_vanished(cluster) -> None:
+    cluster.worker()
+    api = cluster.api
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)
+    ids = {}
+    for name, retries in (("no-retry", 0), ("retry", 1)):
+        ids[name] = api.create(name=name, command="true", retries=retries, run_timeout="PT1S",
+                               schedule=f"R/{soon(3600)}/PT1H")
+        with api.state.sessions.begin() as session:  # a worker on another box died mid-run
+            session.add(Run(id=f"ghost-{name}", job_id=ids[name], scheduled_for=long_ago,
+                            trigger="manual", state="started", attempts=1, worker="gone@box/1",
+                            created_at=long_ago, started_at=long_ago, attempt_at=long_ago))
+    cluster.beat()
+    [lost] = finished(api, ids["no-retry"], timeout=30)
+    assert lost["state"] == "lost" and "worker lost" in lost["error"]
+    assert api.job(ids["no-retry"])["metadata"]["error_count"] == 1
+    [retried] = finished(api, ids["retry"], timeout=30)  # its second attempt ran on our worker
+    assert (retried["state"], retried["number_of_retries"]) == ("success", 1)
+
+
+def test_sweep_rearms_jobs_unscheduled_by_bulk_sql(cluster) -> None:
+    cluster.worker()
+    api = cluster.api
+    job_id = api.create(name="bulk", command="true", schedule=f"R/{soon(1)}/PT1S")
+    with api.state.sessions.begin() as session:
+        session.get(Job, job_id).next_run_at = None
+    cluster.beat()
+    finished(api, job_id, count=2, timeout=30)
+    assert api.job(job_id)["next_run_at"] != "0001-01-01T00:00:00Z"

@@ -94,7 +94,7 @@ def test_epsilon_bounds_the_retry_window(cluster) -> None:
                         epsilon="PT2S", schedule=f"R0/{future()}/")
     now = datetime.now(UTC)
     with api.state.sessions.begin() as session:  # what the beat does when the occurrence is due
-        run = dispatch.record_run(session, session.get(Job, job_id), trigger="schedule",
+        run = dispatch.record_tree(session, session.get(Job, job_id), trigger="schedule",
                                   scheduled_for=now, now=now)
     api.state.publish([run])
     [done] = finished(api, job_id)

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, not_, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from kala_celery import dispatch, schedule
@@ -72,53 +72,67 @@ def claimable(now: datetime):
     )
 
 
-def claim_batch(session: Session, now: datetime, limit: int, default_tz: str) -> list[Run]:
-    """Claim up to `limit` due jobs in the caller's transaction; returns the runs recorded."""
-    due_jobs = session.scalars(
-        select(Job)
-        .where(claimable(now))
+def claim_batch(session: Session, now: datetime, limit: int, default_tz: str) -> list[str]:
+    """Claim up to `limit` due jobs in the caller's transaction; returns the root run ids."""
+    due = session.execute(
+        select(
+            Job.id,
+            Job.name,
+            Job.next_run_at,
+            Job.schedule,
+            Job.timezone,
+            Job.runs_used,
+            Job.resume_at_next_scheduled_time,
+        )
+        .where(claimable(now), ~exists().where(JobLink.child_id == Job.id))
         .order_by(Job.next_run_at)
         .limit(limit)
-        .with_for_update(skip_locked=True, of=Job)
+        .with_for_update(skip_locked=True, of=Job.__table__)
     ).all()
-    runs: list[Run] = []
-    for job in due_jobs:
-        old = job.next_run_at
+    steps: list[tuple[str, datetime, Advance, bool]] = []
+    for job_id, name, old, text, zone, runs_used, resume in due:
         try:
-            if session.scalar(select(JobLink.id).where(JobLink.child_id == job.id).limit(1)):
-                raise schedule.ScheduleError("a child job is never scheduled on its own")
-            parsed = schedule.parse_schedule(
-                job.schedule, schedule.resolve_zone(job.timezone, default_tz)
-            )
-            step = advance(parsed, old, job.runs_used, now, job.resume_at_next_scheduled_time)
+            parsed = schedule.parse_schedule(text, schedule.resolve_zone(zone, default_tz))
+            steps.append((job_id, old, advance(parsed, old, runs_used, now, resume), False))
         except schedule.ScheduleError as exc:
             log.error(
-                "job %s (%s): unusable schedule %r: %s; disabling it",
-                job.id,
-                job.name,
-                job.schedule,
-                exc,
+                "job %s (%s): unusable schedule %r: %s; disabling it", job_id, name, text, exc
             )
-            session.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.next_run_at == old)
-                .values(next_run_at=None, disabled=True)
-            )
-            continue
-        moved = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.next_run_at == old)
-            .values(next_run_at=step.next_run_at)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if moved != 1 or step.run_for is None:
-            continue  # another beat claimed it first, or a skipped (missed) occurrence
-        runs.append(
-            dispatch.record_tree(
-                session, job, trigger="schedule", scheduled_for=step.run_for, now=now
-            )
-        )
-    return runs
+            steps.append((job_id, old, Advance(None, None), True))
+    roots = [
+        (job_id, step.run_for)
+        for job_id, _old, step, _off in _move(session, steps)
+        if step.run_for is not None
+    ]
+    return dispatch.record_trees(session, roots, trigger="schedule", now=now)
+
+
+_MOVE = (
+    update(Job.__table__)
+    .where(
+        Job.__table__.c.id == bindparam("b_id"), Job.__table__.c.next_run_at == bindparam("b_old")
+    )
+    .values(next_run_at=bindparam("b_next"), disabled=bindparam("b_off"))
+)
+
+
+def _move(session: Session, steps: list[tuple[str, datetime, Advance, bool]]) -> list:
+    """Write the new next_run_at of each claimed job; returns the steps that took effect.
+
+    PostgreSQL: the rows are locked by this transaction, so one executemany does it. SQLite has
+    no row locks: each row is a compare-and-set on its old next_run_at, and a row another beat
+    moved first is left to that beat.
+    """
+    params = [
+        {"b_id": job_id, "b_old": old, "b_next": step.next_run_at, "b_off": off}
+        for job_id, old, step, off in steps
+    ]
+    if not params:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_MOVE, params)
+        return steps
+    return [s for s, p in zip(steps, params, strict=True) if session.execute(_MOVE, p).rowcount]
 
 
 def next_due(session: Session, now: datetime) -> datetime | None:

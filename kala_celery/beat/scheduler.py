@@ -13,20 +13,24 @@ from datetime import UTC, datetime, timedelta
 
 from celery import Celery
 from celery.beat import Scheduler
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from kala_celery.beat.claim import claim_batch, next_due
 from kala_celery.celery_app import settings_of
 from kala_celery.db import Store, store_for
-from kala_celery.models import Run
+from kala_celery.jobs import Rules, rearm
+from kala_celery.models import UNARMED, Job, JobLink, Run
 from kala_celery.publish import CeleryPublisher
+from kala_celery.schedule import ScheduleError, parse_plain_duration
+from kala_celery.tasks.runner import abandon
 
 log = logging.getLogger(__name__)
 
 BATCH = 500  # jobs claimed per transaction
 SWEEP_EVERY = 5.0  # seconds between sweeps for runs left pending
 PENDING_GRACE = timedelta(seconds=10)  # a run pending longer than this was not published
+LOST_GRACE = timedelta(seconds=60)  # beyond run_timeout, before a started run counts as lost
 MAX_BACKOFF = 30.0
 
 
@@ -42,6 +46,7 @@ class KalaScheduler(Scheduler):
         self._publisher: CeleryPublisher | None = None
         self._next_sweep = 0.0
         self._failures = 0
+        self._unsent: list[str] = []
         super().__init__(app, *args, **kwargs)
 
     # -- the Scheduler contract -------------------------------------------------------
@@ -89,10 +94,11 @@ class KalaScheduler(Scheduler):
         while True:  # drain everything due, a batch per transaction
             with self._store.sessions.begin() as session:
                 runs = claim_batch(session, now, BATCH, self._default_tz)
-            if runs:
-                self._publisher([*runs])
+            self._publish(runs)
             if len(runs) < BATCH:
                 break
+        if self._unsent:  # the broker refused them last time: try again at once
+            self._publish([])
         if time.monotonic() >= self._next_sweep:
             self._sweep(now)
             self._next_sweep = time.monotonic() + SWEEP_EVERY
@@ -102,10 +108,20 @@ class KalaScheduler(Scheduler):
             return self.max_interval
         return max(0.0, min(self.max_interval, (upcoming - utcnow()).total_seconds()))
 
+    def _publish(self, run_ids: list[str]) -> None:
+        assert self._publisher is not None
+        wanted = [*self._unsent, *run_ids]
+        if not wanted:
+            return
+        sent = set(self._publisher.publish_ids(wanted))
+        self._unsent = [run_id for run_id in wanted if run_id not in sent][: BATCH * 10]
+
     def _sweep(self, now: datetime) -> None:
         """Publish runs left pending (a beat or API died between commit and publish, or the
-        broker was down). Workers ignore a run already past `sent`, so a repeat is harmless."""
-        assert self._store is not None and self._publisher is not None
+        broker was down; workers ignore a run already past `sent`, so a repeat is harmless),
+        give up on runs whose worker vanished, and re-arm jobs unscheduled by bulk SQL."""
+        assert self._store is not None
+        settings = settings_of(self.app)
         with self._store.sessions() as session:
             stale = session.scalars(
                 select(Run.id)
@@ -117,6 +133,42 @@ class KalaScheduler(Scheduler):
                 .order_by(Run.created_at)
                 .limit(BATCH)
             ).all()
+            started = session.execute(
+                select(Run.id, Run.attempt_at, Job.run_timeout)
+                .join(Job, Job.id == Run.job_id)
+                .where(Run.state == "started", Run.attempt_at < now - LOST_GRACE)
+                .limit(BATCH)
+            ).all()
         if stale:
-            sent = self._publisher.publish_ids(stale)
-            log.info("beat: sweep published %d of %d pending runs", len(sent), len(stale))
+            log.info("beat: sweep publishing %d pending runs", len(stale))
+            self._publish(list(stale))
+        lost_after = parse_plain_duration(settings.lost_after)
+        for run_id, attempt_at, run_timeout in started:
+            limit = parse_plain_duration(run_timeout) + LOST_GRACE if run_timeout else lost_after
+            if attempt_at + limit < now:
+                reason = f"no word from its worker for {limit} (worker lost)"
+                log.warning("beat: run %s: %s", run_id, reason)
+                self._publish(abandon(self._store.sessions, run_id, settings, now, reason))
+        self._rearm(now)
+
+    def _rearm(self, now: datetime) -> None:
+        assert self._store is not None
+        rules = Rules(default_timezone=self._default_tz)
+        with self._store.sessions.begin() as session:
+            unarmed = session.scalars(
+                select(Job)
+                .where(text(UNARMED), Job.schedule != "")
+                .where(~select(JobLink.id).where(JobLink.child_id == Job.id).exists())
+                .limit(BATCH)
+            ).all()
+            for job in unarmed:
+                try:
+                    rearm(job, rules, now)
+                    log.info("beat: job %s had no next run; now %s", job.id, job.next_run_at)
+                except ScheduleError as exc:
+                    log.error(
+                        "beat: job %s: unusable schedule %r (%s); disabled it",
+                        job.id,
+                        job.schedule,
+                        exc,
+                    )

@@ -122,7 +122,13 @@ def _claim(
         claimed = session.execute(
             update(Run)
             .where(Run.id == run_id, guard)
-            .values(state="started", worker=me, started_at=run.started_at or now, error=error)
+            .values(
+                state="started",
+                worker=me,
+                started_at=run.started_at or now,
+                attempt_at=now,
+                error=error,
+            )
             .execution_options(synchronize_session=False)
         ).rowcount
         if claimed != 1:
@@ -136,12 +142,12 @@ def _claim(
         return run, job
 
 
-def _begin_attempt(sessions: sessionmaker[Session], run_id: str, me: str) -> int:
+def _begin_attempt(sessions: sessionmaker[Session], run_id: str, me: str, now: datetime) -> int:
     with sessions.begin() as session:
         session.execute(
             update(Run)
             .where(Run.id == run_id, Run.state == "started", Run.worker == me)
-            .values(attempts=Run.attempts + 1)
+            .values(attempts=Run.attempts + 1, attempt_at=now)
         )
         return session.scalar(select(Run.attempts).where(Run.id == run_id)) or 0
 
@@ -335,7 +341,7 @@ def execute_run(
                 last.http_status,
             )
             return finish("skipped" if failed == 0 else "failed", outcome)
-        number = _begin_attempt(sessions, run_id, me)
+        number = _begin_attempt(sessions, run_id, me, clock())
         last = attempt(job, settings)
         if last.ok:
             return finish("success", last)
@@ -347,3 +353,37 @@ def execute_run(
         wait = policy.wait_after(failed)
         if wait > 0:
             return Delivery(retry_in=wait) if _release(sessions, run_id, me, last) else Delivery()
+
+
+def abandon(
+    sessions: sessionmaker[Session], run_id: str, settings: Settings, now: datetime, reason: str
+) -> list[str]:
+    """The sweep's verdict on a started run whose worker vanished: a failed attempt. With
+    attempts left the run goes back to `pending` (to be published again); otherwise it ends
+    `lost` (and its on-failure job runs). Returns the run ids to publish."""
+    with sessions() as session:
+        run = session.get(Run, run_id)
+        job = session.get(Job, run.job_id) if run else None
+    if run is None or job is None or run.state != "started":
+        return []
+    if run.attempts < RetryPolicy.of(job, run, settings).attempts:
+        with sessions.begin() as session:
+            moved = session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.state == "started", Run.worker == run.worker)
+                .values(state="pending", error=reason)
+            ).rowcount
+            if moved:
+                _count_failed_attempt(session, job.id, now)
+        return [run_id] if moved else []
+    return _finish(
+        sessions,
+        run,
+        job,
+        run.worker or "",
+        "lost",
+        Outcome(False, error=reason),
+        settings,
+        now,
+        failed_attempt=True,
+    )
