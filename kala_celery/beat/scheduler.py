@@ -47,21 +47,26 @@ class KalaScheduler(Scheduler):
         self._next_sweep = 0.0
         self._failures = 0
         self._unsent: list[str] = []
+        self._default_tz = "UTC"
         super().__init__(app, *args, **kwargs)
 
     # -- the Scheduler contract -------------------------------------------------------
 
     def setup_schedule(self) -> None:
-        settings = settings_of(self.app)
-        self._store = store_for(settings.db_url)
-        self._publisher = CeleryPublisher(self.app, self._store.sessions)
-        self._default_tz = settings.timezone
+        """Nothing to load: jobs are read from SQL as they fall due (connected on first tick,
+        so a beat started while the database is down waits for it instead of dying)."""
+        self._default_tz = settings_of(self.app).timezone
+
+    def _connect(self) -> None:
+        if self._store is None:
+            store = store_for(settings_of(self.app).db_url)
+            self._publisher = CeleryPublisher(self.app, store.sessions)
+            self._store = store
 
     def tick(self, *args: object, **kwargs: object) -> float:
         """Claim and publish everything due; return seconds to sleep."""
-        if self._store is None:
-            self.setup_schedule()
         try:
+            self._connect()
             wait = self._tick(utcnow())
         except SQLAlchemyError:
             self._failures += 1
