@@ -5,12 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from celery import Celery
+from celery.app.amqp import AMQP
 
 from kala_celery.config import Settings
 
 RUN_TASK = "kala.run"
 SETTINGS_KEY = "kala_settings"
 EMBEDDED_BROKER = "sqla+sqlite:///"
+
+
+class KalaAMQP(AMQP):
+    """Runs are published with a `shadow` name (the job's name). Celery's task-sent event still
+    names the real task while the worker's task-received event names the shadow, and Flower
+    keeps whichever arrives last: name the sent event after the shadow too."""
+
+    def as_task_v2(self, *args: object, **kwargs: object):
+        message = super().as_task_v2(*args, **kwargs)
+        shadow = message.headers.get("shadow")
+        if shadow and message.sent_event is not None:
+            message.sent_event["name"] = shadow
+        return message
 
 
 def configure(app: Celery, settings: Settings) -> Celery:
@@ -42,7 +56,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
 
 def make_celery(settings: Settings | None = None, name: str = "kala_celery") -> Celery:
     settings = settings or Settings.from_env()
-    app = Celery(name, broker=settings.broker, include=["kala_celery.tasks"])
+    app = Celery(name, broker=settings.broker, include=["kala_celery.tasks"], amqp=KalaAMQP)
     return configure(app, settings)
 
 

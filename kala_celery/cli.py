@@ -81,38 +81,29 @@ def _serve_api(
         serve_api(app, interface, number)
 
 
-@main.command()
-@_http_options
-@_store_options
-def serve(
-    port: str,
-    interface: str,
-    default_owner: str | None,
-    insecure: bool,
-    db: str | None,
-    broker: str | None,
-    data_dir: str | None,
-) -> None:
-    """Run the scheduler on this machine: API, beat and worker (embedded SQLite by default)."""
-    settings = _settings(db, broker, data_dir, default_owner)
-    _serve_api(port, interface, insecure, settings, with_companions=True)
+def _http_command(name: str, summary: str, *, with_companions: bool) -> None:
+    @main.command(name, help=summary)
+    @_http_options
+    @_store_options
+    def command(
+        port: str,
+        interface: str,
+        default_owner: str | None,
+        insecure: bool,
+        db: str | None,
+        broker: str | None,
+        data_dir: str | None,
+    ) -> None:
+        settings = _settings(db, broker, data_dir, default_owner)
+        _serve_api(port, interface, insecure, settings, with_companions=with_companions)
 
 
-@main.command()
-@_http_options
-@_store_options
-def api(
-    port: str,
-    interface: str,
-    default_owner: str | None,
-    insecure: bool,
-    db: str | None,
-    broker: str | None,
-    data_dir: str | None,
-) -> None:
-    """Run the REST API alone (for a multi-machine layout)."""
-    settings = _settings(db, broker, data_dir, default_owner)
-    _serve_api(port, interface, insecure, settings, with_companions=False)
+_http_command(
+    "serve",
+    "Run the scheduler on this machine: API, beat and worker (embedded SQLite by default).",
+    with_companions=True,
+)
+_http_command("api", "Run the REST API alone (for a multi-machine layout).", with_companions=False)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

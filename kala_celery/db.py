@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,7 +35,12 @@ def make_engine(url: str) -> Engine:
 
 
 def init_schema(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
+    """Create missing tables. Every process does this at start; on PostgreSQL concurrent
+    CREATEs of the same table collide, so they take turns under an advisory lock."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(7040516)"))
+        Base.metadata.create_all(connection)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

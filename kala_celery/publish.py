@@ -67,22 +67,10 @@ class CeleryPublisher:
         try:
             with self.celery.producer_or_acquire() as producer:
                 for run_id, _root, job_id, name, queue in roots:
-                    tree = links.get(run_id)
-                    if not tree:
-                        self.celery.send_task(
-                            RUN_TASK,
-                            args=[run_id],
-                            kwargs={"job_id": job_id},
-                            task_id=run_id,
-                            queue=queue or None,
-                            shadow=f"kala: {name}",
-                            producer=producer,
-                        )
-                        sent.append(run_id)
-                        continue
+                    tree = links.get(run_id, [])
                     head = self._signature(run_id, job_id, name, queue)
                     rest = [self._signature(r[0], r[2], r[3], r[4]) for r in tree]
-                    chain(head, *rest).apply_async(producer=producer)
+                    (chain(head, *rest) if rest else head).apply_async(producer=producer)
                     sent += [run_id, *(r[0] for r in tree)]
         except Exception:  # broker down: what was not sent stays pending for the sweep
             log.exception("publishing runs failed; %d left pending", len(roots) - len(sent))

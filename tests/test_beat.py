@@ -201,3 +201,23 @@ def test_sweep_rearms_jobs_unscheduled_by_bulk_sql(cluster) -> None:
     cluster.beat()
     finished(api, job_id, count=2, timeout=30)
     assert api.job(job_id)["next_run_at"] != "0001-01-01T00:00:00Z"
+
+
+def test_sweep_prunes_finished_runs_past_retention(cluster) -> None:
+    api = cluster.api
+    job_id = api.create(name="old", command="true", schedule=f"R/{soon(3600)}/PT1H")
+    ancient = datetime.now(UTC) - timedelta(days=31)  # KALA_RUN_RETENTION is P30D
+    recent = datetime.now(UTC) - timedelta(days=29)
+    with api.state.sessions.begin() as session:
+        for name, when, state in (("ancient", ancient, "success"), ("recent", recent, "success"),
+                                  ("ancient-pending", ancient, "pending")):
+            session.add(Run(id=name, job_id=job_id, scheduled_for=when, trigger="manual",
+                            state=state, attempts=1, created_at=when))
+    cluster.beat()
+
+    def remaining() -> set[str]:
+        with api.state.sessions() as session:
+            return set(session.scalars(select(Run.id).where(Run.job_id == job_id)))
+
+    wait_for(lambda: "ancient" not in remaining(), 30, "the ancient run pruned")
+    assert {"recent", "ancient-pending"} <= remaining()

@@ -94,7 +94,7 @@ def test_flower_shows_a_finished_run_by_job_name(cluster, tmp_path) -> None:
         assert info["uuid"] == run["id"]
         # events carry repr()s of the arguments: the run id, and the job id in kwargs
         assert ast.literal_eval(info["kwargs"]) == {"job_id": job_id}
-        assert ast.literal_eval(info["args"]) == [run["id"]]
+        assert list(ast.literal_eval(info["args"])) == [run["id"]]
         assert info["worker"] == worker_name
         # the same task in the task list, filtered by its (shadow) name
         listed = flower.get("/api/tasks", taskname="kala: nightly report")

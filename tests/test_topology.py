@@ -20,7 +20,7 @@ from tests.processes import Command, free_port, wait_for
 from tests.test_flower import Flower
 from tests.test_worker_runs import finished
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = pytest.mark.timeout(120)
 
 TOKEN = "topology-test-token"
 GUNICORN = ["-k", "gthread", "--workers", "1", "--threads", "8", "--access-logfile", "-"]

@@ -13,14 +13,14 @@ from datetime import UTC, datetime, timedelta
 
 from celery import Celery
 from celery.beat import Scheduler
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from kala_celery.beat.claim import claim_batch, next_due
 from kala_celery.celery_app import settings_of
 from kala_celery.db import Store, store_for
 from kala_celery.jobs import Rules, rearm
-from kala_celery.models import UNARMED, Job, JobLink, Run
+from kala_celery.models import TERMINAL_STATES, UNARMED, Job, JobLink, Run
 from kala_celery.publish import CeleryPublisher
 from kala_celery.schedule import ScheduleError, parse_plain_duration
 from kala_celery.tasks.runner import abandon
@@ -32,6 +32,7 @@ SWEEP_EVERY = 5.0  # seconds between sweeps for runs left pending
 PENDING_GRACE = timedelta(seconds=10)  # a run pending longer than this was not published
 LOST_GRACE = timedelta(seconds=60)  # beyond run_timeout, before a started run counts as lost
 MAX_BACKOFF = 30.0
+PRUNE_BATCH = 5000
 
 
 def utcnow() -> datetime:
@@ -155,6 +156,18 @@ class KalaScheduler(Scheduler):
                 log.warning("beat: run %s: %s", run_id, reason)
                 self._publish(abandon(self._store.sessions, run_id, settings, now, reason))
         self._rearm(now)
+        self._prune(now - parse_plain_duration(settings.run_retention))
+
+    def _prune(self, cutoff: datetime) -> None:
+        """Decision 15: finished runs older than KALA_RUN_RETENTION go (a batch per sweep)."""
+        assert self._store is not None
+        with self._store.sessions.begin() as session:
+            old = select(Run.id).where(Run.state.in_(TERMINAL_STATES), Run.created_at < cutoff)
+            pruned = session.execute(
+                delete(Run).where(Run.id.in_(old.limit(PRUNE_BATCH).scalar_subquery()))
+            ).rowcount
+        if pruned:
+            log.info("beat: pruned %d runs older than %s", pruned, cutoff.isoformat())
 
     def _rearm(self, now: datetime) -> None:
         assert self._store is not None
