@@ -1,0 +1,39 @@
+"""`kala-celery run` (Kala's debug command) and the CLI's help, as subprocesses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def kala(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kala_celery", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_run_prints_kala_style_success() -> None:
+    done = kala("run", "echo 'hello  world'")
+    assert done.returncode == 0
+    assert done.stdout == "Command Succeeded!\nOutput:  hello  world\n"
+
+
+def test_run_failure_exits_1_with_the_reason() -> None:
+    done = kala("run", "sh -c 'echo oops; exit 4'")
+    assert done.returncode == 1
+    assert "Command Failed with err: exit status 4: oops" in done.stderr
+    missing = kala("run", "no-such-binary-kala")
+    assert missing.returncode == 1 and "executable file not found" in missing.stderr
+
+
+def test_run_argument_errors() -> None:
+    none = kala("run")
+    assert none.returncode == 1 and "Must include a command" in none.stderr
+    two = kala("run", "echo", "hi")
+    assert two.returncode == 1 and "Must only include a command" in two.stderr
+
+
+def test_help_lists_every_command() -> None:
+    done = kala("--help")
+    assert done.returncode == 0
+    for command in ("serve", "api", "worker", "beat", "run"):
+        assert f"  {command} " in done.stdout
