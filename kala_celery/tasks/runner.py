@@ -113,7 +113,6 @@ def _claim(
             guard = Run.state.in_(_QUEUED)
         elif run.state == "started" and _died_here(run.worker, hostname):
             guard = (Run.state == "started") & (Run.worker == run.worker)
-            _count_failed_attempt(session, run.job_id, now)
             error = f"worker {run.worker} died during attempt {run.attempts}"
             log.warning("run %s: %s", run_id, error)
         else:
@@ -132,7 +131,9 @@ def _claim(
             .execution_options(synchronize_session=False)
         ).rowcount
         if claimed != 1:
-            return None
+            return None  # another delivery claimed it first
+        if run.state == "started":  # the dead process's attempt failed
+            _count_failed_attempt(session, run.job_id, now)
         if run.attempts == 0:
             session.execute(update(Job).where(Job.id == run.job_id).values(last_attempted_run=now))
         job = session.get(Job, run.job_id)
