@@ -1,0 +1,92 @@
+"""`python -m bench <suite>|all [--smoke] [options]`: run benchmark suites, print their tables
+and RESULTS.md-ready markdown (command, machine, date)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from bench import SUITES
+
+MODULES = {
+    "beat-scale": "bench.beat_scale",
+    "lateness": "bench.lateness",
+    "api": "bench.api",
+    "throughput": "bench.throughput",
+}
+
+
+def size(text: str) -> int:
+    """1000, 1k, 100k, 1M."""
+    t = text.strip().lower().replace("_", "").replace(",", "")
+    mult = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
+    return int(float(t[:-1] if mult > 1 else t) * mult)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("suite", choices=[*SUITES, "all"])
+    p.add_argument("--smoke", action="store_true", help="tiny N and short runs (CI)")
+    p.add_argument("--append", type=Path, help="append the markdown to this file")
+    p.add_argument("--profile", action="store_true", help="cProfile the measured part")
+    g = p.add_argument_group("beat-scale")
+    g.add_argument("--sizes", nargs="+", type=size, help="stored jobs, e.g. 1k 100k 1M")
+    g.add_argument("--burst", type=size, help="jobs due at one instant (10k)")
+    g.add_argument("--ticks", type=int, help="timed idle ticks per size (100)")
+    g.add_argument("--step-seconds", type=float, help="time budget of one step (600)")
+    g.add_argument("--schedulers", nargs="+", choices=["kala", "celery", "redbeat"])
+    g = p.add_argument_group("lateness / api / throughput")
+    g.add_argument("--dbs", nargs="+", choices=["sqlite", "postgresql"], help="job stores")
+    g.add_argument("--jobs", type=int, help="lateness: jobs due at one instant (200)")
+    g.add_argument("--trials", type=int, help="lateness: single-job trials (30)")
+    g.add_argument("--concurrency", type=int, help="worker processes (default: cores)")
+    g.add_argument("--seconds", type=float, help="api: seconds per create phase (10); "
+                   "throughput: measured window (60)")
+    g.add_argument("--list-jobs", type=size, help="api: stored jobs for the list/stats (10k)")
+    return p
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwind: every suite's `finally` stops what it started
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    from bench.common import Servers
+
+    suites = SUITES if args.suite == "all" else (args.suite,)
+    servers = Servers()
+    failed = []
+    try:
+        for suite in suites:
+            module = importlib.import_module(MODULES[suite])
+            try:
+                report = module.run(args, servers)
+            except Exception:
+                traceback.print_exc()
+                failed.append(suite)
+                continue
+            print()
+            print(report.text())
+            print()
+            md = report.markdown()
+            print("---- markdown for bench/RESULTS.md ----")
+            print(md)
+            if args.append:
+                with args.append.open("a") as out:
+                    out.write("\n" + md)
+    finally:
+        servers.close()
+    if failed:
+        print(f"failed suites: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
