@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 
 from flask import Response, request, url_for
 from sqlalchemy.orm import Session
@@ -14,13 +13,9 @@ from kala_celery import history, jobs, wire
 from kala_celery.api.http import empty_response, error_response, json_response, read_body
 from kala_celery.api.state import kala
 from kala_celery.errors import Forbidden
-from kala_celery.models import JOB_REMOTE, TERMINAL_STATES, Job, Run
+from kala_celery.models import JOB_REMOTE, TERMINAL_STATES, Job, Run, utcnow
 
 PAGE_LIMIT = 1000
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 @contextmanager
@@ -56,7 +51,7 @@ def _documents(session: Session, rows: list[Job], *, everything: bool = False) -
 def create_job() -> Response:
     data = wire.decode_job(read_body())
     with _transaction() as session:
-        job, run = jobs.create_job(session, data, kala().rules, _now())
+        job, run = jobs.create_job(session, data, kala().rules, utcnow())
     _publish(run)
     return json_response({"id": job.id}, 201)
 
@@ -77,7 +72,7 @@ def get_job(job_id: str) -> Response:
 def replace_job(job_id: str) -> Response:
     data = wire.decode_job(read_body())
     with _transaction() as session:
-        job, run = jobs.replace_job(session, job_id, data, kala().rules, _now())
+        job, run = jobs.replace_job(session, job_id, data, kala().rules, utcnow())
         session.flush()
         doc = _documents(session, [job])[job_id]
     _publish(run)
@@ -98,7 +93,7 @@ def delete_all() -> Response:
 
 def enable_job(job_id: str) -> Response:
     with _transaction() as session:
-        _job, run = jobs.enable_job(session, job_id, kala().rules, _now())
+        _job, run = jobs.enable_job(session, job_id, kala().rules, utcnow())
     _publish(run)
     return empty_response(204)
 
@@ -113,7 +108,7 @@ def start_job(job_id: str) -> Response:
     """Decision 10: wait for the run (up to KALA_START_WAIT), 204; else 202 + Location."""
     wait = request.args.get("wait", "true").strip().lower() not in ("false", "0", "no")
     with _transaction() as session:
-        run = jobs.start_job(session, job_id, kala().rules, _now())
+        run = jobs.start_job(session, job_id, kala().rules, utcnow())
     _publish(run)
     if wait and _wait_until_finished(run.id, kala().settings.start_wait):
         return empty_response(204)
@@ -222,7 +217,7 @@ def put_execution_status(job_id: str, run_id: str) -> Response:
         run = history.get_run(session, run_id)
         if run.job_id != job_id:
             return empty_response(404)
-        history.set_status(session, run_id, status, _now())
+        history.set_status(session, run_id, status, utcnow())
     return empty_response(204)
 
 
@@ -241,6 +236,6 @@ def app_stats() -> Response:
             success_count=stats.success_count,
             next_run_at=stats.next_run_at,
             last_attempted_run=stats.last_attempted_run,
-            created=_now(),
+            created=utcnow(),
         )
     )

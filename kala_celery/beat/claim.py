@@ -135,10 +135,12 @@ def _move(session: Session, steps: list[tuple[str, datetime, Advance, bool]]) ->
     return [s for s, p in zip(steps, params, strict=True) if session.execute(_MOVE, p).rowcount]
 
 
-def next_due(session: Session, now: datetime) -> datetime | None:
-    """The earliest next_run_at among claimable-in-future jobs (one indexed query)."""
-    return session.scalar(
-        select(func.min(Job.next_run_at)).where(
-            Job.next_run_at.is_not(None), Job.next_run_at > now, not_(Job.disabled)
-        )
+def next_due(session: Session, after: datetime | None = None) -> datetime | None:
+    """The earliest next_run_at of an enabled job (later than `after`, if given): one query
+    on the `ix_jobs_due` index."""
+    query = select(func.min(Job.next_run_at)).where(
+        Job.next_run_at.is_not(None), not_(Job.disabled)
     )
+    if after is not None:
+        query = query.where(Job.next_run_at > after)
+    return session.scalar(query)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from celery.beat import Scheduler
@@ -20,7 +20,7 @@ from kala_celery.beat.claim import claim_batch, next_due
 from kala_celery.celery_app import settings_of
 from kala_celery.db import Store, store_for
 from kala_celery.jobs import Rules, rearm
-from kala_celery.models import TERMINAL_STATES, UNARMED, Job, JobLink, Run
+from kala_celery.models import TERMINAL_STATES, UNARMED, Job, JobLink, Run, utcnow
 from kala_celery.publish import CeleryPublisher
 from kala_celery.schedule import ScheduleError, parse_plain_duration
 from kala_celery.tasks.runner import abandon
@@ -33,10 +33,6 @@ PENDING_GRACE = timedelta(seconds=10)  # a run pending longer than this was not 
 LOST_GRACE = timedelta(seconds=60)  # beyond run_timeout, before a started run counts as lost
 MAX_BACKOFF = 30.0
 PRUNE_BATCH = 5000
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class KalaScheduler(Scheduler):
@@ -97,19 +93,22 @@ class KalaScheduler(Scheduler):
 
     def _tick(self, now: datetime) -> float:
         assert self._store is not None and self._publisher is not None
-        while True:  # drain everything due, a batch per transaction
-            with self._store.sessions.begin() as session:
-                runs = claim_batch(session, now, BATCH, self._default_tz)
-            self._publish(runs)
-            if len(runs) < BATCH:
-                break
+        with self._store.sessions() as session:  # an idle tick is this one query
+            upcoming = next_due(session)
+        if upcoming is not None and upcoming <= now:
+            while True:  # drain everything due, a batch per transaction
+                with self._store.sessions.begin() as session:
+                    runs = claim_batch(session, now, BATCH, self._default_tz)
+                self._publish(runs)
+                if len(runs) < BATCH:
+                    break
+            with self._store.sessions() as session:  # due jobs left are busy: not before
+                upcoming = next_due(session, after=utcnow())
         if self._unsent:  # the broker refused them last time: try again at once
             self._publish([])
         if time.monotonic() >= self._next_sweep:
             self._sweep(now)
             self._next_sweep = time.monotonic() + SWEEP_EVERY
-        with self._store.sessions() as session:
-            upcoming = next_due(session, utcnow())
         if upcoming is None:
             return self.max_interval
         return max(0.0, min(self.max_interval, (upcoming - utcnow()).total_seconds()))

@@ -16,24 +16,20 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import dispatch, schedule
 from kala_celery.config import Settings
-from kala_celery.models import JOB_REMOTE, Job, JobLink, Run
+from kala_celery.models import JOB_REMOTE, Job, JobLink, Run, utcnow
 from kala_celery.tasks.outcome import Outcome, tail
 
 log = logging.getLogger(__name__)
 
 Attempt = Callable[[Job, Settings], Outcome]
 _QUEUED = ("pending", "sent")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # ---------------------------------------------------------------- policy
