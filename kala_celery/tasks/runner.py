@@ -227,15 +227,15 @@ def _record_on_failure(session: Session, job: Job, now: datetime) -> Run | None:
 
 def _is_done_after(session: Session, job: Job, settings: Settings) -> bool:
     """Decision 8: done when a one-off (or child) has run, or the schedule's runs are used up."""
-    if not job.schedule or session.scalar(
-        select(JobLink.id).where(JobLink.child_id == job.id).limit(1)
-    ):
+    if not job.schedule:
         return True
     current = session.execute(
         select(Job.runs_used, Job.next_run_at).where(Job.id == job.id)
     ).one_or_none()
     if current is None or current.next_run_at is not None:
-        return False
+        return False  # the common case: a scheduled job with more to run, one query
+    if session.scalar(select(JobLink.id).where(JobLink.child_id == job.id).limit(1)):
+        return True  # a child (its schedule is not used) has run
     try:
         total = schedule.parse_schedule(
             job.schedule, schedule.resolve_zone(job.timezone, settings.timezone)
