@@ -360,11 +360,21 @@ def create_job(
     job = Job(id=job_id, created_at=now, runs_used=0, is_done=False)
     _apply_fields(job, data, rules)
     _apply_metadata(job, data.get("metadata"))
+    children = data.get("dependent_jobs")
+    if not (parents or children):
+        # No links to check first: arm before the INSERT, so a create is one statement
+        # (not an INSERT and then an UPDATE of next_run_at).
+        due_now = _arm(job, rules, now, fresh=True)
+        session.add(job)
+        session.flush()
+        if due_now:
+            return job, dispatch.record_tree(
+                session, job, trigger="schedule", scheduled_for=now, now=now
+            )
+        return job, None
     session.add(job)
     session.flush()
-    children = data.get("dependent_jobs")
-    if parents or children:
-        _set_links(session, job_id, parents or None, _unique(children) if children else None)
+    _set_links(session, job_id, parents or None, _unique(children) if children else None)
     return job, _start_if_due(session, job, rules, now, fresh=not parents)
 
 
