@@ -35,6 +35,18 @@ def _store_options(fn):
 
 def _http_options(fn):
     fn = click.option(
+        "--access-log/--no-access-log",
+        default=False,
+        show_default=True,
+        help="Log one line per request on stdout.",
+    )(fn)
+    fn = click.option(
+        "-w",
+        "--workers",
+        type=click.IntRange(min=1),
+        help="API worker processes (default: one per CPU, at most 8).",
+    )(fn)
+    fn = click.option(
         "--insecure", is_flag=True, help="Allow a non-loopback address without a token."
     )(fn)
     fn = click.option("-o", "--default-owner", help="Owner for jobs posted without one.")(fn)
@@ -62,7 +74,14 @@ def main() -> None:
 
 
 def _serve_api(
-    port: str, interface: str, insecure: bool, settings: Settings, *, with_companions: bool
+    port: str,
+    interface: str,
+    insecure: bool,
+    settings: Settings,
+    *,
+    workers: int | None,
+    access_log: bool,
+    with_companions: bool,
 ) -> None:
     from kala_celery.api import create_app
     from kala_celery.server import BindError, check_bind, parse_port, serve_api
@@ -75,10 +94,10 @@ def _serve_api(
         raise click.UsageError(str(exc)) from None
     app = create_app(settings)
     if not with_companions:
-        serve_api(app, interface, number)
+        serve_api(app, interface, number, workers=workers, access_log=access_log)
         return
     with companions(settings):
-        serve_api(app, interface, number)
+        serve_api(app, interface, number, workers=workers, access_log=access_log)
 
 
 def _http_command(name: str, summary: str, *, with_companions: bool) -> None:
@@ -90,12 +109,22 @@ def _http_command(name: str, summary: str, *, with_companions: bool) -> None:
         interface: str,
         default_owner: str | None,
         insecure: bool,
+        workers: int | None,
+        access_log: bool,
         db: str | None,
         broker: str | None,
         data_dir: str | None,
     ) -> None:
         settings = _settings(db, broker, data_dir, default_owner)
-        _serve_api(port, interface, insecure, settings, with_companions=with_companions)
+        _serve_api(
+            port,
+            interface,
+            insecure,
+            settings,
+            workers=workers,
+            access_log=access_log,
+            with_companions=with_companions,
+        )
 
 
 _http_command(

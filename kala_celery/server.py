@@ -1,8 +1,10 @@
-"""Serve the API with gunicorn (threads: `start` holds a request open while it waits)."""
+"""Serve the API with gunicorn: N worker processes (the GIL makes one process one core), each
+with threads (`start` holds a request open while it waits)."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any
 
 from flask import Flask
@@ -52,16 +54,51 @@ class _Gunicorn(BaseApplication):
         return self.application
 
 
-def serve_api(app: Flask, host: str, port: int, threads: int = 16) -> None:
+def default_workers() -> int:
+    """One worker process per CPU this process may run on (at least 1, at most 8)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+def _post_fork(app: Flask) -> Any:
+    """A gunicorn post_fork hook: each worker opens its own database connections; one
+    inherited from the master (which created the schema) must not be shared by processes."""
+
+    def hook(_arbiter: Any, _worker: Any) -> None:
+        state = app.extensions.get("kala")
+        if state is not None:
+            state.engine.dispose(close=False)
+
+    return hook
+
+
+def serve_api(
+    app: Flask,
+    host: str,
+    port: int,
+    *,
+    workers: int | None = None,
+    threads: int = 16,
+    access_log: bool = False,
+) -> None:
+    """Run `app` under gunicorn until stopped: `workers` gthread processes (default: one per
+    CPU), `threads` each; one access-log line per request on stdout when `access_log`."""
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    state = app.extensions.get("kala")
+    if state is not None:
+        state.engine.dispose()  # the master serves nothing: close what creating the app opened
     _Gunicorn(
         app,
         {
             "bind": bind,
-            "workers": 1,
+            "workers": workers or default_workers(),
             "worker_class": "gthread",
             "threads": threads,
-            "accesslog": "-",
+            "accesslog": "-" if access_log else None,
+            "post_fork": _post_fork(app),
             "errorlog": "-",
             "loglevel": "info",
             "timeout": 120,

@@ -40,8 +40,14 @@ def test_a_create_with_links_still_checks_links_first(api: Api) -> None:
     parent = api.create(id="p", name="p", command="true", schedule=f"R/{future()}/PT1H")
     child = api.create(id="c", name="c", command="true", parent_jobs=[parent])
     assert api.job(child)["next_run_at"] == "0001-01-01T00:00:00Z"
-    refused = api.http.post("/job/", json={"name": "x", "command": "true",
-                                           "schedule": "R/2001-01-01T00:00:00Z/PT1H",
-                                           "dependent_jobs": ["missing"]})
+    refused = api.http.post(
+        "/job/",
+        json={
+            "name": "x",
+            "command": "true",
+            "schedule": "R/2001-01-01T00:00:00Z/PT1H",
+            "dependent_jobs": ["missing"],
+        },
+    )
     assert refused.status_code == 400
     assert "'missing' does not exist" in refused.json()["error"]

@@ -37,3 +37,19 @@ def test_help_lists_every_command() -> None:
     assert done.returncode == 0
     for command in ("serve", "api", "worker", "beat", "run"):
         assert f"  {command} " in done.stdout
+
+
+def test_api_and_serve_take_workers_and_access_log() -> None:
+    for command in ("api", "serve"):
+        done = kala(command, "--help")
+        assert done.returncode == 0
+        assert "-w, --workers" in done.stdout
+        assert "--access-log / --no-access-log" in done.stdout
+    bad = kala("api", "--workers", "0")
+    assert bad.returncode == 2 and "--workers" in bad.stderr
+
+
+def test_default_workers_is_one_per_cpu_within_bounds() -> None:
+    from kala_celery.server import default_workers
+
+    assert 1 <= default_workers() <= 8

@@ -134,3 +134,30 @@ def test_serve_refuses_a_public_address_without_token(tmp_path: Path) -> None:
     assert command.proc.wait(30) == 2
     assert "refusing to serve on 0.0.0.0 without KALA_API_TOKEN" in command.output()
     command.stop()
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_api_runs_several_workers_and_logs_requests_only_when_asked(
+    db_url: str, tmp_path: Path, access_log: bool
+) -> None:
+    port = free_port()
+    flags = ["--access-log"] if access_log else []
+    command = Command.kala("api", "-p", str(port), "-w", "3", *flags,
+                           "--data-dir", str(tmp_path / "data"), log=tmp_path / "api.log",
+                           env={"KALA_DATABASE_URL": db_url})
+    try:
+        wait_for(lambda: answers(port) or command.proc.poll() is not None, 60, "api")
+        assert command.proc.poll() is None, command.output()
+        wait_for(lambda: len(children_of(command.proc.pid)) == 3, 30, "three workers")
+        base = f"http://127.0.0.1:{port}/api/v1"
+        ids = set()
+        for n in range(12):  # new connections: the workers share them
+            created = httpx.post(f"{base}/job/", json={"name": f"j{n}", "command": "true",
+                                                      "schedule": f"R/{future()}/PT1H"})
+            assert created.status_code == 201, created.text
+            ids.add(created.json()["id"])
+        assert set(httpx.get(f"{base}/job/").json()["jobs"]) == ids
+    finally:
+        assert command.stop() == 0, command.output()
+    logged = '"POST /api/v1/job/ HTTP/1.1" 201' in command.output()
+    assert logged == access_log, command.output()[-2000:]
