@@ -37,7 +37,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
         accept_content=["json"],
         task_ignore_result=True,  # outcomes live in the runs table
         worker_send_task_events=True,  # Flower sees runs
-        task_send_sent_event=True,
+        task_send_sent_event=settings.sent_events,
         broker_connection_retry_on_startup=True,
         beat_scheduler="kala_celery.beat:KalaScheduler",
         enable_utc=True,

@@ -46,6 +46,9 @@ class Settings:
     default_owner: str = ""
     stats_in_job: int = field(default=100)  # most recent runs shown in a job's "stats"
     lost_after: str = "PT24H"  # a run started this long ago (past its run_timeout) is lost
+    # Celery's task-sent event per published run: doubles the cost of a publish; Flower sees
+    # a run from the worker's task-received event without it (it then skips "PENDING").
+    sent_events: bool = False
 
     @property
     def db_url(self) -> str:
@@ -67,6 +70,7 @@ class Settings:
             "KALA_RUN_RETENTION": self.run_retention,
             "KALA_DEFAULT_OWNER": self.default_owner,
             "KALA_LOST_AFTER": self.lost_after,
+            "KALA_SENT_EVENTS": str(self.sent_events).lower(),
         }
         if self.api_token:
             env["KALA_API_TOKEN"] = self.api_token
@@ -98,6 +102,8 @@ class Settings:
             kw["run_retention"] = env["KALA_RUN_RETENTION"]
         if "KALA_LOST_AFTER" in env:
             kw["lost_after"] = env["KALA_LOST_AFTER"]
+        if "KALA_SENT_EVENTS" in env:
+            kw["sent_events"] = _bool("KALA_SENT_EVENTS", env["KALA_SENT_EVENTS"])
         if "KALA_DEFAULT_OWNER" in env:
             kw["default_owner"] = env["KALA_DEFAULT_OWNER"]
         return cls(**kw)
