@@ -11,9 +11,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from kala_celery import bulk
 from kala_celery.models import Job, JobLink, Run
 
 # Triggers that use up one of the schedule's runs (Decision 4: a manual start counts).
@@ -47,7 +48,7 @@ def children_by_parent(session: Session, roots: list[str]) -> dict[str, list[str
     while frontier:
         rows = session.execute(
             select(JobLink.parent_id, JobLink.child_id)
-            .where(JobLink.parent_id.in_(frontier))
+            .where(bulk.one_of(session, JobLink.parent_id, frontier))
             .order_by(JobLink.parent_id, JobLink.position)
         ).all()
         for parent, child in rows:
@@ -57,10 +58,16 @@ def children_by_parent(session: Session, roots: list[str]) -> dict[str, list[str
 
 
 def record_trees(
-    session: Session, roots: list[tuple[str, datetime]], *, trigger: str, now: datetime
+    session: Session,
+    roots: list[tuple[str, datetime]],
+    *,
+    trigger: str,
+    now: datetime,
+    count: bool = True,
 ) -> list[str]:
     """Record a run for each (job id, scheduled_for) and, depth first in FIFO order, a pending
-    run for every job that depends on it. One bulk insert; returns the root run ids."""
+    run for every job that depends on it. One bulk insert; returns the root run ids.
+    `count=False`: the caller has already added the runs to the jobs' runs_used."""
     if not roots:
         return []
     children = children_by_parent(session, [job_id for job_id, _ in roots])
@@ -91,11 +98,11 @@ def record_trees(
                 visit(child_id, row["id"])
 
         visit(job_id, root["id"])
-    session.execute(insert(Run), rows)
-    if trigger in COUNTED_TRIGGERS:
+    bulk.insert_rows(session, Run.__table__, rows)
+    if count and trigger in COUNTED_TRIGGERS:
         session.execute(
             update(Job)
-            .where(Job.id.in_([job_id for job_id, _ in roots]))
+            .where(bulk.one_of(session, Job.id, [job_id for job_id, _ in roots]))
             .values(runs_used=Job.runs_used + 1)
             .execution_options(synchronize_session=False)
         )

@@ -2,9 +2,9 @@
 `next_run_at` to the next anchored occurrence (Decisions 3-6).
 
 Several beats may claim at once: PostgreSQL hands each beat different rows (FOR UPDATE SKIP
-LOCKED); on SQLite, which has no row locks, every row is advanced with a compare-and-set on
-its old `next_run_at`. Either way an occurrence is claimed once, and the unique index on
-(job_id, scheduled_for) is the last guard.
+LOCKED); SQLite, which has no row locks, lets one claim at a time (the claim takes the
+database's write lock before it reads). Either way an occurrence is claimed once, and the
+unique index on (job_id, scheduled_for) is the last guard.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import and_, bindparam, exists, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
-from kala_celery import dispatch, schedule
+from kala_celery import bulk, dispatch, schedule
 from kala_celery.models import Job, JobLink, Run
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ def claimable(now: datetime):
 
 def claim_batch(session: Session, now: datetime, limit: int, default_tz: str) -> list[str]:
     """Claim up to `limit` due jobs in the caller's transaction; returns the root run ids."""
+    bulk.lock_for_write(session)  # SQLite; PostgreSQL locks the rows (SKIP LOCKED) instead
     due = session.execute(
         select(
             Job.id,
@@ -104,7 +105,7 @@ def claim_batch(session: Session, now: datetime, limit: int, default_tz: str) ->
         for job_id, _old, step, _off in _move(session, steps)
         if step.run_for is not None
     ]
-    return dispatch.record_trees(session, roots, trigger="schedule", now=now)
+    return dispatch.record_trees(session, roots, trigger="schedule", now=now, count=False)
 
 
 _MOVE = (
@@ -112,27 +113,62 @@ _MOVE = (
     .where(
         Job.__table__.c.id == bindparam("b_id"), Job.__table__.c.next_run_at == bindparam("b_old")
     )
-    .values(next_run_at=bindparam("b_next"), disabled=bindparam("b_off"))
+    .values(
+        next_run_at=bindparam("b_next"),
+        disabled=bindparam("b_off"),
+        runs_used=Job.__table__.c.runs_used + bindparam("b_used"),
+    )
 )
 
 
-def _move(session: Session, steps: list[tuple[str, datetime, Advance, bool]]) -> list:
-    """Write the new next_run_at of each claimed job; returns the steps that took effect.
+def _move_all(steps: list[dict]):
+    """PostgreSQL: every claimed row in one UPDATE ... FROM unnest(arrays) (the rows are
+    locked by this transaction, so no compare-and-set is needed)."""
+    table = Job.__table__
+    moves = bulk.unnest(
+        {
+            "b_id": ([p["b_id"] for p in steps], table.c.id.type),
+            "b_next": ([p["b_next"] for p in steps], table.c.next_run_at.type),
+            "b_off": ([p["b_off"] for p in steps], table.c.disabled.type),
+            "b_used": ([p["b_used"] for p in steps], table.c.runs_used.type),
+        }
+    )
+    return (
+        update(table)
+        .where(table.c.id == moves.c.b_id)
+        .values(
+            next_run_at=moves.c.b_next,
+            disabled=moves.c.b_off,
+            runs_used=table.c.runs_used + moves.c.b_used,
+        )
+    )
 
-    PostgreSQL: the rows are locked by this transaction, so one executemany does it. SQLite has
-    no row locks: each row is a compare-and-set on its old next_run_at, and a row another beat
-    moved first is left to that beat.
+
+def _move(session: Session, steps: list[tuple[str, datetime, Advance, bool]]) -> list:
+    """Write the new next_run_at of each claimed job, and count the run it gets (Decision 4),
+    in the same statement; returns the steps that took effect.
+
+    The rows are locked by this transaction (PostgreSQL: FOR UPDATE; SQLite: the database's
+    write lock, taken before they were read), so every step takes effect: PostgreSQL gets
+    one UPDATE ... FROM unnest(...), SQLite one executemany.
     """
     params = [
-        {"b_id": job_id, "b_old": old, "b_next": step.next_run_at, "b_off": off}
+        {
+            "b_id": job_id,
+            "b_old": old,
+            "b_next": step.next_run_at,
+            "b_off": off,
+            "b_used": int(step.run_for is not None),
+        }
         for job_id, old, step, off in steps
     ]
     if not params:
         return []
-    if session.get_bind().dialect.name == "postgresql":
+    if bulk.is_postgresql(session):
+        session.execute(_move_all(params))
+    else:
         session.execute(_MOVE, params)
-        return steps
-    return [s for s, p in zip(steps, params, strict=True) if session.execute(_MOVE, p).rowcount]
+    return steps
 
 
 def next_due(session: Session, after: datetime | None = None) -> datetime | None:
