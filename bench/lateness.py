@@ -3,8 +3,8 @@ process running — for a burst of jobs due at one instant and for a single job,
 `celery beat -S kala` and `celery worker` processes on Redis.
 
 - due: the job's schedule start (`R0/<T>/`, whole seconds, a few seconds ahead);
-- published: the `task-sent` event the beat emits right after publishing (kala-celery turns on
-  `task_send_sent_event`), received by this process from Redis;
+- published: the moment Redis received the run's task message (its LPUSH, seen with Redis'
+  MONITOR: the server's clock, which is this machine's);
 - task started: `runs.started_at`, written by the worker when it claims the run;
 - process start: the job's command is `date +%s.%N`; its output (kept in `runs.output`) is
   the wall-clock time at which the command was running.
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from bench.cluster import Cluster, cores
 from bench.common import (
@@ -36,37 +36,46 @@ from kala_celery.models import TERMINAL_STATES
 COMMAND = "date +%s.%N"
 
 
-class SentEvents:
-    """Collects `task-sent` events (task id -> timestamp) in a background thread."""
+class Published:
+    """When each run's message reached Redis: the LPUSH of its task message as Redis' MONITOR
+    reports it (the server's clock, which is this machine's), watched from a background
+    thread. Independent of what the beat emits (kala-celery sends no task-sent events by
+    default); MONITOR costs Redis a little per command, the same for every run."""
+
+    TASK_ID = re.compile(r'\\?"id\\?": \\?"([0-9a-f-]{36})')
 
     def __init__(self, broker_url: str) -> None:
-        from celery import Celery
+        import redis
 
-        self.app = Celery("bench-events", broker=broker_url)
+        self.client = redis.Redis.from_url(broker_url)
         self.sent: dict[str, float] = {}
-        self._receiver = None
-        self._thread = threading.Thread(target=self._run, name="sent-events", daemon=True)
-
-    def _on_sent(self, event: dict[str, Any]) -> None:
-        self.sent[event["uuid"]] = float(event["timestamp"])
+        self._monitor = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="published", daemon=True)
 
     def _run(self) -> None:
-        with self.app.connection() as conn:
-            self._receiver = self.app.events.Receiver(
-                conn, handlers={"task-sent": self._on_sent, "*": lambda _e: None}
-            )
-            self._receiver.capture(limit=None, timeout=None, wakeup=False)
+        with self.client.monitor() as monitor:
+            self._monitor = monitor
+            for command in monitor.listen():
+                if self._stop:
+                    return
+                text = command.get("command", "")
+                if text.startswith("LPUSH"):
+                    for task_id in self.TASK_ID.findall(text):
+                        self.sent.setdefault(task_id, float(command["time"]))
 
     def start(self) -> None:
         self._thread.start()
-        wait_until(lambda: self._receiver is not None, 10, "event receiver")
-        time.sleep(1.0)  # let it subscribe before anything is published
+        wait_until(lambda: self._monitor is not None, 10, "redis MONITOR")
+        self.client.ping()  # the monitor sees this once it is attached
+        time.sleep(0.5)
 
     def stop(self) -> None:
-        if self._receiver is not None:
-            self._receiver.should_stop = True
+        self._stop = True
+        with contextlib.suppress(Exception):
+            self.client.ping()  # wakes the monitor so it sees the stop
         self._thread.join(5)
-        self.app.close()
+        self.client.close()
 
 
 def _epoch(t: datetime) -> float:
@@ -78,7 +87,7 @@ def _due_in(seconds: float) -> datetime:
     return datetime.fromtimestamp(math.ceil(time.time() + seconds), UTC)
 
 
-def measure(cluster: Cluster, events: SentEvents, run_ids: set[str] | None = None) -> dict:
+def measure(cluster: Cluster, events: Published, run_ids: set[str] | None = None) -> dict:
     published, started, process, states = [], [], [], {}
     for run in cluster.runs():
         if run_ids is not None and run.id not in run_ids:
@@ -116,7 +125,7 @@ def run(args, servers: Servers) -> Report:
     targets = report.table("Targets", ["target", "measured", "met"])
     for store in stores:
         cluster = Cluster(servers, store, "lateness")
-        events = SentEvents(cluster.redis_url)
+        events = Published(cluster.redis_url)
         try:
             cluster.start_worker(concurrency)
             events.start()
@@ -134,7 +143,7 @@ def run(args, servers: Servers) -> Report:
                            f"{burst} runs to finish", 0.2)
             except OutOfTime as exc:
                 report.note(f"{store}: {exc}")
-            time.sleep(0.5)  # the last sent events
+            time.sleep(0.5)  # the monitor's last lines
             burst_ids = {r.id for r in cluster.runs()}
             res = measure(cluster, events, burst_ids)
             _rows(table, store, f"{burst} due at once", res)
@@ -142,7 +151,7 @@ def run(args, servers: Servers) -> Report:
                 report.note(f"{store}: burst run states {res['states']}")
             pub = spread(res["published"])
             targets.add(f"{burst} simultaneous jobs all published within 50 ms of due ({store})",
-                        f"last at {ms(pub['max'], 1)} ({len(res['published'])} events)",
+                        f"last at {ms(pub['max'], 1)} ({len(res['published'])} seen)",
                         _yes(len(res["published"]) == burst and pub["max"] <= 0.050))
 
             # -- a single job, `trials` times
