@@ -22,8 +22,13 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout."""
+def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
+    """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout.
+
+    `pre_ping` tests every pooled connection before use (one more round trip per checkout),
+    so a request never fails on a connection the server dropped. The beat turns it off: it
+    checks out connections several times a second, and a failed tick (the pool then drops
+    every connection older than the failure) only means a retry a moment later."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -31,7 +36,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=pre_ping)
 
 
 def init_schema(engine: Engine) -> None:
@@ -53,15 +58,15 @@ class Store:
     sessions: sessionmaker[Session]
 
 
-_stores: dict[tuple[int, str], Store] = {}
+_stores: dict[tuple[int, str, bool], Store] = {}
 
 
-def store_for(url: str) -> Store:
+def store_for(url: str, *, pre_ping: bool = True) -> Store:
     """One engine per process and URL (a forked worker child gets its own), schema ensured."""
-    key = (os.getpid(), url)
+    key = (os.getpid(), url, pre_ping)
     store = _stores.get(key)
     if store is None:
-        engine = make_engine(url)
+        engine = make_engine(url, pre_ping=pre_ping)
         init_schema(engine)
         store = _stores[key] = Store(engine, make_sessionmaker(engine))
     return store

@@ -9,6 +9,7 @@ with month ends clamped, time units (H, M, S) are exact elapsed time.
 from __future__ import annotations
 
 import calendar
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -425,9 +426,16 @@ def _parse_repeat(part: str) -> int | None:
 
 
 def parse_schedule(text: str, tz: ZoneInfo | None = None) -> Schedule:
-    """Parse ``R<n>/<start>/<interval>``. Does not compare the start with the clock."""
+    """Parse ``R<n>/<start>/<interval>``. Does not compare the start with the clock.
+    Schedules are immutable: the beat parses a job's schedule at every occurrence it claims,
+    so parsed ones are kept (a bounded cache)."""
     if not isinstance(text, str):
         raise ScheduleError("schedule must be a string")
+    return _parse_schedule(text, ZoneInfo("UTC") if tz is None else tz)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_schedule(text: str, tz: ZoneInfo) -> Schedule:
     parts = text.split("/")
     if len(parts) != 3:
         raise ScheduleError(_SHAPE_HINT)
@@ -442,6 +450,4 @@ def parse_schedule(text: str, tz: ZoneInfo | None = None) -> Schedule:
             interval = None
         elif interval.is_zero():
             raise ScheduleError("interval must be greater than zero for a repeating schedule")
-    return Schedule(
-        repeat=repeat, start=start, interval=interval, tz=ZoneInfo("UTC") if tz is None else tz
-    )
+    return Schedule(repeat=repeat, start=start, interval=interval, tz=tz)

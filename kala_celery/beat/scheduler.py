@@ -58,7 +58,7 @@ class KalaScheduler(Scheduler):
 
     def _connect(self) -> None:
         if self._store is None:
-            store = store_for(settings_of(self.app).db_url)
+            store = store_for(settings_of(self.app).db_url, pre_ping=False)
             self._publisher = CeleryPublisher(self.app, store.sessions)
             self._store = store
 
