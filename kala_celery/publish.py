@@ -22,7 +22,7 @@ from typing import Any
 from celery import Celery, chain
 from celery.canvas import Signature
 from kombu import Producer
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import bulk
@@ -86,26 +86,28 @@ class CeleryPublisher:
         amqp.send_task_message(producer, RUN_TASK, message, retry=False, declare=declare, **route)
 
     def _pending(self, ids: list[str]) -> tuple[list[tuple], dict[str, list[tuple]]]:
-        """The pending runs among `ids` and, per root, its pending dependents in tree order."""
+        """The pending runs among `ids` and, per root, its pending dependents in tree order
+        (one query for both)."""
         columns = (Run.id, Run.root_run_id, Job.id, Job.name, Job.queue)
         with self.sessions() as session:
-            roots = session.execute(
+            rows = session.execute(
                 select(*columns)
                 .join(Job, Job.id == Run.job_id)
-                .where(bulk.one_of(session, Run.id, ids), Run.state == "pending")
+                .where(
+                    or_(
+                        bulk.one_of(session, Run.id, ids),
+                        bulk.one_of(session, Run.root_run_id, ids),
+                    ),
+                    Run.state == "pending",
+                )
+                .order_by(Run.seq)
             ).all()
-            links: dict[str, list[tuple]] = {}
-            if roots:
-                for row in session.execute(
-                    select(*columns)
-                    .join(Job, Job.id == Run.job_id)
-                    .where(
-                        bulk.one_of(session, Run.root_run_id, [r[0] for r in roots]),
-                        Run.state == "pending",
-                    )
-                    .order_by(Run.root_run_id, Run.seq)
-                ):
-                    links.setdefault(row[1], []).append(row)
+        wanted = set(ids)
+        roots = [row for row in rows if row[0] in wanted]
+        links: dict[str, list[tuple]] = {}
+        for row in rows:
+            if row[1] in wanted and row[0] not in wanted:
+                links.setdefault(row[1], []).append(row)
         return roots, links
 
     def publish_ids(self, run_ids: Iterable[str]) -> list[str]:
