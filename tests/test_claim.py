@@ -1,0 +1,68 @@
+"""Several beats claiming the same due jobs at once, in process, on both databases: every job is
+claimed exactly once per occurrence, counted once, and moved on once (PostgreSQL: SKIP LOCKED
+rows; SQLite: one claim holds the write lock at a time)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from kala_celery import jobs
+from kala_celery.beat.claim import claim_batch
+from kala_celery.db import init_schema, make_engine, make_sessionmaker
+from kala_celery.models import Job, Run, utcnow
+
+FAR = (utcnow() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+JOBS = 600
+BEATS = 3
+BATCH = 40
+
+
+def test_concurrent_claims_take_each_due_job_once(db_url) -> None:
+    engines = [make_engine(db_url) for _ in range(BEATS)]
+    init_schema(engines[0])
+    sessions = [make_sessionmaker(engine) for engine in engines]
+    with sessions[0].begin() as session:
+        for i in range(JOBS):
+            body = {"name": f"c{i}", "command": "true", "schedule": f"R/{FAR}/PT1H"}
+            jobs.create_job(session, body, jobs.Rules(), utcnow())
+        session.execute(update(Job).values(next_run_at=utcnow() - timedelta(seconds=5)))
+    now = utcnow()
+    claimed: list[list[str]] = [[] for _ in range(BEATS)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(BEATS)
+
+    def beat(k: int) -> None:
+        try:
+            start.wait()
+            while True:
+                with sessions[k].begin() as session:
+                    runs = claim_batch(session, now, BATCH, "UTC")
+                claimed[k] += runs
+                if len(runs) < BATCH:
+                    return
+        except BaseException as exc:  # reported below, with the thread's name
+            errors.append(exc)
+
+    threads = [threading.Thread(target=beat, args=(k,)) for k in range(BEATS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    assert not any(thread.is_alive() for thread in threads)
+
+    with sessions[0]() as session:
+        per_job = Counter(session.scalars(select(Run.job_id)))
+        used = set(session.scalars(select(Job.runs_used)))
+        due_left = session.scalar(select(Job.id).where(Job.next_run_at <= now).limit(1))
+    assert sum(len(c) for c in claimed) == JOBS
+    assert len(per_job) == JOBS and set(per_job.values()) == {1}
+    assert used == {1}
+    assert due_left is None
+    assert sum(1 for c in claimed if c) >= 1
+    for engine in engines:
+        engine.dispose()
