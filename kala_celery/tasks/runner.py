@@ -8,6 +8,11 @@ nothing, and counters are updated in SQL (`x = x + 1`), so concurrent runs never
                                     --delay before next attempt--> sent (redelivered later)
                  epsilon window passed before the first attempt --> skipped
     started by a worker process that died --> a failed attempt; `lost` when none are left
+
+A run of a job that succeeds at once is two short transactions of two statements each, in
+SQLAlchemy Core (no ORM unit of work, no re-reads): the claim (`UPDATE runs ... RETURNING`,
+which also counts the first attempt, and `UPDATE jobs ... RETURNING` the job) and the finish
+(the run's final state, then the job's counters and `is_done` in one UPDATE).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, Engine, case, exists, func, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import dispatch, schedule
@@ -30,6 +37,47 @@ log = logging.getLogger(__name__)
 
 Attempt = Callable[[Job, Settings], Outcome]
 _QUEUED = ("pending", "sent")
+_JOB_COLUMNS = tuple(Job.__table__.c)
+
+
+# ---------------------------------------------------------------- what a worker knows of a run
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The columns of a run the worker needs, as read by the statement that claimed it."""
+
+    id: str
+    job_id: str
+    trigger: str
+    scheduled_for: datetime
+    parent_run_id: str | None
+    started_at: datetime | None
+    attempts: int  # counted so far, including an attempt the claim counted
+    error: str | None
+    worker: str | None
+
+
+_RUN_COLUMNS = (
+    Run.id,
+    Run.job_id,
+    Run.trigger,
+    Run.scheduled_for,
+    Run.parent_run_id,
+    Run.started_at,
+    Run.attempts,
+    Run.error,
+    Run.worker,
+)
+
+
+def _run_info(row: Any) -> RunInfo:
+    return RunInfo(*row[: len(_RUN_COLUMNS)])
+
+
+def _job_of(row: Any, offset: int = 0) -> Job:
+    """A detached Job built from the job columns of `row` (no session, no identity map)."""
+    return Job(**{c.key: row[offset + i] for i, c in enumerate(_JOB_COLUMNS)})
 
 
 # ---------------------------------------------------------------- policy
@@ -46,7 +94,7 @@ class RetryPolicy:
     deadline: datetime | None
 
     @classmethod
-    def of(cls, job: Job, run: Run, settings: Settings) -> RetryPolicy:
+    def of(cls, job: Job, run: Run | RunInfo, settings: Settings) -> RetryPolicy:
         deadline = None
         if run.trigger == "schedule" and job.schedule and job.epsilon:
             zone = schedule.resolve_zone(job.timezone, settings.timezone)
@@ -90,81 +138,150 @@ def _died_here(worker: str | None, hostname: str) -> bool:
 # ---------------------------------------------------------------- SQL steps
 
 
-def _count_failed_attempt(session: Session, job_id: str, now: datetime) -> None:
-    session.execute(
+def _engine(sessions: sessionmaker[Session]) -> Engine:
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, Engine):
+        raise TypeError("the runner needs a sessionmaker bound to an Engine")
+    return bind
+
+
+def _count_failed_attempt(conn: Connection | Session, job_id: str, now: datetime) -> None:
+    conn.execute(
         update(Job).where(Job.id == job_id).values(error_count=Job.error_count + 1, last_error=now)
     )
 
 
+def _owned(run_id: str, me: str | None) -> Any:
+    return (Run.id == run_id) & (Run.state == "started") & (Run.worker == me)
+
+
 def _claim(
-    sessions: sessionmaker[Session], run_id: str, me: str, hostname: str, now: datetime
-) -> tuple[Run, Job] | None:
-    """started <- pending/sent (or <- started by a dead process on this host)."""
-    with sessions.begin() as session:
-        run = session.get(Run, run_id)
-        if run is None:
-            return None  # its job was deleted
-        error = run.error
-        if run.state in _QUEUED:
-            guard = Run.state.in_(_QUEUED)
-        elif run.state == "started" and _died_here(run.worker, hostname):
-            guard = (Run.state == "started") & (Run.worker == run.worker)
-            error = f"worker {run.worker} died during attempt {run.attempts}"
-            log.warning("run %s: %s", run_id, error)
-        else:
-            log.info("run %s is %s already; delivery ignored", run_id, run.state)
-            return None
-        claimed = session.execute(
+    engine: Engine, run_id: str, me: str, hostname: str, now: datetime
+) -> tuple[RunInfo, Job, str | None] | None:
+    """started <- pending/sent (or <- started by a dead process on this host), counting the
+    attempt about to start in the same UPDATE. Returns the run, its job (with
+    last_attempted_run set by a first attempt) and, for a dependent run, its parent's state."""
+    with engine.begin() as conn:
+        row = conn.execute(
             update(Run)
-            .where(Run.id == run_id, guard)
+            .where(Run.id == run_id, Run.state.in_(_QUEUED))
             .values(
                 state="started",
                 worker=me,
-                started_at=run.started_at or now,
+                started_at=func.coalesce(Run.started_at, literal(now, Run.started_at.type)),
                 attempt_at=now,
-                error=error,
+                attempts=Run.attempts + 1,
             )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if claimed != 1:
-            return None  # another delivery claimed it first
-        if run.state == "started":  # the dead process's attempt failed
-            _count_failed_attempt(session, run.job_id, now)
-        if run.attempts == 0:
-            session.execute(update(Job).where(Job.id == run.job_id).values(last_attempted_run=now))
-        job = session.get(Job, run.job_id)
-        session.refresh(run)
-        if job is None:
-            return None
-        return run, job
+            .returning(*_RUN_COLUMNS)
+        ).first()
+        if row is None:
+            row = _claim_from_the_dead(conn, run_id, me, hostname, now)
+            if row is None:
+                return None
+        run = _run_info(row)
+        if run.attempts == 1:  # the run's first attempt: Kala's last_attempted_run
+            job_row = conn.execute(
+                update(Job)
+                .where(Job.id == run.job_id)
+                .values(last_attempted_run=now)
+                .returning(*_JOB_COLUMNS)
+            ).first()
+        else:
+            job_row = conn.execute(select(*_JOB_COLUMNS).where(Job.id == run.job_id)).first()
+        if job_row is None:
+            return None  # deleted with its runs: nothing left to update
+        parent_state = None
+        if run.trigger == "parent":
+            parent_state = conn.scalar(select(Run.state).where(Run.id == run.parent_run_id))
+        return run, _job_of(job_row), parent_state
 
 
-def _begin_attempt(sessions: sessionmaker[Session], run_id: str, me: str, now: datetime) -> int:
-    with sessions.begin() as session:
-        session.execute(
+def _claim_from_the_dead(
+    conn: Connection, run_id: str, me: str, hostname: str, now: datetime
+) -> Any:
+    """The queued-run claim missed: the run is unknown, past `sent`, or started by a worker
+    process on this host that died (its attempt failed; this delivery makes the next)."""
+    current = conn.execute(
+        select(Run.state, Run.worker, Run.attempts).where(Run.id == run_id)
+    ).first()
+    if current is None:
+        return None  # its job was deleted
+    state, worker, attempts = current
+    if state != "started" or not _died_here(worker, hostname):
+        log.info("run %s is %s already; delivery ignored", run_id, state)
+        return None
+    error = f"worker {worker} died during attempt {attempts}"
+    row = conn.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.state == "started", Run.worker == worker)
+        .values(worker=me, attempt_at=now, attempts=Run.attempts + 1, error=error)
+        .returning(*_RUN_COLUMNS)
+    ).first()
+    if row is None:
+        return None  # another delivery claimed it first
+    log.warning("run %s: %s", run_id, error)
+    _count_failed_attempt(conn, row.job_id, now)
+    return row
+
+
+def _next_attempt(engine: Engine, run_id: str, job_id: str, me: str, now: datetime) -> int | None:
+    """Count the failed attempt and the next one in one transaction; None when the run is no
+    longer ours (the sweep gave up on it)."""
+    with engine.begin() as conn:
+        number = conn.scalar(
             update(Run)
-            .where(Run.id == run_id, Run.state == "started", Run.worker == me)
+            .where(_owned(run_id, me))
             .values(attempts=Run.attempts + 1, attempt_at=now)
+            .returning(Run.attempts)
         )
-        return session.scalar(select(Run.attempts).where(Run.id == run_id)) or 0
+        if number is not None:
+            _count_failed_attempt(conn, job_id, now)
+        return number
 
 
-def _release(sessions: sessionmaker[Session], run_id: str, me: str, outcome: Outcome) -> bool:
-    """started -> sent while waiting for the next attempt."""
-    with sessions.begin() as session:
-        return (
-            session.execute(
+def _release(
+    engine: Engine, run_id: str, job_id: str, me: str, outcome: Outcome, now: datetime
+) -> bool:
+    """started -> sent while waiting for the next attempt; the failed attempt is counted."""
+    with engine.begin() as conn:
+        released = (
+            conn.execute(
                 update(Run)
-                .where(Run.id == run_id, Run.state == "started", Run.worker == me)
+                .where(_owned(run_id, me))
                 .values(state="sent", output=tail(outcome.output), error=outcome.error)
             ).rowcount
             == 1
         )
+        if released:
+            _count_failed_attempt(conn, job_id, now)
+        return released
+
+
+@lru_cache(maxsize=1024)
+def _total_runs(text: str, zone: str | None, default_zone: str) -> int | None:
+    """Runs a schedule has in all (None: forever, or unparsable)."""
+    try:
+        return schedule.parse_schedule(text, schedule.resolve_zone(zone, default_zone)).total_runs
+    except schedule.ScheduleError:
+        return None
+
+
+def _is_done_after(job: Job, settings: Settings) -> Any:
+    """Decision 8: done when a one-off (or child) has run, or the schedule's runs are used up.
+    A value for the job UPDATE, decided in SQL on the row it updates: a job with a next run is
+    not done; else a child (its schedule is not used) is, and a job whose runs are used up."""
+    if not job.schedule:
+        return True
+    done = exists().where(JobLink.child_id == Job.id)
+    total = _total_runs(job.schedule, job.timezone, settings.timezone)
+    if total is not None:
+        done = done | (Job.runs_used >= total)
+    return case((Job.next_run_at.is_(None) & done, True), else_=Job.is_done)
 
 
 def _finish(
-    sessions: sessionmaker[Session],
-    run: Run,
+    conn: Connection,
+    run: RunInfo,
     job: Job,
     me: str,
     state: str,
@@ -173,47 +290,43 @@ def _finish(
     now: datetime,
     *,
     failed_attempt: bool = False,
+    attempts: int | None = None,
 ) -> list[str]:
-    """started -> success | failed | skipped | lost, with Kala's counters and the run of the
-    job's on-failure job, in one transaction. Returns the runs recorded here to publish."""
+    """started -> success | failed | skipped | lost, then Kala's counters, `is_done` and the
+    run of the job's on-failure job, on `conn` (one transaction, the caller's). `attempts`
+    corrects the count when the attempt the claim counted was not made. Returns the runs
+    recorded here to publish."""
     began = run.started_at or now
-    with sessions.begin() as session:
-        if failed_attempt:
-            _count_failed_attempt(session, job.id, now)
-        done = session.execute(
-            update(Run)
-            .where(Run.id == run.id, Run.state == "started", Run.worker == me)
-            .values(
-                state=state,
-                finished_at=now,
-                duration_ns=int((now - began) / timedelta(microseconds=1)) * 1000,
-                output=tail(outcome.output),
-                error=outcome.error,
-                exit_code=outcome.exit_code,
-                http_status=outcome.http_status,
-            )
-        ).rowcount
-        if done != 1:
-            return []  # someone else ended it (status callback, sweep)
-        values: dict[str, object] = {}
-        if state == "success":
-            values.update(success_count=Job.success_count + 1, last_success=now)
-        if state in ("success", "failed", "lost"):
-            values["number_of_finished_runs"] = Job.number_of_finished_runs + 1
-        if _is_done_after(session, job, settings):
-            values["is_done"] = True
-        if values:
-            session.execute(update(Job).where(Job.id == job.id).values(**values))
-        if state in ("failed", "lost") and job.on_failure_job:
-            follow_up = _record_on_failure(session, job, now)
-            return [follow_up.id] if follow_up else []
+    values: dict[str, object] = {
+        "state": state,
+        "finished_at": now,
+        "duration_ns": int((now - began) / timedelta(microseconds=1)) * 1000,
+        "output": tail(outcome.output),
+        "error": outcome.error,
+        "exit_code": outcome.exit_code,
+        "http_status": outcome.http_status,
+    }
+    if attempts is not None:
+        values["attempts"] = attempts
+    if conn.execute(update(Run).where(_owned(run.id, me)).values(**values)).rowcount != 1:
+        return []  # someone else ended it (status callback, sweep)
+    counters: dict[str, object] = {"is_done": _is_done_after(job, settings)}
+    if failed_attempt:
+        counters.update(error_count=Job.error_count + 1, last_error=now)
+    if state == "success":
+        counters.update(success_count=Job.success_count + 1, last_success=now)
+    if state in ("success", "failed", "lost"):
+        counters["number_of_finished_runs"] = Job.number_of_finished_runs + 1
+    conn.execute(update(Job).where(Job.id == job.id).values(**counters))
+    if state in ("failed", "lost") and job.on_failure_job:
+        return _record_on_failure(conn, job, now)
     return []
 
 
-def _record_on_failure(session: Session, job: Job, now: datetime) -> Run | None:
+def _record_on_failure(conn: Connection, job: Job, now: datetime) -> list[str]:
     """KALA-SPEC §10: after a run that failed all attempts, the on-failure job runs (with its
     own dependents). An unknown or disabled on-failure job is logged and ignored."""
-    target = session.get(Job, job.on_failure_job)
+    target = conn.execute(select(Job.disabled).where(Job.id == job.on_failure_job)).first()
     if target is None or target.disabled:
         log.warning(
             "job %s: on-failure job %r is %s; not run",
@@ -221,28 +334,11 @@ def _record_on_failure(session: Session, job: Job, now: datetime) -> Run | None:
             job.on_failure_job,
             "unknown" if target is None else "disabled",
         )
-        return None
-    return dispatch.record_tree(session, target, trigger="on_failure", scheduled_for=now, now=now)
-
-
-def _is_done_after(session: Session, job: Job, settings: Settings) -> bool:
-    """Decision 8: done when a one-off (or child) has run, or the schedule's runs are used up."""
-    if not job.schedule:
-        return True
-    current = session.execute(
-        select(Job.runs_used, Job.next_run_at).where(Job.id == job.id)
-    ).one_or_none()
-    if current is None or current.next_run_at is not None:
-        return False  # the common case: a scheduled job with more to run, one query
-    if session.scalar(select(JobLink.id).where(JobLink.child_id == job.id).limit(1)):
-        return True  # a child (its schedule is not used) has run
-    try:
-        total = schedule.parse_schedule(
-            job.schedule, schedule.resolve_zone(job.timezone, settings.timezone)
-        ).total_runs
-    except schedule.ScheduleError:
-        return False
-    return total is not None and current.runs_used >= total
+        return []
+    with Session(bind=conn) as session:  # joins the caller's transaction
+        return dispatch.record_trees(
+            session, [(job.on_failure_job, now)], trigger="on_failure", now=now
+        )
 
 
 # ---------------------------------------------------------------- the run
@@ -286,15 +382,11 @@ class Delivery:
     publish: tuple[str, ...] = ()
 
 
-def _parent_failed(sessions: sessionmaker[Session], run: Run) -> str | None:
+def _parent_failed(run: RunInfo, parent_state: str | None) -> str | None:
     """A dependent run executes only after its parent run succeeded (KALA-SPEC §10)."""
-    if run.trigger != "parent":
+    if run.trigger != "parent" or parent_state == "success":
         return None
-    with sessions() as session:
-        state = session.scalar(select(Run.state).where(Run.id == run.parent_run_id))
-    if state == "success":
-        return None
-    return f"parent run {run.parent_run_id} ended {state or 'deleted'}; dependent not run"
+    return f"parent run {run.parent_run_id} ended {parent_state or 'deleted'}; dependent not run"
 
 
 def execute_run(
@@ -307,25 +399,37 @@ def execute_run(
     clock: Callable[[], datetime] = utcnow,
 ) -> Delivery:
     """Handle one delivery of a run."""
+    engine = _engine(sessions)
     me = worker_id(hostname)
-    claimed = _claim(sessions, run_id, me, hostname, clock())
+    claimed = _claim(engine, run_id, me, hostname, clock())
     if claimed is None:
         return Delivery()
-    run, job = claimed
+    run, job, parent_state = claimed
+    made = run.attempts - 1  # attempts made before this delivery (a retry delay, a crash)
 
     def finish(state: str, outcome: Outcome, *, failed_attempt: bool = False) -> Delivery:
-        follow = _finish(
-            sessions, run, job, me, state, outcome, settings, clock(), failed_attempt=failed_attempt
-        )
+        with engine.begin() as conn:
+            follow = _finish(
+                conn,
+                run,
+                job,
+                me,
+                state,
+                outcome,
+                settings,
+                clock(),
+                failed_attempt=failed_attempt,
+                attempts=made if made < counted else None,
+            )
         return Delivery(publish=tuple(follow))
 
-    reason = "job is disabled" if job.disabled else _parent_failed(sessions, run)
+    counted = run.attempts  # the claim counted the attempt it expects to start
+    reason = "job is disabled" if job.disabled else _parent_failed(run, parent_state)
     if reason:
         return finish("skipped", Outcome(False, error=reason))
     policy = RetryPolicy.of(job, run, settings)
-    failed = run.attempts  # attempts already made (a redelivery after a delay or a crash)
     last = Outcome(ok=False, error=run.error)
-    if failed >= policy.attempts:
+    if made >= policy.attempts:
         return finish("lost", last)
     while True:
         if not policy.may_start(clock()):
@@ -333,23 +437,28 @@ def execute_run(
             outcome = Outcome(
                 False,
                 last.output,
-                f"{last.error}; {reason}" if failed else reason,
+                f"{last.error}; {reason}" if made else reason,
                 last.exit_code,
                 last.http_status,
             )
-            return finish("skipped" if failed == 0 else "failed", outcome)
-        number = _begin_attempt(sessions, run_id, me, clock())
+            if made < counted:  # the claim's attempt was not made
+                return finish("skipped" if made == 0 else "failed", outcome)
+            return finish("failed", outcome, failed_attempt=True)  # the last one is uncounted
+        if made == counted:  # the attempt after a failed one in this delivery
+            number = _next_attempt(engine, run_id, job.id, me, clock())
+            if number is None:
+                return Delivery()  # the run was taken from us (the sweep ended it)
+            counted = number
         last = attempt(job, settings)
+        made = counted
         if last.ok:
             return finish("success", last)
-        failed = number
-        if failed >= policy.attempts:
+        if made >= policy.attempts:
             return finish("failed", last, failed_attempt=True)
-        with sessions.begin() as session:
-            _count_failed_attempt(session, job.id, clock())
-        wait = policy.wait_after(failed)
+        wait = policy.wait_after(made)
         if wait > 0:
-            return Delivery(retry_in=wait) if _release(sessions, run_id, me, last) else Delivery()
+            released = _release(engine, run_id, job.id, me, last, clock())
+            return Delivery(retry_in=wait) if released else Delivery()
 
 
 def abandon(
@@ -358,29 +467,34 @@ def abandon(
     """The sweep's verdict on a started run whose worker vanished: a failed attempt. With
     attempts left the run goes back to `pending` (to be published again); otherwise it ends
     `lost` (and its on-failure job runs). Returns the run ids to publish."""
-    with sessions() as session:
-        run = session.get(Run, run_id)
-        job = session.get(Job, run.job_id) if run else None
-    if run is None or job is None or run.state != "started":
-        return []
-    if run.attempts < RetryPolicy.of(job, run, settings).attempts:
-        with sessions.begin() as session:
-            moved = session.execute(
+    engine = _engine(sessions)
+    with engine.begin() as conn:
+        row = conn.execute(
+            select(*_RUN_COLUMNS, Run.state, *_JOB_COLUMNS)
+            .join(Job, Job.id == Run.job_id)
+            .where(Run.id == run_id)
+        ).first()
+        if row is None or row.state != "started":
+            return []
+        run = _run_info(row)
+        job = _job_of(row, len(_RUN_COLUMNS) + 1)
+        if run.attempts < RetryPolicy.of(job, run, settings).attempts:
+            moved = conn.execute(
                 update(Run)
-                .where(Run.id == run_id, Run.state == "started", Run.worker == run.worker)
+                .where(_owned(run_id, run.worker))
                 .values(state="pending", error=reason)
             ).rowcount
             if moved:
-                _count_failed_attempt(session, job.id, now)
-        return [run_id] if moved else []
-    return _finish(
-        sessions,
-        run,
-        job,
-        run.worker or "",
-        "lost",
-        Outcome(False, error=reason),
-        settings,
-        now,
-        failed_attempt=True,
-    )
+                _count_failed_attempt(conn, job.id, now)
+            return [run_id] if moved else []
+        return _finish(
+            conn,
+            run,
+            job,
+            run.worker or "",
+            "lost",
+            Outcome(False, error=reason),
+            settings,
+            now,
+            failed_attempt=True,
+        )

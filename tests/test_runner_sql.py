@@ -1,0 +1,325 @@
+"""The runner's SQL, in process (no Celery): every state transition of a run and Kala's counters
+on SQLite and PostgreSQL, duplicate deliveries, crashes, and how few statements a run costs."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, select, update
+
+from kala_celery import dispatch, jobs
+from kala_celery.config import Settings
+from kala_celery.db import Store, store_for
+from kala_celery.models import Job, Run, utcnow
+from kala_celery.tasks.outcome import Outcome
+from kala_celery.tasks.runner import Delivery, abandon, execute_run, worker_id
+
+FOREVER = "R/2099-01-01T00:00:00Z/PT1H"
+OK = Outcome(True, "fine", None, 0)
+BAD = Outcome(False, "broken", "exit status 3: broken", 3)
+
+
+@pytest.fixture
+def store(db_url: str) -> Store:
+    return store_for(db_url)
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=db_url, data_dir=tmp_path)
+
+
+class Attempts:
+    """Stands in for the command: returns the given outcomes in turn and counts the calls."""
+
+    def __init__(self, *outcomes: Outcome) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    def __call__(self, job: Job, settings: Settings) -> Outcome:
+        self.calls += 1
+        return self.outcomes.pop(0)
+
+
+def create(store: Store, **data: object) -> str:
+    data.setdefault("name", "j")
+    data.setdefault("command", "true")
+    with store.sessions.begin() as session:
+        job, _ = jobs.create_job(session, dict(data), jobs.Rules(), utcnow())
+        return job.id
+
+
+def record(store: Store, job_id: str, trigger: str = "manual", when=None) -> str:
+    now = utcnow()
+    with store.sessions.begin() as session:
+        [run_id] = dispatch.record_trees(session, [(job_id, when or now)], trigger=trigger,
+                                         now=now)
+        return run_id
+
+
+def deliver(store: Store, settings: Settings, run_id: str, attempt: Attempts,
+            hostname: str = "host") -> Delivery:
+    return execute_run(store.sessions, run_id, hostname=hostname, settings=settings,
+                       attempt=attempt)
+
+
+def run_row(store: Store, run_id: str) -> Run:
+    with store.sessions() as session:
+        return session.get(Run, run_id)
+
+
+def job_row(store: Store, job_id: str) -> Job:
+    with store.sessions() as session:
+        return session.get(Job, job_id)
+
+
+@pytest.fixture
+def statements(store: Store) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def before(conn, cursor, statement, params, context, executemany) -> None:
+        seen.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", before)
+    yield seen
+    event.remove(store.engine, "before_cursor_execute", before)
+
+
+def test_a_successful_run_is_four_statements_and_a_duplicate_changes_nothing(
+    store, settings, statements
+) -> None:
+    job_id = create(store, schedule=FOREVER)
+    run_id = record(store, job_id)
+    statements.clear()
+    assert deliver(store, settings, run_id, Attempts(OK)) == Delivery()
+    assert len(statements) == 4, statements  # claim: 2 UPDATEs; finish: 2 UPDATEs
+    run = run_row(store, run_id)
+    assert (run.state, run.attempts, run.output, run.exit_code) == ("success", 1, "fine", 0)
+    assert run.started_at and run.finished_at and run.duration_ns >= 0
+    assert run.worker == worker_id("host")
+    job = job_row(store, job_id)
+    assert (job.success_count, job.number_of_finished_runs, job.error_count) == (1, 1, 0)
+    assert job.last_attempted_run and job.last_success and job.is_done is False
+
+    statements.clear()
+    again = Attempts(OK)
+    assert deliver(store, settings, run_id, again) == Delivery()
+    assert again.calls == 0
+    assert len(statements) <= 2  # the missed claim and a look at why
+    assert job_row(store, job_id).success_count == 1
+    assert run_row(store, run_id).attempts == 1
+
+
+def test_done_after_the_last_run_of_a_one_off_or_a_finite_schedule(store, settings) -> None:
+    one_off = create(store, schedule=FOREVER)
+    with store.sessions.begin() as session:  # as a one-off: no schedule
+        session.execute(update(Job).where(Job.id == one_off).values(schedule=""))
+    deliver(store, settings, record(store, one_off), Attempts(OK))
+    assert job_row(store, one_off).is_done is True
+
+    finite = create(store, schedule="R1/2099-01-01T00:00:00Z/PT1H")  # two runs in all
+    first = record(store, finite)
+    deliver(store, settings, first, Attempts(BAD))  # a failed run is finished too
+    assert job_row(store, finite).is_done is False
+    with store.sessions.begin() as session:  # the beat: runs used up, nothing next
+        session.execute(update(Job).where(Job.id == finite).values(next_run_at=None))
+    deliver(store, settings, record(store, finite), Attempts(OK))
+    job = job_row(store, finite)
+    assert (job.is_done, job.success_count, job.number_of_finished_runs) == (True, 1, 2)
+
+
+def test_a_child_runs_after_its_parent_succeeded_and_is_skipped_after_a_failure(
+    store, settings
+) -> None:
+    parent = create(store, schedule=FOREVER)
+    child = create(store, schedule=FOREVER, parent_jobs=[parent])  # schedule unused
+    now = utcnow()
+    with store.sessions.begin() as session:
+        [root] = dispatch.record_trees(session, [(parent, now)], trigger="manual", now=now)
+        [child_run] = session.scalars(select(Run.id).where(Run.parent_run_id == root)).all()
+    deliver(store, settings, root, Attempts(OK))
+    deliver(store, settings, child_run, Attempts(OK))
+    assert run_row(store, child_run).state == "success"
+    assert job_row(store, child).is_done is True  # a child has run
+    assert job_row(store, parent).is_done is False
+
+    with store.sessions.begin() as session:
+        [root] = dispatch.record_trees(session, [(parent, now)], trigger="manual", now=now)
+        [child_run] = session.scalars(select(Run.id).where(Run.parent_run_id == root)).all()
+    deliver(store, settings, root, Attempts(BAD))
+    never = Attempts()
+    deliver(store, settings, child_run, never)
+    run = run_row(store, child_run)
+    assert never.calls == 0
+    assert (run.state, run.attempts) == ("skipped", 0)
+    assert f"parent run {root} ended failed" in run.error
+    assert job_row(store, child).number_of_finished_runs == 1  # only the first run
+
+
+def test_retries_count_every_failed_attempt_then_the_on_failure_job_runs(
+    store, settings
+) -> None:
+    handler = create(store, name="handler", schedule=FOREVER)
+    job_id = create(store, schedule=FOREVER, retries=2, on_failure_job=handler)
+    run_id = record(store, job_id)
+    attempts = Attempts(BAD, BAD, BAD)
+    delivery = deliver(store, settings, run_id, attempts)
+    assert attempts.calls == 3
+    run = run_row(store, run_id)
+    assert (run.state, run.attempts, run.error, run.exit_code) == (
+        "failed", 3, "exit status 3: broken", 3)
+    job = job_row(store, job_id)
+    assert (job.error_count, job.success_count, job.number_of_finished_runs) == (3, 0, 1)
+    assert job.last_error is not None
+    [follow] = delivery.publish
+    follow_run = run_row(store, follow)
+    assert (follow_run.job_id, follow_run.trigger, follow_run.state) == (
+        handler, "on_failure", "pending")
+    # a retry that succeeds
+    flaky = create(store, schedule=FOREVER, retries=3, on_failure_job=handler)
+    flaky_run = record(store, flaky)
+    assert deliver(store, settings, flaky_run, Attempts(BAD, OK)) == Delivery()
+    assert run_row(store, flaky_run).attempts == 2
+    job = job_row(store, flaky)
+    assert (job.error_count, job.success_count, job.number_of_finished_runs) == (1, 1, 1)
+
+
+def test_a_retry_delay_releases_the_run_and_the_redelivery_makes_the_next_attempt(
+    store, settings
+) -> None:
+    job_id = create(store, schedule=FOREVER, retries=2, retry_delay="PT10S", retry_backoff=True)
+    run_id = record(store, job_id)
+    assert deliver(store, settings, run_id, Attempts(BAD)) == Delivery(retry_in=10.0)
+    run = run_row(store, run_id)
+    assert (run.state, run.attempts, run.error) == ("sent", 1, "exit status 3: broken")
+    assert job_row(store, job_id).error_count == 1
+    assert deliver(store, settings, run_id, Attempts(BAD)) == Delivery(retry_in=20.0)
+    assert deliver(store, settings, run_id, Attempts(OK)) == Delivery()
+    run = run_row(store, run_id)
+    assert (run.state, run.attempts) == ("success", 3)
+    job = job_row(store, job_id)
+    assert (job.error_count, job.success_count, job.number_of_finished_runs) == (2, 1, 1)
+
+
+def test_epsilon_skips_a_late_run_and_ends_the_retries(store, settings) -> None:
+    job_id = create(store, schedule=FOREVER, epsilon="PT1S", retries=5)
+    late = record(store, job_id, trigger="schedule", when=utcnow() - timedelta(seconds=5))
+    never = Attempts()
+    deliver(store, settings, late, never)
+    run = run_row(store, late)
+    assert never.calls == 0
+    assert (run.state, run.attempts) == ("skipped", 0) and "epsilon window" in run.error
+    job = job_row(store, job_id)
+    assert (job.error_count, job.number_of_finished_runs) == (0, 0)
+    assert job.last_attempted_run is not None
+
+    # released for a delayed retry, redelivered after the window: failed, not attempted
+    delayed = create(store, schedule=FOREVER, epsilon="PT1S", retries=5, retry_delay="PT1S")
+    run_id = record(store, delayed, trigger="schedule", when=utcnow() - timedelta(seconds=0.9))
+    assert deliver(store, settings, run_id, Attempts(BAD)).retry_in == 1.0
+    with store.sessions.begin() as session:  # as if the redelivery came late
+        session.execute(update(Run).where(Run.id == run_id)
+                        .values(scheduled_for=utcnow() - timedelta(seconds=5)))
+    deliver(store, settings, run_id, never)
+    run = run_row(store, run_id)
+    assert never.calls == 0
+    assert (run.state, run.attempts) == ("failed", 1)
+    assert run.error.startswith("exit status 3: broken; epsilon window ended")
+    job = job_row(store, delayed)
+    assert (job.error_count, job.number_of_finished_runs) == (1, 1)
+
+
+def test_a_disabled_job_is_skipped_but_its_attempted_time_is_recorded(store, settings) -> None:
+    job_id = create(store, schedule=FOREVER)
+    run_id = record(store, job_id)
+    with store.sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(disabled=True))
+    never = Attempts()
+    deliver(store, settings, run_id, never)
+    run = run_row(store, run_id)
+    assert never.calls == 0 and (run.state, run.attempts, run.error) == (
+        "skipped", 0, "job is disabled")
+    job = job_row(store, job_id)
+    assert job.last_attempted_run is not None and job.number_of_finished_runs == 0
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def start_as_dead_worker(store: Store, run_id: str) -> None:
+    with store.sessions.begin() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(
+            state="started", worker=f"host/{dead_pid()}", attempts=1, started_at=utcnow(),
+            attempt_at=utcnow()))
+
+
+def test_a_run_whose_worker_died_here_fails_that_attempt(store, settings) -> None:
+    job_id = create(store, schedule=FOREVER)
+    run_id = record(store, job_id)
+    start_as_dead_worker(store, run_id)
+    never = Attempts()
+    deliver(store, settings, run_id, never)
+    run = run_row(store, run_id)
+    assert never.calls == 0 and (run.state, run.attempts) == ("lost", 1)
+    assert "died during attempt 1" in run.error
+    job = job_row(store, job_id)
+    assert (job.error_count, job.number_of_finished_runs) == (1, 1)
+
+    retried = create(store, schedule=FOREVER, retries=1)
+    run_id = record(store, retried)
+    start_as_dead_worker(store, run_id)
+    deliver(store, settings, run_id, Attempts(OK))
+    assert (run_row(store, run_id).state, run_row(store, run_id).attempts) == ("success", 2)
+    job = job_row(store, retried)
+    assert (job.error_count, job.success_count) == (1, 1)
+
+    alive = create(store, schedule=FOREVER)  # started by a live process: not ours to take
+    run_id = record(store, alive)
+    with store.sessions.begin() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(
+            state="started", worker=worker_id("host"), attempts=1))
+    deliver(store, settings, run_id, never)
+    assert run_row(store, run_id).state == "started" and never.calls == 0
+
+
+def test_abandon_gives_the_run_back_or_ends_it_lost(store, settings) -> None:
+    handler = create(store, name="handler", schedule=FOREVER)
+    job_id = create(store, schedule=FOREVER, retries=1, on_failure_job=handler)
+    run_id = record(store, job_id)
+    start_as_dead_worker(store, run_id)
+    assert abandon(store.sessions, run_id, settings, utcnow(), "gone") == [run_id]
+    run = run_row(store, run_id)
+    assert (run.state, run.error, run.attempts) == ("pending", "gone", 1)
+    assert job_row(store, job_id).error_count == 1
+    assert abandon(store.sessions, run_id, settings, utcnow(), "gone") == []  # not started
+    with store.sessions.begin() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(state="started", attempts=2))
+    [follow] = abandon(store.sessions, run_id, settings, utcnow(), "gone again")
+    run = run_row(store, run_id)
+    assert (run.state, run.error) == ("lost", "gone again")
+    job = job_row(store, job_id)
+    assert (job.error_count, job.number_of_finished_runs) == (2, 1)
+    assert run_row(store, follow).job_id == handler
+    assert abandon(store.sessions, run_id, settings, utcnow(), "x") == []
+
+
+def test_a_run_taken_away_mid_attempt_records_nothing_more(store, settings) -> None:
+    job_id = create(store, schedule=FOREVER, retries=3)
+    run_id = record(store, job_id)
+
+    def swept(job: Job, settings: Settings) -> Outcome:  # the sweep ends it meanwhile
+        with store.sessions.begin() as session:
+            session.execute(update(Run).where(Run.id == run_id).values(state="lost"))
+        return BAD
+
+    assert deliver(store, settings, run_id, swept) == Delivery()
+    job = job_row(store, job_id)
+    assert (job.error_count, job.number_of_finished_runs) == (0, 0)
+    assert run_row(store, run_id).state == "lost"
