@@ -5,14 +5,24 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Row, func, select
+from sqlalchemy.orm import Session
 
 from kala_celery.errors import NotFound
 from kala_celery.models import TERMINAL_STATES, Run
 
 # Runs that produce a Kala "stat": they ended with an outcome (a skipped run has none).
 FINISHED_STATES = ("success", "failed", "lost")
+
+# What a Kala stat shows of a run (wire.kala_stat).
+STAT_COLUMNS = (
+    Run.job_id,
+    Run.started_at,
+    Run.created_at,
+    Run.attempts,
+    Run.state,
+    Run.duration_ns,
+)
 
 # NextKala status names accepted by PUT /job/{id}/executions/{run}/ -> our states.
 STATUS_STATES = {
@@ -23,8 +33,10 @@ STATUS_STATES = {
 }
 
 
-def recent_stats(session: Session, job_ids: list[str] | None, limit: int) -> dict[str, list[Run]]:
-    """The last `limit` finished runs of each job (all jobs when job_ids is None), oldest first."""
+def recent_stats(session: Session, job_ids: list[str] | None, limit: int) -> dict[str, list[Row]]:
+    """The last `limit` finished runs of each job (all jobs when job_ids is None), oldest first,
+    as plain rows of what a Kala stat shows (wire.kala_stat): no ORM objects, as the job list
+    may read a hundred runs for each of thousands of jobs."""
     if limit <= 0:
         return {}
     rank = (
@@ -32,15 +44,16 @@ def recent_stats(session: Session, job_ids: list[str] | None, limit: int) -> dic
         .over(partition_by=Run.job_id, order_by=(Run.created_at.desc(), Run.id.desc()))
         .label("rank")
     )
-    inner = select(Run, rank).where(Run.state.in_(FINISHED_STATES))
+    inner = select(*STAT_COLUMNS, Run.id, rank).where(Run.state.in_(FINISHED_STATES))
     if job_ids is not None:
         inner = inner.where(Run.job_id.in_(job_ids))
     ranked = inner.subquery()
-    run = aliased(Run, ranked)
-    rows = session.scalars(
-        select(run).where(ranked.c.rank <= limit).order_by(run.created_at, run.id)
+    rows = session.execute(
+        select(*(ranked.c[column.key] for column in STAT_COLUMNS))
+        .where(ranked.c.rank <= limit)
+        .order_by(ranked.c.created_at, ranked.c.id)
     )
-    out: dict[str, list[Run]] = {}
+    out: dict[str, list[Row]] = {}
     for row in rows:
         out.setdefault(row.job_id, []).append(row)
     return out

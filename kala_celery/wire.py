@@ -21,10 +21,12 @@ __all__ = [
     "ZERO_TIME",
     "WireError",
     "app_stats_document",
+    "compact_json",
     "decode_job",
     "decode_status",
     "dumps",
     "execution",
+    "finish_json",
     "format_time",
     "is_zero_time",
     "job_document",
@@ -42,7 +44,6 @@ class WireError(ValueError):
 
 # ================================================================ output
 
-_HTML_UNSAFE = re.compile("[<>&\u2028\u2029]")
 _HTML_ESCAPES = {
     "<": "\\u003c",
     ">": "\\u003e",
@@ -63,6 +64,17 @@ def _encode_default(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
+def compact_json(obj: Any) -> str:
+    """``obj`` as compact JSON text, before Go's escaping (see :func:`dumps`)."""
+    return json.dumps(
+        obj,
+        ensure_ascii=False,
+        separators=(",", ":"),
+        allow_nan=False,
+        default=_encode_default,
+    )
+
+
 def dumps(obj: Any) -> bytes:
     """Encode like Go's ``json.NewEncoder(w).Encode(obj)``.
 
@@ -71,15 +83,19 @@ def dumps(obj: Any) -> bytes:
     written with :func:`format_time`. NaN and infinities are refused (ValueError), as in Go.
     Floats keep Python's shortest repr (Kala's documents carry none).
     """
-    text = json.dumps(
-        obj,
-        ensure_ascii=False,
-        separators=(",", ":"),
-        allow_nan=False,
-        default=_encode_default,
-    )
-    if _HTML_UNSAFE.search(text):
-        text = _HTML_UNSAFE.sub(lambda m: _HTML_ESCAPES[m.group()], text)
+    return finish_json(compact_json(obj))
+
+
+def finish_json(text: str) -> bytes:
+    """Compact JSON text as Python's json writes it (``ensure_ascii=False``) -> Go's bytes:
+    HTML-safe escapes, ``\\u0008``/``\\u000c``, lone surrogates as ``\\ufffd``, one newline.
+
+    The escaped characters can only occur inside JSON strings, so this is safe on a whole
+    document, and on one assembled from pieces of such text.
+    """
+    for char, escape in _HTML_ESCAPES.items():
+        if char in text:  # a plain substring search: fast on a large document
+            text = text.replace(char, escape)
     if "\\b" in text or "\\f" in text:
         text = _SHORT_ESCAPE.sub(lambda m: _SHORT_ESCAPES[m.group(1)], text)
     try:
@@ -103,12 +119,12 @@ def format_time(t: datetime | None) -> str:
     """
     if t is None:
         return ZERO_TIME
-    if t.tzinfo is not None and t.utcoffset() is not None:
-        t = t.astimezone(UTC)
-    text = f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
-    if t.microsecond:
-        text += f".{t.microsecond:06d}".rstrip("0")
-    return text + "Z"
+    if t.tzinfo is not None:
+        if t.utcoffset() is not None:
+            t = t.astimezone(UTC)
+        t = t.replace(tzinfo=None)
+    text = t.isoformat()  # YYYY-MM-DDTHH:MM:SS, then .ffffff when there are microseconds
+    return (text.rstrip("0") if t.microsecond else text) + "Z"
 
 
 def is_zero_time(t: datetime | None) -> bool:

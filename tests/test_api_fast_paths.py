@@ -4,13 +4,20 @@ PostgreSQL: a create is one INSERT, and the job list is byte for byte the docume
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import event
 
+from kala_celery import wire
+from kala_celery.api import listing
 from tests.live import Api
 from tests.test_api_jobs import future
+from tests.test_wire import FakeJob, FakeRun
 
 
 @contextmanager
@@ -51,3 +58,164 @@ def test_a_create_with_links_still_checks_links_first(api: Api) -> None:
     )
     assert refused.status_code == 400
     assert "'missing' does not exist" in refused.json()["error"]
+
+
+# ---------------------------------------------------------------- the job list
+
+
+def as_row(job: FakeJob, *, sqlite_style: bool) -> tuple:
+    """A FakeJob as `listing.job_rows` reads it: SQLite gives text times, JSON text and 0/1;
+    PostgreSQL gives naive datetimes, parsed JSON and booleans."""
+    values = []
+    for name in listing.FIELDS:
+        value = getattr(job, name)
+        if isinstance(value, datetime):
+            naive = value.astimezone(UTC).replace(tzinfo=None)
+            value = naive.isoformat(" ", "microseconds") if sqlite_style else naive
+        elif name in ("remote_headers", "remote_expected_codes") and sqlite_style:
+            value = json.dumps(value)  # None is stored as JSON null by the ORM
+        elif isinstance(value, bool) and sqlite_style:
+            value = int(value)
+        values.append(value)
+    return tuple(values)
+
+
+# Defaults are drawn often: the list writes a job without metadata or remote properties from
+# a constant, and a job with one field off its default must not take that path.
+texts = st.just("") | st.text(
+    alphabet=st.characters(codec="utf-8") | st.sampled_from('<>&\u2028\b\f\\"'), max_size=6
+)
+optional_texts = st.none() | texts
+times = st.sampled_from(
+    [None, None, datetime(2020, 1, 2, 3, 4, 5, 600, tzinfo=UTC)]
+) | st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+)
+counts = st.sampled_from([0, 0, 1]) | st.integers(min_value=0, max_value=2**63 - 1)
+fake_jobs = st.builds(
+    FakeJob,
+    id=texts.filter(bool),
+    name=texts,
+    command=texts,
+    owner=texts,
+    disabled=st.booleans(),
+    on_failure_job=texts,
+    schedule=texts,
+    retries=counts,
+    epsilon=texts,
+    next_run_at=times,
+    template_delimiters=texts,
+    resume_at_next_scheduled_time=st.booleans(),
+    success_count=counts,
+    last_success=times,
+    error_count=counts,
+    last_error=times,
+    last_attempted_run=times,
+    number_of_finished_runs=counts,
+    job_type=st.sampled_from([0, 1]),
+    remote_url=texts,
+    remote_method=texts,
+    remote_body=texts,
+    remote_headers=st.none() | st.dictionaries(texts, st.lists(texts, max_size=3), max_size=3),
+    remote_timeout=st.just(0) | st.integers(min_value=0, max_value=2**40),
+    remote_expected_codes=st.none() | st.lists(st.integers(100, 599), max_size=3),
+    is_done=st.booleans(),
+    timezone=optional_texts,
+    retry_delay=optional_texts | st.just("PT0S"),
+    retry_backoff=st.booleans(),
+    run_timeout=optional_texts,
+    allow_overlap=st.booleans(),
+    queue=optional_texts,
+)
+id_lists = st.none() | st.lists(texts, max_size=3)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    jobs=st.lists(fake_jobs, max_size=3, unique_by=lambda j: j.id),
+    parents=id_lists,
+    children=id_lists,
+    with_stats=st.booleans(),
+    sqlite_style=st.booleans(),
+)
+def test_list_is_byte_for_byte_the_wire_documents(
+    jobs: list[FakeJob],
+    parents: list[str] | None,
+    children: list[str] | None,
+    with_stats: bool,
+    sqlite_style: bool,
+) -> None:
+    stats = [FakeRun(job_id=jobs[0].id), FakeRun(state="failed")] if jobs and with_stats else None
+    first = {jobs[0].id: parents} if jobs and parents is not None else {}
+    below = {jobs[0].id: children} if jobs and children is not None else {}
+    runs = {jobs[0].id: stats} if stats else {}
+    expected = wire.dumps(
+        {
+            "jobs": {
+                job.id: wire.job_document(
+                    job,
+                    parent_ids=first.get(job.id, []),
+                    child_ids=below.get(job.id, []),
+                    stats=runs.get(job.id),
+                )
+                for job in sorted(jobs, key=lambda j: j.id)
+            }
+        }
+    )
+    rows = sorted((as_row(job, sqlite_style=sqlite_style) for job in jobs), key=lambda r: r[1])
+    assert listing.list_document(rows, first, below, runs) == expected
+
+
+def test_list_over_http_is_the_single_job_documents(api: Api) -> None:
+    """GET /job/ (plain rows) against GET /job/{id}/ (ORM + wire.job_document) for jobs
+    with every kind of field set, on the real store."""
+    parent = api.create(
+        id="p",
+        name="p <&>",
+        command="echo \u2028 \b",
+        owner="o",
+        schedule=f"R5/{future()}/PT1H",
+        retries=3,
+        epsilon="PT5S",
+        timezone="Europe/Paris",
+        retry_delay="PT10S",
+        retry_backoff=True,
+        run_timeout="PT1M",
+        allow_overlap=True,
+        queue="q1",
+        metadata={
+            "success_count": 4,
+            "last_success": "2020-01-02T03:04:05.5Z",
+            "error_count": 1,
+            "last_error": "2020-01-02T03:04:05Z",
+        },
+    )
+    api.create(id="c", name="c", command="true", parent_jobs=[parent])
+    api.create(
+        id="r",
+        name="remote",
+        type=1,
+        disabled=True,
+        remote_properties={
+            "url": "http://example.com/x?a=1&b=2",
+            "method": "POST",
+            "body": '{"k": "<v>"}',
+            "timeout": 5,
+            "headers": {"X-B": ["2"], "X-A": ["1", "1b"]},
+            "expected_response_codes": [200, 201],
+        },
+    )
+    api.create(id="plain", name="plain", command="true", schedule=f"R/{future()}/PT1H")
+    for job_id, status in (("p", "Success"), ("p", "Failed"), ("plain", "Success")):
+        run_id = api.http.post(f"/job/start/{job_id}/?wait=false").json()["id"]
+        put = api.http.put(f"/job/{job_id}/executions/{run_id}/", content=f'"{status}"')
+        assert put.status_code == 204
+    assert [s["success"] for s in api.job("p")["stats"]] == [True, False]
+    listed = api.http.get("/job/")
+    assert listed.headers["content-type"] == "application/json;charset=UTF-8"
+    singles = {
+        job_id: api.http.get(f"/job/{job_id}/").content for job_id in ("c", "p", "plain", "r")
+    }
+    prefix = len(b'{"job":')
+    inner = ",".join(f'"{key}":{body[prefix:-2].decode()}' for key, body in singles.items())
+    assert listed.content == f'{{"jobs":{{{inner}}}}}\n'.encode()

@@ -10,7 +10,14 @@ from flask import Response, request, url_for
 from sqlalchemy.orm import Session
 
 from kala_celery import history, jobs, wire
-from kala_celery.api.http import empty_response, error_response, json_response, read_body
+from kala_celery.api import listing
+from kala_celery.api.http import (
+    JSON_TYPE,
+    empty_response,
+    error_response,
+    json_response,
+    read_body,
+)
 from kala_celery.api.state import kala
 from kala_celery.errors import Forbidden
 from kala_celery.models import JOB_REMOTE, TERMINAL_STATES, Job, Run, utcnow
@@ -30,8 +37,8 @@ def _publish(*runs: Run | None) -> None:
         kala().publish(ready)
 
 
-def _documents(session: Session, rows: list[Job], *, everything: bool = False) -> dict[str, dict]:
-    ids = None if everything else [job.id for job in rows]
+def _documents(session: Session, rows: list[Job]) -> dict[str, dict]:
+    ids = [job.id for job in rows]
     parents, children = jobs.links_of(session, ids)
     stats = history.recent_stats(session, ids, kala().settings.stats_in_job)
     return {
@@ -57,9 +64,13 @@ def create_job() -> Response:
 
 
 def list_jobs() -> Response:
+    """Every job (Kala has no paging): plain rows written straight to JSON (api/listing.py)."""
     with _transaction() as session:
-        docs = _documents(session, jobs.list_jobs(session), everything=True)
-    return json_response({"jobs": dict(sorted(docs.items()))})
+        rows = listing.job_rows(session)
+        parents, children = jobs.links_of(session)
+        stats = history.recent_stats(session, None, kala().settings.stats_in_job)
+    body = listing.list_document(rows, parents, children, stats)
+    return Response(body, status=200, content_type=JSON_TYPE)
 
 
 def get_job(job_id: str) -> Response:
