@@ -22,10 +22,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
-from typing import Any
+from functools import cache, lru_cache
+from types import SimpleNamespace
+from typing import Any, TypeAlias
 
-from sqlalchemy import Connection, Engine, case, exists, func, literal, select, update
+from sqlalchemy import Connection, Engine, bindparam, case, exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import dispatch, schedule
@@ -35,9 +36,10 @@ from kala_celery.tasks.outcome import Outcome, tail
 
 log = logging.getLogger(__name__)
 
-Attempt = Callable[[Job, Settings], Outcome]
-_QUEUED = ("pending", "sent")
-_JOB_COLUMNS = tuple(Job.__table__.c)
+# A job as the runner reads it: the jobs table's columns as attributes (the runner builds a
+# namespace from the row its claim returned; an ORM Job works too).
+JobRecord: TypeAlias = Job | SimpleNamespace
+Attempt = Callable[[JobRecord, Settings], Outcome]
 
 
 # ---------------------------------------------------------------- what a worker knows of a run
@@ -58,26 +60,13 @@ class RunInfo:
     worker: str | None
 
 
-_RUN_COLUMNS = (
-    Run.id,
-    Run.job_id,
-    Run.trigger,
-    Run.scheduled_for,
-    Run.parent_run_id,
-    Run.started_at,
-    Run.attempts,
-    Run.error,
-    Run.worker,
-)
-
-
 def _run_info(row: Any) -> RunInfo:
-    return RunInfo(*row[: len(_RUN_COLUMNS)])
+    return RunInfo(*row[: len(_RUN_RETURNING)])
 
 
-def _job_of(row: Any, offset: int = 0) -> Job:
-    """A detached Job built from the job columns of `row` (no session, no identity map)."""
-    return Job(**{c.key: row[offset + i] for i, c in enumerate(_JOB_COLUMNS)})
+def _job_of(row: Any, offset: int = 0) -> JobRecord:
+    """The job columns of `row` as attributes (cheaper than a detached ORM Job)."""
+    return SimpleNamespace(**dict(zip(_JOB_KEYS, row[offset:], strict=True)))
 
 
 # ---------------------------------------------------------------- policy
@@ -94,7 +83,7 @@ class RetryPolicy:
     deadline: datetime | None
 
     @classmethod
-    def of(cls, job: Job, run: Run | RunInfo, settings: Settings) -> RetryPolicy:
+    def of(cls, job: JobRecord, run: Run | RunInfo, settings: Settings) -> RetryPolicy:
         deadline = None
         if run.trigger == "schedule" and job.schedule and job.epsilon:
             zone = schedule.resolve_zone(job.timezone, settings.timezone)
@@ -136,6 +125,139 @@ def _died_here(worker: str | None, hostname: str) -> bool:
 
 
 # ---------------------------------------------------------------- SQL steps
+#
+# The statements are built once, in Core, with bound parameters: a run executes them with a
+# dict of values, so SQLAlchemy neither builds nor hashes a statement per run (a statement's
+# cache key is memoized on it), and no ORM unit of work or identity map is involved.
+
+_runs = Run.__table__
+_jobs = Job.__table__
+_links = JobLink.__table__
+
+
+def _param(name: str, column: Any) -> Any:
+    return bindparam(name, type_=column.type)
+
+
+_RUN_ID = _param("p_run", _runs.c.id)
+_ME = _param("p_me", _runs.c.worker)
+_NOW = _param("p_now", _runs.c.attempt_at)
+_JOB_ID = _param("p_job", _jobs.c.id)
+_OWNED = (_runs.c.id == _RUN_ID) & (_runs.c.state == "started") & (_runs.c.worker == _ME)
+_RUN_RETURNING = (
+    _runs.c.id,
+    _runs.c.job_id,
+    _runs.c.trigger,
+    _runs.c.scheduled_for,
+    _runs.c.parent_run_id,
+    _runs.c.started_at,
+    _runs.c.attempts,
+    _runs.c.error,
+    _runs.c.worker,
+)
+_JOB_COLUMNS = tuple(_jobs.c)
+_JOB_KEYS = tuple(c.key for c in _JOB_COLUMNS)
+
+# started <- pending/sent, counting the attempt about to start.
+_CLAIM = (
+    update(_runs)
+    .where(_runs.c.id == _RUN_ID, (_runs.c.state == "pending") | (_runs.c.state == "sent"))
+    .values(
+        state="started",
+        worker=_ME,
+        started_at=func.coalesce(_runs.c.started_at, _NOW),
+        attempt_at=_NOW,
+        attempts=_runs.c.attempts + 1,
+    )
+    .returning(*_RUN_RETURNING)
+)
+_RUN_NOW = select(_runs.c.state, _runs.c.worker, _runs.c.attempts).where(_runs.c.id == _RUN_ID)
+# started (by a dead process: p_dead) <- started, counting the attempt about to start.
+_CLAIM_FROM_THE_DEAD = (
+    update(_runs)
+    .where(
+        _runs.c.id == _RUN_ID,
+        _runs.c.state == "started",
+        _runs.c.worker == _param("p_dead", _runs.c.worker),
+    )
+    .values(
+        worker=_ME,
+        attempt_at=_NOW,
+        attempts=_runs.c.attempts + 1,
+        error=_param("p_error", _runs.c.error),
+    )
+    .returning(*_RUN_RETURNING)
+)
+_FIRST_ATTEMPT_OF_JOB = (  # Kala's last_attempted_run, and the job as it is now
+    update(_jobs)
+    .where(_jobs.c.id == _JOB_ID)
+    .values(last_attempted_run=_NOW)
+    .returning(*_JOB_COLUMNS)
+)
+_JOB = select(*_JOB_COLUMNS).where(_jobs.c.id == _JOB_ID)
+_PARENT_STATE = select(_runs.c.state).where(_runs.c.id == _param("p_parent", _runs.c.id))
+_NEXT_ATTEMPT = (
+    update(_runs)
+    .where(_OWNED)
+    .values(attempts=_runs.c.attempts + 1, attempt_at=_NOW)
+    .returning(_runs.c.attempts)
+)
+_FAILED_ATTEMPT = (
+    update(_jobs)
+    .where(_jobs.c.id == _JOB_ID)
+    .values(error_count=_jobs.c.error_count + 1, last_error=_NOW)
+)
+_OUTPUT = _param("p_output", _runs.c.output)
+_ERROR = _param("p_error", _runs.c.error)
+_RELEASE = update(_runs).where(_OWNED).values(state="sent", output=_OUTPUT, error=_ERROR)
+_GIVE_BACK = update(_runs).where(_OWNED).values(state="pending", error=_ERROR)
+_END_VALUES = {
+    "state": _param("p_state", _runs.c.state),
+    "finished_at": _NOW,
+    "duration_ns": _param("p_duration", _runs.c.duration_ns),
+    "output": _OUTPUT,
+    "error": _ERROR,
+    "exit_code": _param("p_exit", _runs.c.exit_code),
+    "http_status": _param("p_http", _runs.c.http_status),
+}
+_END = update(_runs).where(_OWNED).values(**_END_VALUES)
+_END_UNCOUNTED = (  # the attempt the claim counted was not made
+    update(_runs)
+    .where(_OWNED)
+    .values(**_END_VALUES, attempts=_param("p_attempts", _runs.c.attempts))
+)
+_ON_FAILURE_TARGET = select(_jobs.c.disabled).where(_jobs.c.id == _JOB_ID)
+_TOTAL = _param("p_total", _jobs.c.runs_used)
+_ABANDONED = (
+    select(*_RUN_RETURNING, _runs.c.state, *_JOB_COLUMNS)
+    .join_from(_runs, _jobs, _jobs.c.id == _runs.c.job_id)
+    .where(_runs.c.id == _RUN_ID)
+)
+
+
+@cache
+def _counters(state: str, failed_attempt: bool, done: str) -> Any:
+    """The job UPDATE at the end of a run: Kala's counters (in SQL) and `is_done` (decided in
+    SQL on the row it updates, Decision 8). `done`: "yes" (a one-off, no schedule), "child"
+    (a schedule that repeats forever: done only as a child, whose schedule is not used),
+    "total" (also done when p_total runs are used)."""
+    values: dict[str, Any] = {}
+    if done == "yes":
+        values["is_done"] = True
+    else:
+        finished = exists().where(_links.c.child_id == _jobs.c.id)
+        if done == "total":
+            finished = finished | (_jobs.c.runs_used >= _TOTAL)
+        values["is_done"] = case(
+            (_jobs.c.next_run_at.is_(None) & finished, True), else_=_jobs.c.is_done
+        )
+    if failed_attempt:
+        values.update(error_count=_jobs.c.error_count + 1, last_error=_NOW)
+    if state == "success":
+        values.update(success_count=_jobs.c.success_count + 1, last_success=_NOW)
+    if state in ("success", "failed", "lost"):
+        values["number_of_finished_runs"] = _jobs.c.number_of_finished_runs + 1
+    return update(_jobs).where(_jobs.c.id == _JOB_ID).values(**values)
 
 
 def _engine(sessions: sessionmaker[Session]) -> Engine:
@@ -145,54 +267,29 @@ def _engine(sessions: sessionmaker[Session]) -> Engine:
     return bind
 
 
-def _count_failed_attempt(conn: Connection | Session, job_id: str, now: datetime) -> None:
-    conn.execute(
-        update(Job).where(Job.id == job_id).values(error_count=Job.error_count + 1, last_error=now)
-    )
-
-
-def _owned(run_id: str, me: str | None) -> Any:
-    return (Run.id == run_id) & (Run.state == "started") & (Run.worker == me)
-
-
 def _claim(
     engine: Engine, run_id: str, me: str, hostname: str, now: datetime
-) -> tuple[RunInfo, Job, str | None] | None:
+) -> tuple[RunInfo, JobRecord, str | None] | None:
     """started <- pending/sent (or <- started by a dead process on this host), counting the
     attempt about to start in the same UPDATE. Returns the run, its job (with
     last_attempted_run set by a first attempt) and, for a dependent run, its parent's state."""
     with engine.begin() as conn:
-        row = conn.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.state.in_(_QUEUED))
-            .values(
-                state="started",
-                worker=me,
-                started_at=func.coalesce(Run.started_at, literal(now, Run.started_at.type)),
-                attempt_at=now,
-                attempts=Run.attempts + 1,
-            )
-            .returning(*_RUN_COLUMNS)
-        ).first()
+        row = conn.execute(_CLAIM, {"p_run": run_id, "p_me": me, "p_now": now}).first()
         if row is None:
             row = _claim_from_the_dead(conn, run_id, me, hostname, now)
             if row is None:
                 return None
         run = _run_info(row)
-        if run.attempts == 1:  # the run's first attempt: Kala's last_attempted_run
-            job_row = conn.execute(
-                update(Job)
-                .where(Job.id == run.job_id)
-                .values(last_attempted_run=now)
-                .returning(*_JOB_COLUMNS)
-            ).first()
+        if run.attempts == 1:  # the run's first attempt
+            job_row = conn.execute(_FIRST_ATTEMPT_OF_JOB, {"p_job": run.job_id, "p_now": now})
         else:
-            job_row = conn.execute(select(*_JOB_COLUMNS).where(Job.id == run.job_id)).first()
+            job_row = conn.execute(_JOB, {"p_job": run.job_id})
+        job_row = job_row.first()
         if job_row is None:
             return None  # deleted with its runs: nothing left to update
         parent_state = None
         if run.trigger == "parent":
-            parent_state = conn.scalar(select(Run.state).where(Run.id == run.parent_run_id))
+            parent_state = conn.scalar(_PARENT_STATE, {"p_parent": run.parent_run_id})
         return run, _job_of(job_row), parent_state
 
 
@@ -201,9 +298,7 @@ def _claim_from_the_dead(
 ) -> Any:
     """The queued-run claim missed: the run is unknown, past `sent`, or started by a worker
     process on this host that died (its attempt failed; this delivery makes the next)."""
-    current = conn.execute(
-        select(Run.state, Run.worker, Run.attempts).where(Run.id == run_id)
-    ).first()
+    current = conn.execute(_RUN_NOW, {"p_run": run_id}).first()
     if current is None:
         return None  # its job was deleted
     state, worker, attempts = current
@@ -211,16 +306,12 @@ def _claim_from_the_dead(
         log.info("run %s is %s already; delivery ignored", run_id, state)
         return None
     error = f"worker {worker} died during attempt {attempts}"
-    row = conn.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.state == "started", Run.worker == worker)
-        .values(worker=me, attempt_at=now, attempts=Run.attempts + 1, error=error)
-        .returning(*_RUN_COLUMNS)
-    ).first()
+    params = {"p_run": run_id, "p_dead": worker, "p_me": me, "p_now": now, "p_error": error}
+    row = conn.execute(_CLAIM_FROM_THE_DEAD, params).first()
     if row is None:
         return None  # another delivery claimed it first
     log.warning("run %s: %s", run_id, error)
-    _count_failed_attempt(conn, row.job_id, now)
+    conn.execute(_FAILED_ATTEMPT, {"p_job": row.job_id, "p_now": now})
     return row
 
 
@@ -228,14 +319,9 @@ def _next_attempt(engine: Engine, run_id: str, job_id: str, me: str, now: dateti
     """Count the failed attempt and the next one in one transaction; None when the run is no
     longer ours (the sweep gave up on it)."""
     with engine.begin() as conn:
-        number = conn.scalar(
-            update(Run)
-            .where(_owned(run_id, me))
-            .values(attempts=Run.attempts + 1, attempt_at=now)
-            .returning(Run.attempts)
-        )
+        number = conn.scalar(_NEXT_ATTEMPT, {"p_run": run_id, "p_me": me, "p_now": now})
         if number is not None:
-            _count_failed_attempt(conn, job_id, now)
+            conn.execute(_FAILED_ATTEMPT, {"p_job": job_id, "p_now": now})
         return number
 
 
@@ -243,17 +329,16 @@ def _release(
     engine: Engine, run_id: str, job_id: str, me: str, outcome: Outcome, now: datetime
 ) -> bool:
     """started -> sent while waiting for the next attempt; the failed attempt is counted."""
+    params = {
+        "p_run": run_id,
+        "p_me": me,
+        "p_output": tail(outcome.output),
+        "p_error": outcome.error,
+    }
     with engine.begin() as conn:
-        released = (
-            conn.execute(
-                update(Run)
-                .where(_owned(run_id, me))
-                .values(state="sent", output=tail(outcome.output), error=outcome.error)
-            ).rowcount
-            == 1
-        )
+        released = conn.execute(_RELEASE, params).rowcount == 1
         if released:
-            _count_failed_attempt(conn, job_id, now)
+            conn.execute(_FAILED_ATTEMPT, {"p_job": job_id, "p_now": now})
         return released
 
 
@@ -266,24 +351,11 @@ def _total_runs(text: str, zone: str | None, default_zone: str) -> int | None:
         return None
 
 
-def _is_done_after(job: Job, settings: Settings) -> Any:
-    """Decision 8: done when a one-off (or child) has run, or the schedule's runs are used up.
-    A value for the job UPDATE, decided in SQL on the row it updates: a job with a next run is
-    not done; else a child (its schedule is not used) is, and a job whose runs are used up."""
-    if not job.schedule:
-        return True
-    done = exists().where(JobLink.child_id == Job.id)
-    total = _total_runs(job.schedule, job.timezone, settings.timezone)
-    if total is not None:
-        done = done | (Job.runs_used >= total)
-    return case((Job.next_run_at.is_(None) & done, True), else_=Job.is_done)
-
-
 def _finish(
     conn: Connection,
     run: RunInfo,
-    job: Job,
-    me: str,
+    job: JobRecord,
+    me: str | None,
     state: str,
     outcome: Outcome,
     settings: Settings,
@@ -297,36 +369,39 @@ def _finish(
     corrects the count when the attempt the claim counted was not made. Returns the runs
     recorded here to publish."""
     began = run.started_at or now
-    values: dict[str, object] = {
-        "state": state,
-        "finished_at": now,
-        "duration_ns": int((now - began) / timedelta(microseconds=1)) * 1000,
-        "output": tail(outcome.output),
-        "error": outcome.error,
-        "exit_code": outcome.exit_code,
-        "http_status": outcome.http_status,
+    params: dict[str, Any] = {
+        "p_run": run.id,
+        "p_me": me,
+        "p_now": now,
+        "p_state": state,
+        "p_duration": int((now - began) / timedelta(microseconds=1)) * 1000,
+        "p_output": tail(outcome.output),
+        "p_error": outcome.error,
+        "p_exit": outcome.exit_code,
+        "p_http": outcome.http_status,
     }
-    if attempts is not None:
-        values["attempts"] = attempts
-    if conn.execute(update(Run).where(_owned(run.id, me)).values(**values)).rowcount != 1:
+    if attempts is None:
+        ended = conn.execute(_END, params)
+    else:
+        ended = conn.execute(_END_UNCOUNTED, {**params, "p_attempts": attempts})
+    if ended.rowcount != 1:
         return []  # someone else ended it (status callback, sweep)
-    counters: dict[str, object] = {"is_done": _is_done_after(job, settings)}
-    if failed_attempt:
-        counters.update(error_count=Job.error_count + 1, last_error=now)
-    if state == "success":
-        counters.update(success_count=Job.success_count + 1, last_success=now)
-    if state in ("success", "failed", "lost"):
-        counters["number_of_finished_runs"] = Job.number_of_finished_runs + 1
-    conn.execute(update(Job).where(Job.id == job.id).values(**counters))
+    done, total = "yes", None
+    if job.schedule:
+        total = _total_runs(job.schedule, job.timezone, settings.timezone)
+        done = "child" if total is None else "total"
+    conn.execute(
+        _counters(state, failed_attempt, done), {"p_job": job.id, "p_now": now, "p_total": total}
+    )
     if state in ("failed", "lost") and job.on_failure_job:
         return _record_on_failure(conn, job, now)
     return []
 
 
-def _record_on_failure(conn: Connection, job: Job, now: datetime) -> list[str]:
+def _record_on_failure(conn: Connection, job: JobRecord, now: datetime) -> list[str]:
     """KALA-SPEC §10: after a run that failed all attempts, the on-failure job runs (with its
     own dependents). An unknown or disabled on-failure job is logged and ignored."""
-    target = conn.execute(select(Job.disabled).where(Job.id == job.on_failure_job)).first()
+    target = conn.execute(_ON_FAILURE_TARGET, {"p_job": job.on_failure_job}).first()
     if target is None or target.disabled:
         log.warning(
             "job %s: on-failure job %r is %s; not run",
@@ -344,7 +419,7 @@ def _record_on_failure(conn: Connection, job: Job, now: datetime) -> list[str]:
 # ---------------------------------------------------------------- the run
 
 
-def perform(job: Job, settings: Settings) -> Outcome:
+def perform(job: JobRecord, settings: Settings) -> Outcome:
     """One attempt: render templates, then run the command or make the HTTP call."""
     from kala_celery.tasks import remote, shell, templates
 
@@ -467,26 +542,18 @@ def abandon(
     """The sweep's verdict on a started run whose worker vanished: a failed attempt. With
     attempts left the run goes back to `pending` (to be published again); otherwise it ends
     `lost` (and its on-failure job runs). Returns the run ids to publish."""
-    engine = _engine(sessions)
-    with engine.begin() as conn:
-        row = conn.execute(
-            select(*_RUN_COLUMNS, Run.state, *_JOB_COLUMNS)
-            .join(Job, Job.id == Run.job_id)
-            .where(Run.id == run_id)
-        ).first()
+    with _engine(sessions).begin() as conn:
+        row = conn.execute(_ABANDONED, {"p_run": run_id}).first()
         if row is None or row.state != "started":
             return []
         run = _run_info(row)
-        job = _job_of(row, len(_RUN_COLUMNS) + 1)
+        job = _job_of(row, len(_RUN_RETURNING) + 1)
         if run.attempts < RetryPolicy.of(job, run, settings).attempts:
-            moved = conn.execute(
-                update(Run)
-                .where(_owned(run_id, run.worker))
-                .values(state="pending", error=reason)
-            ).rowcount
-            if moved:
-                _count_failed_attempt(conn, job.id, now)
-            return [run_id] if moved else []
+            params = {"p_run": run_id, "p_me": run.worker, "p_error": reason}
+            if conn.execute(_GIVE_BACK, params).rowcount != 1:
+                return []
+            conn.execute(_FAILED_ATTEMPT, {"p_job": job.id, "p_now": now})
+            return [run_id]
         return _finish(
             conn,
             run,
