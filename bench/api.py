@@ -1,5 +1,5 @@
-"""api: the REST API under gunicorn (`kala-celery api -p PORT`: one gthread worker, as shipped)
-on SQLite and on PostgreSQL —
+"""api: the REST API under gunicorn (`kala-celery api -p PORT`, as shipped: one gthread worker
+process per CPU, access log off) on SQLite and on PostgreSQL —
 
 - job creates per second with 1 and 4 client connections (keep-alive, each client its own
   process, requests back to back), jobs with a future schedule (nothing is published);
@@ -33,6 +33,7 @@ from bench.common import (
     wait_until,
 )
 from kala_celery.db import make_engine
+from kala_celery.server import default_workers
 
 PREFIX = "/api/v1"
 
@@ -156,8 +157,9 @@ def run(args, servers: Servers) -> Report:
         finally:
             api.stop()
             servers.drop(url)
-    report.note("server: `kala-celery api -p PORT` = gunicorn, 1 gthread worker, 16 threads, "
-                "access log on; clients: one process per connection (http.client), on the "
+    report.note(f"server: `kala-celery api -p PORT` = gunicorn, {default_workers()} gthread "
+                "worker(s) (one per CPU), 16 threads each, access log off; clients: one process "
+                "per connection (http.client), on the "
                 "same 2-core box as the server and the database")
     return report
 

@@ -346,6 +346,7 @@ def _validate_schedule(data: dict[str, Any], rules: Rules, is_child: bool) -> No
 
 
 _JOB_COLUMNS = tuple(column.key for column in Job.__table__.columns)
+_INSERT_JOB = insert(Job.__table__)
 
 
 def _insert(session: Session, job: Job) -> None:
@@ -353,7 +354,7 @@ def _insert(session: Session, job: Job) -> None:
     the session as loaded (persistent, nothing pending): what add + flush would leave, without
     the unit of work's bookkeeping (most of a create's database time)."""
     values = {key: getattr(job, key) for key in _JOB_COLUMNS}
-    session.execute(insert(Job.__table__), [values])
+    session.connection().execute(_INSERT_JOB, values)  # Core: no ORM statement handling
     make_transient_to_detached(job)
     session.add(job)
 
