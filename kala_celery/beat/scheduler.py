@@ -123,13 +123,7 @@ class KalaScheduler(Scheduler):
         SQLite has one writer at a time: there the publish's own write would only wait for
         the claim's, so batches are published in turn."""
         assert self._store is not None
-        if self._store.engine.dialect.name == "sqlite":
-            while True:
-                with self._store.sessions.begin() as session:
-                    runs = claim_batch(session, now, BATCH, self._default_tz)
-                self._publish(runs)
-                if len(runs) < BATCH:
-                    return
+        overlap = self._store.engine.dialect.name != "sqlite"
         publishing: Future[None] | None = None
         try:
             while True:
@@ -137,7 +131,10 @@ class KalaScheduler(Scheduler):
                     runs = claim_batch(session, now, BATCH, self._default_tz)
                 if publishing is not None:
                     publishing.result()
-                publishing = self._publisher_thread.submit(self._publish, runs)
+                if overlap:
+                    publishing = self._publisher_thread.submit(self._publish, runs)
+                else:
+                    self._publish(runs)
                 if len(runs) < BATCH:
                     break
         finally:
