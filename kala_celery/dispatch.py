@@ -64,13 +64,16 @@ def record_trees(
     trigger: str,
     now: datetime,
     count: bool = True,
+    children: dict[str, list[str]] | None = None,
 ) -> list[str]:
     """Record a run for each (job id, scheduled_for) and, depth first in FIFO order, a pending
     run for every job that depends on it. One bulk insert; returns the root run ids.
-    `count=False`: the caller has already added the runs to the jobs' runs_used."""
+    `count=False`: the caller has already added the runs to the jobs' runs_used;
+    `children`: the caller has already read `children_by_parent` for these roots."""
     if not roots:
         return []
-    children = children_by_parent(session, [job_id for job_id, _ in roots])
+    if children is None:
+        children = children_by_parent(session, [job_id for job_id, _ in roots])
     rows: list[dict] = []
     root_ids: list[str] = []
     for job_id, when in roots:

@@ -38,6 +38,9 @@ class CeleryPublisher:
     def __init__(self, celery: Celery, sessions: sessionmaker[Session]) -> None:
         self.celery = celery
         self.sessions = sessions
+        # The read before a publish needs no transaction (no BEGIN/ROLLBACK round trips).
+        engine = sessions.kw["bind"]
+        self._reads = sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
         self._routes: dict[str | None, dict[str, Any]] = {}
 
     def __call__(self, runs: Sequence[Run]) -> None:
@@ -89,7 +92,7 @@ class CeleryPublisher:
         """The pending runs among `ids` and, per root, its pending dependents in tree order
         (one query for both)."""
         columns = (Run.id, Run.root_run_id, Job.id, Job.name, Job.queue)
-        with self.sessions() as session:
+        with self._reads() as session:
             rows = session.execute(
                 select(*columns)
                 .join(Job, Job.id == Run.job_id)

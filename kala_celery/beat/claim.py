@@ -84,6 +84,7 @@ def claim_batch(session: Session, now: datetime, limit: int, default_tz: str) ->
             Job.timezone,
             Job.runs_used,
             Job.resume_at_next_scheduled_time,
+            exists().where(JobLink.parent_id == Job.id).label("has_children"),
         )
         .where(claimable(now), ~exists().where(JobLink.child_id == Job.id))
         .order_by(Job.next_run_at)
@@ -91,7 +92,8 @@ def claim_batch(session: Session, now: datetime, limit: int, default_tz: str) ->
         .with_for_update(skip_locked=True, of=Job.__table__)
     ).all()
     steps: list[tuple[str, datetime, Advance, bool]] = []
-    for job_id, name, old, text, zone, runs_used, resume in due:
+    parents = [row[0] for row in due if row[-1]]
+    for job_id, name, old, text, zone, runs_used, resume, _ in due:
         try:
             parsed = schedule.parse_schedule(text, schedule.resolve_zone(zone, default_tz))
             steps.append((job_id, old, advance(parsed, old, runs_used, now, resume), False))
@@ -105,7 +107,11 @@ def claim_batch(session: Session, now: datetime, limit: int, default_tz: str) ->
         for job_id, _old, step, _off in _move(session, steps)
         if step.run_for is not None
     ]
-    return dispatch.record_trees(session, roots, trigger="schedule", now=now, count=False)
+    # Dependents are looked up only below the claimed jobs that have any (most have none).
+    children = dispatch.children_by_parent(session, parents) if parents else {}
+    return dispatch.record_trees(
+        session, roots, trigger="schedule", now=now, count=False, children=children
+    )
 
 
 _MOVE = (
