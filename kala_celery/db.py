@@ -52,6 +52,19 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def engine_of(sessions: sessionmaker[Session]) -> Engine:
+    """The Engine a session factory is bound to."""
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, Engine):
+        raise TypeError("expected a sessionmaker bound to an Engine")
+    return bind
+
+
+def read_sessions(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for single reads: autocommit, so no BEGIN/ROLLBACK round trips around them."""
+    return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+
+
 @dataclass(frozen=True)
 class Store:
     engine: Engine

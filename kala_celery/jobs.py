@@ -457,10 +457,6 @@ def get_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def list_jobs(session: Session) -> list[Job]:
-    return list(session.scalars(select(Job).order_by(Job.id)))
-
-
 # ---------------------------------------------------------------- delete
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import bulk
 from kala_celery.celery_app import RUN_TASK
+from kala_celery.db import engine_of, read_sessions
 from kala_celery.models import Job, Run
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,7 @@ class CeleryPublisher:
     def __init__(self, celery: Celery, sessions: sessionmaker[Session]) -> None:
         self.celery = celery
         self.sessions = sessions
-        # The read before a publish needs no transaction (no BEGIN/ROLLBACK round trips).
-        engine = sessions.kw["bind"]
-        self._reads = sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+        self._reads = read_sessions(engine_of(sessions))  # the read before a publish
         self._routes: dict[str | None, dict[str, Any]] = {}
 
     def __call__(self, runs: Sequence[Run]) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery.beat.claim import claim_batch, next_due
 from kala_celery.celery_app import settings_of
-from kala_celery.db import Store, store_for
+from kala_celery.db import Store, read_sessions, store_for
 from kala_celery.jobs import Rules, rearm
 from kala_celery.models import TERMINAL_STATES, UNARMED, Job, JobLink, Run, utcnow
 from kala_celery.publish import CeleryPublisher
@@ -62,9 +62,7 @@ class KalaScheduler(Scheduler):
         if self._store is None:
             store = store_for(settings_of(self.app).db_url, pre_ping=False)
             self._publisher = CeleryPublisher(self.app, store.sessions)
-            # Single reads need no transaction: autocommit spares the BEGIN and the ROLLBACK
-            # round trips (on PostgreSQL an idle tick is then one round trip).
-            self._reads = sessionmaker(store.engine.execution_options(isolation_level="AUTOCOMMIT"))
+            self._reads = read_sessions(store.engine)  # an idle tick: one round trip
             self._store = store
 
     def tick(self, *args: object, **kwargs: object) -> float:

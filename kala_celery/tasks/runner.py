@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import dispatch, schedule
 from kala_celery.config import Settings
+from kala_celery.db import engine_of
 from kala_celery.models import JOB_REMOTE, Job, JobLink, Run, utcnow
 from kala_celery.tasks.outcome import Outcome, tail
 
@@ -260,13 +261,6 @@ def _counters(state: str, failed_attempt: bool, done: str) -> Any:
     return update(_jobs).where(_jobs.c.id == _JOB_ID).values(**values)
 
 
-def _engine(sessions: sessionmaker[Session]) -> Engine:
-    bind = sessions.kw.get("bind")
-    if not isinstance(bind, Engine):
-        raise TypeError("the runner needs a sessionmaker bound to an Engine")
-    return bind
-
-
 def _claim(
     engine: Engine, run_id: str, me: str, hostname: str, now: datetime
 ) -> tuple[RunInfo, JobRecord, str | None] | None:
@@ -474,7 +468,7 @@ def execute_run(
     clock: Callable[[], datetime] = utcnow,
 ) -> Delivery:
     """Handle one delivery of a run."""
-    engine = _engine(sessions)
+    engine = engine_of(sessions)
     me = worker_id(hostname)
     claimed = _claim(engine, run_id, me, hostname, clock())
     if claimed is None:
@@ -542,7 +536,7 @@ def abandon(
     """The sweep's verdict on a started run whose worker vanished: a failed attempt. With
     attempts left the run goes back to `pending` (to be published again); otherwise it ends
     `lost` (and its on-failure job runs). Returns the run ids to publish."""
-    with _engine(sessions).begin() as conn:
+    with engine_of(sessions).begin() as conn:
         row = conn.execute(_ABANDONED, {"p_run": run_id}).first()
         if row is None or row.state != "started":
             return []
