@@ -48,8 +48,17 @@ def configure(app: Celery, settings: Settings) -> Celery:
             parents=True, exist_ok=True
         )
     if settings.broker.startswith(("redis://", "rediss://", "redis+socket://")):
-        # Redis redelivers unacked messages after this; runs can be long (acks_late).
-        app.conf.broker_transport_options = {"visibility_timeout": 12 * 3600}
+        app.conf.broker_transport_options = {
+            # Redis redelivers unacked messages after this; runs can be long (acks_late).
+            "visibility_timeout": 12 * 3600,
+            # A publish to a Redis that is down fails at once (kombu's default is ~6 s of
+            # retries): the beat and the API keep the run pending and try again themselves.
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+            "socket_connect_timeout": 5,  # an unreachable host, not only a refused port
+        }
     app.conf[SETTINGS_KEY] = settings
     return app
 

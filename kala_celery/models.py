@@ -167,6 +167,9 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # latest
+    # When the run's latest message went to the broker (a retry's: when it falls due). A run
+    # still `sent` long after it is published again (runs.redeliverable): its message was lost.
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     duration_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -187,3 +190,17 @@ class Run(Base):
             postgresql_where=text("trigger = 'schedule'"),
         ),
     )
+
+
+class Worker(Base):
+    """A worker process's heartbeat: `name` is what its runs carry in `runs.worker`
+    (`<celery hostname>/<pid>`), `running` the ids of the runs it is executing (space
+    separated) when it wrote `last_seen`. The beat's sweep takes a started run from a
+    worker that is silent, or alive but no longer running it (runs.orphaned)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    running: Mapped[str] = mapped_column(Text, default="")

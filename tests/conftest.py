@@ -138,12 +138,12 @@ def cluster(
             assert command.proc.poll() is None, command.output()
             return command
 
-        def beat(self, *args: str) -> Command:
+        def beat(self, *args: str, extra_env: dict[str, str] | None = None) -> Command:
             command = Command(
                 [sys.executable, "-m", "celery", "-A", "kala_celery", "beat", "-S", "kala",
                  "-l", "info", "--pidfile=", *args],
                 tmp_path / f"beat{len(workers)}.log",
-                env,
+                {**env, **(extra_env or {})},
             )
             workers.append(command)
             wait_for(lambda: "beat: Starting" in command.output() or command.proc.poll()

@@ -184,6 +184,25 @@ class PostgresServer:
     def _run(self, args: list[str], **kw) -> subprocess.CompletedProcess:
         return _pg_run(args, self.as_root, **kw)
 
+    def crash(self) -> None:
+        """Stop the server as a crash would (`-m immediate`: no checkpoint, clients cut)."""
+        res = self._run(
+            [find_pg_binary("pg_ctl"), "stop", "-D", str(self.data_dir), *PG_STOP_ARGS],
+            timeout=60,
+        )
+        if res.returncode:
+            raise ServerStartError(f"pg_ctl stop failed: {res.stdout}{res.stderr}")
+
+    def start_again(self) -> None:
+        """Start it again on the same port and data (after `crash`); returns once it answers."""
+        start = [find_pg_binary("pg_ctl"), "start", "-D", str(self.data_dir), "-l",
+                 str(self.log_file), "-w", "-t", "60", "-o", f"-p {self.port}"]
+        res = self._run(start, timeout=90)
+        if res.returncode:
+            raise ServerStartError(f"pg_ctl start failed: {res.stdout}{res.stderr}\n"
+                                   f"{_tail(self.log_file)}")
+        _wait_for_postgres(self)
+
     def stop(self) -> None:
         if self._stopped:
             return
