@@ -256,8 +256,12 @@ def _check_traversable(path: Path) -> None:
             )
 
 
-def start_postgres(base_dir: Path, database: str = "kala") -> PostgresServer:
-    """initdb + pg_ctl start a throwaway cluster under ``base_dir``; create ``database``."""
+def start_postgres(
+    base_dir: Path, database: str = "kala", *, durable: bool = False
+) -> PostgresServer:
+    """initdb + pg_ctl start a throwaway cluster under ``base_dir``; create ``database``.
+    ``durable``: a commit survives a crash of the server (synchronous_commit on), for tests
+    that crash it; otherwise the last commits before a crash may be lost (faster)."""
     initdb = find_pg_binary("initdb")
     pg_ctl = find_pg_binary("pg_ctl")
     as_root = os.geteuid() == 0
@@ -283,7 +287,8 @@ def start_postgres(base_dir: Path, database: str = "kala") -> PostgresServer:
                 "\n# kala-celery test server\n"
                 "listen_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{socket_dir}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                "fsync = off\nfull_page_writes = off\n"
+                f"synchronous_commit = {'on' if durable else 'off'}\n"
                 "max_connections = 200\n"
             )
         server._watchdog = _start_watchdog(server, pg_ctl)
