@@ -585,9 +585,12 @@ class Check:
     ok: bool
     detail: str
     warn_only: bool = False  # reported, does not fail the run
+    info: bool = False  # a count, not a check
 
     @property
     def result(self) -> str:
+        if self.info:
+            return "info"
         return "PASS" if self.ok else "WARN" if self.warn_only else "FAIL"
 
 
@@ -928,8 +931,18 @@ def check(runs: list[dict[str, Any]], records: Records, faults: list[Fault], top
               and code != "503")
     checks.append(Check("the API never answered 500", bad == 0,
                         ", ".join(f"{c}: {n}" for c, n in sorted(answers.items()))))
+    said: dict[str, list[str]] = defaultdict(list)  # the error line -> "w3 06:38:21", ...
+    for line in exits:
+        stamp, name, _pid, _, _exited, _code, *rest = line.split(" ")
+        said[" ".join(rest)].append(f"{name} at {stamp}")
     checks.append(Check("no part exited on its own", not exits,
-                        "; ".join(exits) or "none", warn_only=True))
+                        "; ".join(f"{len(who)} exited ({', '.join(who)}) with {what}"
+                                  for what, who in said.items()) or "none", warn_only=True))
+    rerun_runs = [by_id[r] for r in reruns]
+    checks.append(Check("re-run after a worker death (allowed)", True,
+                        f"{len(reruns)} runs executed more than once, each after its worker died "
+                        f"({sum(len(execs[r]) for r in reruns)} executions; attempts "
+                        f"{sorted(r['attempts'] for r in rerun_runs)})", info=True))
 
     # -- tables ------------------------------------------------------------------------------
     check_table = Table("chaos: checks", ["check", "result", "detail"])
