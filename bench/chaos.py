@@ -950,7 +950,7 @@ def check(runs: list[dict[str, Any]], records: Records, faults: list[Fault], top
         check_table.add(c.name, c.result, c.detail)
     job_table = Table("chaos: jobs", ["job", "what", "runs", "success", "failed", "lost",
                                       "skipped", "open", "executions", "re-run after a worker "
-                                      "death"])
+                                      "death", "longest wait to start"])
     rerun_set = set(reruns)
     for key, job_id in ids.items():
         mine = [r for r in runs if r["job_id"] == job_id]
@@ -958,7 +958,9 @@ def check(runs: list[dict[str, Any]], records: Records, faults: list[Fault], top
         job_table.add(key, spec_of[key].kind, len(mine), st["success"], st["failed"], st["lost"],
                       st["skipped"], sum(st[s] for s in OPEN_STATES),
                       sum(len(execs.get(r["id"], [])) for r in mine),
-                      sum(1 for r in mine if r["id"] in rerun_set))
+                      sum(1 for r in mine if r["id"] in rerun_set),
+                      secs(max((min(e.start for e in execs[r["id"]]) - (epoch(r["created_at"]) or 0)
+                                for r in mine if execs.get(r["id"])), default=None)))
     timeline = Table("chaos: timeline", ["phase", "seconds"])
     for a, b, what in (("created", "plan_end", "warm-up and fault plan"),
                        ("plan_end", "disabled", "settle (every part up)"),

@@ -47,3 +47,51 @@ def test_runs_survive_a_worker_kill_and_an_empty_redis(postgres_server, tmp_path
                   "every job fired again after the last fault",
                   "every successful run executed its command"):
         assert outcome.check(check).ok, report
+
+
+def test_the_checker_tells_a_rerun_after_a_worker_death_from_a_duplicate(tmp_path) -> None:
+    """The checker itself, on made-up records: it must not pass a run that executed twice."""
+    from collections import Counter
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from bench.chaos import Fault, Records, check
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    at = t0.timestamp()
+    dead_pool, live_pool = 101, 202
+    record = tmp_path / "executions.log"
+    lines = [
+        # r1: killed on a dead worker, then run again (attempt 2): a re-run, allowed
+        f"start|r1|j1|1|{dead_pool}|{at + 1}|", f"start|r1|j1|2|{live_pool}|{at + 80}|",
+        f"end|r1|j1|2|{live_pool}|{at + 81}|",
+        # r2: run twice on live workers: a duplicate
+        f"start|r2|j1|1|{live_pool}|{at + 2}|", f"end|r2|j1|1|{live_pool}|{at + 3}|",
+        f"start|r2|j1|1|{live_pool}|{at + 4}|", f"end|r2|j1|1|{live_pool}|{at + 5}|",
+        # r3: the job's first start after the fault, 64 s after the worker was back
+        f"start|r3|j1|1|{live_pool}|{at + 75}|", f"end|r3|j1|1|{live_pool}|{at + 76}|",
+    ]
+    record.write_text("\n".join(lines) + "\n")
+    records = Records(record)
+    records.refresh()
+
+    def run(run_id: str, seconds: int, attempts: int) -> dict:
+        when = t0 + timedelta(seconds=seconds)
+        return {"id": run_id, "job_id": "j1", "trigger": "schedule", "scheduled_for": when,
+                "state": "success", "attempts": attempts, "created_at": when}
+
+    runs = [run("r1", 0, 2), run("r2", 2, 1), run("r3", 75, 1),
+            {**run("r4", 76, 0), "state": "sent"}]  # left open
+    fault = Fault("worker", 1, at + 10, back=at + 11)
+    outcome = check(
+        runs, records, [fault], SimpleNamespace(dead_pools={dead_pool}), {"s1": "j1"},
+        SimpleNamespace(jobs=[JobSpec("s1", every=1)]), {"created": at},
+        SimpleNamespace(answers=Counter({"200": 3}), errors=[]), [], [], tmp_path)
+    once = outcome.check("every (job, scheduled_for) ran at most once")
+    assert not once.ok and "1 duplicate executions" in once.detail, once.detail
+    assert "1 re-run after a worker death" in once.detail, once.detail
+    assert outcome.check("every job fired again after the last fault").ok
+    assert not outcome.check("every job fired within 60 s").ok  # 64 s
+    assert outcome.failures == ["every (job, scheduled_for) ran at most once",
+                                "no run open after settling",
+                                "every job fired within 60 s of each recovery"]
