@@ -49,8 +49,12 @@ def configure(app: Celery, settings: Settings) -> Celery:
         )
     if settings.broker.startswith(("redis://", "rediss://", "redis+socket://")):
         app.conf.broker_transport_options = {
-            # Redis redelivers unacked messages after this; runs can be long (acks_late).
-            "visibility_timeout": 12 * 3600,
+            # No ack emulation: a message leaves Redis when a worker takes it. Redelivering a
+            # run whose worker died is the sweep's job (runs.py), which knows whether the run
+            # ended; kombu's emulation only re-sent it 12 h later, and its restore of unacked
+            # messages when the connection drops crashes the worker (AttributeError in
+            # _connparams, kombu 5.7) while a long run is in flight.
+            "ack_emulation": False,
             # A publish to a Redis that is down fails at once (kombu's default is ~6 s of
             # retries): the beat and the API keep the run pending and try again themselves.
             "max_retries": 1,

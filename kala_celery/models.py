@@ -94,6 +94,9 @@ class Job(Base):
     # done, one-off or child) and how many of the schedule's runs are used (Decision 4).
     next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     runs_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Occurrences that did not get a run of their own: coalesced into a catch-up run, or
+    # skipped by resume_at_next_scheduled_time (Decision 5), after an outage or a long run.
+    missed_occurrences: Mapped[int] = mapped_column(BigInteger, default=0)
 
     # Extensions (DESIGN.md Decisions 3, 6, 7, 11, 17).
     timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -204,3 +207,13 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     running: Mapped[str] = mapped_column(Text, default="")
+
+
+class Beat(Base):
+    """A beat process's liveness: `last_tick` is written by its sweep (every few seconds)."""
+
+    __tablename__ = "beats"
+
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_tick: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -55,6 +55,23 @@ class CeleryPublisher:
             route = self._routes[queue] = self.celery.amqp.router.route(options, RUN_TASK)
         return route
 
+    def idle_queues(self, queues: set[str | None]) -> set[str | None]:
+        """Which of these job queues (None: the default) have no message waiting on the
+        broker; none when the broker cannot be asked."""
+        idle: set[str | None] = set()
+        try:
+            with self.celery.connection_for_write() as connection:
+                channel = connection.default_channel
+                for queue in queues:
+                    name = self._route(queue)["queue"].name
+                    # not passive: Redis has no key for an empty queue (a passive declare
+                    # says "not found"); declaring an existing queue changes nothing
+                    if channel.queue_declare(queue=name).message_count == 0:
+                        idle.add(queue)
+        except Exception as exc:  # broker away: nothing to publish to anyway
+            log.debug("queue lengths unavailable: %s", exc)
+        return idle
+
     def _signature(self, run_id: str, job_id: str, name: str, queue: str | None) -> Signature:
         return self.celery.signature(
             RUN_TASK,

@@ -49,7 +49,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from kala_celery import dispatch, schedule
 from kala_celery.config import Settings
 from kala_celery.db import engine_of
-from kala_celery.models import TERMINAL_STATES, Job, JobLink, Run, Worker
+from kala_celery.models import TERMINAL_STATES, Beat, Job, JobLink, Run, Worker
 from kala_celery.outcome import Outcome, tail
 
 log = logging.getLogger(__name__)
@@ -496,7 +496,8 @@ def _first_in_line(cutoff: datetime) -> Any:
 
 def _waiting(state: str, cutoff: datetime, limit: int) -> Any:
     return (
-        select(_runs.c.id)
+        select(_runs.c.id, _jobs.c.queue)
+        .join_from(_runs, _jobs, _jobs.c.id == _runs.c.job_id)
         .where(
             _runs.c.state == state,
             func.coalesce(_runs.c.sent_at, _runs.c.created_at) < cutoff,
@@ -507,38 +508,45 @@ def _waiting(state: str, cutoff: datetime, limit: int) -> Any:
     )
 
 
-def redeliverable(
+def missing(
     engine: Engine,
     now: datetime,
     *,
     pending_grace: timedelta,
     redeliver_after: timedelta,
     limit: int,
-) -> list[str]:
-    """Runs whose message is missing, as `pending` runs to publish (with the rest of their
-    chain): runs left pending past `pending_grace` (their publisher died, or the broker was
-    down), and runs `sent` longer than `redeliver_after` that no worker took (the broker
-    restarted empty, a worker died holding the message, or it acked the message and then
-    failed to claim the run). Workers ignore a run already past `sent`, so a second message
-    for a run that was only slow is harmless."""
+) -> tuple[list[str], list[tuple[str, str | None]]]:
+    """Runs whose message may be missing: runs left `pending` past `pending_grace` (their
+    publisher died, or the broker was down), ready to publish; and, with their job's queue,
+    runs `sent` longer than `redeliver_after` that no worker took (the broker restarted
+    empty, a worker died holding the message, or it acked the message and then failed to
+    claim the run), for `reopen`."""
+    with engine.connect() as conn:
+        pending = conn.scalars(
+            _waiting("pending", now - pending_grace, limit).with_only_columns(_runs.c.id)
+        ).all()
+        lost = conn.execute(_waiting("sent", now - redeliver_after, limit)).all()
+    return list(pending), [(run_id, queue) for run_id, queue in lost]
+
+
+def reopen(engine: Engine, now: datetime, run_ids: list[str]) -> list[str]:
+    """sent -> pending for runs whose message was lost, to be published again with the rest
+    of their chain; returns those this call reopened (another beat's sweep may have been
+    first). Workers ignore a run already past `sent`, so a second message for a run that was
+    only slow is harmless."""
+    if not run_ids:
+        return []
     with engine.begin() as conn:
-        pending = conn.scalars(_waiting("pending", now - pending_grace, limit)).all()
-        lost = conn.scalars(_waiting("sent", now - redeliver_after, limit)).all()
-        if lost:
-            reopened = conn.scalars(
-                update(_runs)
-                .where(_runs.c.id.in_(lost), _runs.c.state == "sent")
-                .values(state="pending", sent_at=now)  # another beat's sweep leaves it be
-                .returning(_runs.c.id)
-            ).all()
-            if reopened:
-                log.warning(
-                    "%d runs were sent over %s ago and not taken; sending them again",
-                    len(reopened),
-                    redeliver_after,
-                )
-            pending = [*pending, *reopened]
-    return list(pending)
+        reopened = conn.scalars(
+            update(_runs)
+            .where(_runs.c.id.in_(run_ids), _runs.c.state == "sent")
+            .values(state="pending", sent_at=now)  # not pending "long": no second sweep
+            .returning(_runs.c.id)
+        ).all()
+    if reopened:
+        log.warning("%d runs were sent and not taken by any worker; sending them again",
+                    len(reopened))
+    return list(reopened)
 
 
 # ---------------------------------------------------------------- worker liveness
@@ -546,17 +554,27 @@ def redeliverable(
 HEARTBEAT_MARGIN = timedelta(seconds=1)  # clock steps between a claim and a heartbeat
 
 
+def _upsert(conn: Connection, table: Any, values: dict[str, Any], update: tuple[str, ...]) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**values)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[table.primary_key.columns.values()[0]],
+            set_={name: statement.excluded[name] for name in update},
+        )
+    )
+
+
 def record_heartbeat(conn: Connection, name: str, now: datetime, running: list[str]) -> None:
     """Upsert the heartbeat row of worker process `name` with the runs it is executing."""
     values = {"name": name, "started_at": now, "last_seen": now, "running": " ".join(running)}
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(Worker).values(**values)
-    conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[Worker.name],
-            set_={"last_seen": statement.excluded.last_seen, "running": statement.excluded.running},
-        )
-    )
+    _upsert(conn, Worker.__table__, values, ("last_seen", "running"))
+
+
+def record_beat(conn: Connection, name: str, now: datetime) -> None:
+    """Upsert the liveness row of beat process `name`."""
+    _upsert(conn, Beat.__table__, {"name": name, "started_at": now, "last_tick": now},
+            ("last_tick",))
 
 
 def orphaned(engine: Engine, now: datetime, timeout: timedelta) -> list[tuple[str, str]]:
@@ -590,6 +608,7 @@ def orphaned(engine: Engine, now: datetime, timeout: timedelta) -> list[tuple[st
 
 
 def prune_workers(engine: Engine, before: datetime) -> None:
-    """Forget heartbeats of worker processes gone since `before` (their runs were swept)."""
+    """Forget worker and beat processes silent since `before` (their runs were swept)."""
     with engine.begin() as conn:
         conn.execute(Worker.__table__.delete().where(Worker.__table__.c.last_seen < before))
+        conn.execute(Beat.__table__.delete().where(Beat.__table__.c.last_tick < before))

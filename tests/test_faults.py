@@ -240,3 +240,28 @@ def test_an_outcome_finished_while_postgresql_restarts_is_recorded(
     finally:
         for command in processes:
             command.stop(signal.SIGTERM)
+
+
+def test_a_worker_rides_out_the_broker_dying_under_a_long_run(make_api, db_url, tmp_path) -> None:
+    port = free_port()
+    broker = redis_on(port, tmp_path, "redis-a")
+    url = f"redis://127.0.0.1:{port}/0"
+    env = {"KALA_DATABASE_URL": db_url, "KALA_BROKER_URL": url, "KALA_DATA_DIR": str(tmp_path)}
+    api = make_api(broker_url=url)
+    worker = Command(["python", "-m", "celery", "-A", "kala_celery", "worker", "-c", "2", "-l",
+                      "info", "--without-gossip", "--without-mingle"], tmp_path / "worker.log", env)
+    trace = tmp_path / "attempts.log"
+    try:
+        slow = api.create(name="slow", command=record_attempt(trace, "sleep 3"))
+        wait_for(lambda: executions(trace), 30, "the slow command started")
+        broker.stop(signal.SIGKILL)  # its message is unacknowledged on a broker that is gone
+        broker = redis_on(port, tmp_path, "redis-b")
+        [run] = finished(api, slow, timeout=60)
+        assert run["state"] == "success"
+        assert worker.proc.poll() is None, worker.output()  # no "Unrecoverable error"
+        after = api.create(name="after", command="true")
+        [run] = finished(api, after, timeout=60)  # it reconnected and takes new runs
+        assert run["state"] == "success"
+    finally:
+        for command in (worker, broker):
+            command.stop(signal.SIGTERM)

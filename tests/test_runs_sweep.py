@@ -62,9 +62,11 @@ def state(store: Store, run_id: str) -> str:
 
 
 def redeliverable(store: Store, now) -> list[str]:
-    return runs.redeliverable(
+    """What the beat's sweep publishes, when every queue is idle."""
+    pending, lost = runs.missing(
         store.engine, now, pending_grace=GRACE, redeliver_after=AFTER, limit=100
     )
+    return pending + runs.reopen(store.engine, now, [run_id for run_id, _ in lost])
 
 
 def test_runs_without_a_message_are_found_after_their_bound_and_once(store) -> None:
@@ -198,3 +200,20 @@ def test_a_dead_workers_run_is_retried_within_epsilon_else_lost(store, settings)
                 assert session.get(Run, on_failure).job_id == handler
         else:
             assert follow == [run_id]
+
+
+def test_only_queues_with_no_message_waiting_are_idle(
+    store, db_url, redis_url, broker, tmp_path  # noqa: F811
+) -> None:
+    """The sweep sends a lost run again only once its queue has drained: a message for it
+    may still be waiting there (a backlog), and one sent now would only queue behind it."""
+    settings = Settings(database_url=db_url, data_dir=tmp_path,
+                        broker_url=redis_url.rsplit("/", 1)[0] + OWN_DB)
+    publisher = CeleryPublisher(make_celery(settings), store.sessions)
+    [run_id] = tree(store, job(store))
+    assert publisher.publish_ids([run_id]) == [run_id]
+    assert publisher.idle_queues({None, "elsewhere"}) == {"elsewhere"}
+    broker.flushdb()  # the broker restarted empty
+    assert publisher.idle_queues({None, "elsewhere"}) == {None, "elsewhere"}
+    down = Settings(database_url=db_url, data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0")
+    assert CeleryPublisher(make_celery(down), store.sessions).idle_queues({None}) == set()

@@ -8,6 +8,8 @@ indexed query for due rows, and sleeps until the earliest `next_run_at`, at most
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -53,6 +55,7 @@ class KalaScheduler(Scheduler):
         self._broker_failures = 0
         self._default_tz = "UTC"
         self._publisher_thread = ThreadPoolExecutor(1, thread_name_prefix="kala-publish")
+        self.name = f"{socket.gethostname()}/{os.getpid()}"  # its row in `beats`
         super().__init__(app, *args, **kwargs)
 
     # -- the Scheduler contract -------------------------------------------------------
@@ -170,25 +173,31 @@ class KalaScheduler(Scheduler):
         """Give every run without an owner one again (runs.py): publish runs whose message is
         missing (left pending, or sent and never taken), take started runs from workers that
         are gone; then re-arm jobs unscheduled by bulk SQL and prune old runs."""
-        assert self._store is not None
+        assert self._store is not None and self._publisher is not None
         settings = settings_of(self.app)
-        missing = runs.redeliverable(
-            self._store.engine,
+        engine = self._store.engine
+        pending, lost = runs.missing(
+            engine,
             now,
             pending_grace=PENDING_GRACE,
             redeliver_after=settings.redeliver_delay,
             limit=BATCH,
         )
-        if missing:
-            log.info("beat: sweep publishing %d runs without a message", len(missing))
-            self._publish(missing)
+        if lost:  # a queue with messages waiting may still hold theirs: not before it drains
+            idle = self._publisher.idle_queues({queue for _, queue in lost})
+            pending += runs.reopen(engine, now, [r for r, queue in lost if queue in idle])
+        if pending:
+            log.info("beat: sweep publishing %d runs without a message", len(pending))
+            self._publish(pending)
         if self._heartbeats_trusted(settings.worker_silence):
             for run_id, reason in runs.orphaned(self._store.engine, now, settings.worker_silence):
                 log.warning("beat: run %s: %s", run_id, reason)
                 self._publish(runs.abandon(self._store.sessions, run_id, settings, now, reason))
         self._rearm(now)
         self._prune(now - parse_plain_duration(settings.run_retention))
-        runs.prune_workers(self._store.engine, now - FORGET_WORKERS)
+        with engine.begin() as conn:
+            runs.record_beat(conn, self.name, now)
+        runs.prune_workers(engine, now - FORGET_WORKERS)
 
     def _heartbeats_trusted(self, silence: timedelta) -> bool:
         """A worker's silence means it is gone only if the database was up all that time:
