@@ -1,4 +1,4 @@
-"""Engine and session factory for the job store; creates the schema on first use."""
+"""Engine and session factory for the job store; checks (or creates) the schema on first use."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
-
-from kala_celery.models import Base
 
 # What a database outage raises (refused, restarting, connection dropped, SQLite busy past
 # its timeout): worth waiting out and trying again, unlike a wrong statement.
@@ -45,12 +43,13 @@ def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
 
 
 def init_schema(engine: Engine) -> None:
-    """Create missing tables. Every process does this at start; on PostgreSQL concurrent
-    CREATEs of the same table collide, so they take turns under an advisory lock."""
-    with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(7040516)"))
-        Base.metadata.create_all(connection)
+    """Bring the schema to head, or refuse (kala_celery/schema.py): an empty database is
+    created at head, SQLite is upgraded, any other database behind head raises
+    schema.SchemaBehind naming `kala-celery db upgrade`. Every process does this at start;
+    on PostgreSQL they take turns under an advisory lock."""
+    from kala_celery import schema
+
+    schema.ensure(engine)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -1,4 +1,5 @@
-"""SQLAlchemy tables: jobs, job_links (parent -> child, ordered) and runs.
+"""SQLAlchemy tables: jobs, job_links (parent -> child, ordered), runs, the workers' and
+beats' liveness rows, and metric_counts (kept by triggers, read by /metrics).
 
 Times are stored as naive UTC (portable between SQLite and PostgreSQL) and read back as
 aware UTC datetimes.
@@ -13,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -217,3 +219,22 @@ class Beat(Base):
     name: Mapped[str] = mapped_column(String(300), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_tick: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MetricCount(Base):
+    """Totals for /metrics (kala_celery/metrics.py), kept by triggers on `runs` and `jobs`
+    (migration 0002) in the transaction that changes the row, so every process and machine
+    sees the same figures and a scrape reads a few hundred rows whatever the size of the
+    tables. `series`: "runs" (runs that reached the end state `label`), "lateness" (scheduled
+    runs that started within the bucket `label` seconds of being due; `total` sums the
+    seconds), "missed" (occurrences coalesced or skipped), "jobs" (jobs now in state
+    `label`). On PostgreSQL a series is spread over 16 `shard` rows (by a hash of the row's
+    id), so concurrent transactions rarely wait on the same row."""
+
+    __tablename__ = "metric_counts"
+
+    series: Mapped[str] = mapped_column(String(32), primary_key=True)
+    label: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+    total: Mapped[float] = mapped_column(Double, default=0.0)

@@ -23,8 +23,12 @@ def init_kala(
     *,
     url_prefix: str = DEFAULT_PREFIX,
     publish: Publisher | None = None,
+    metrics_path: str | None = None,
+    health_path: str | None = None,
 ) -> KalaState:
-    """Connect the job store and register the Kala API blueprint under `url_prefix`."""
+    """Connect the job store and register the Kala API blueprint under `url_prefix`; with
+    `metrics_path` / `health_path`, also Prometheus metrics and a health check there
+    (kala_celery/api/ops.py; create_app uses /metrics and /health)."""
     settings = settings or Settings.from_env()
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
@@ -43,10 +47,16 @@ def init_kala(
         log.warning("the job store is unavailable (%s); answering 503 until it is back", exc)
     app.extensions["kala"] = state
     app.register_blueprint(build_blueprint(), url_prefix=state.url_prefix)
+    if metrics_path or health_path:
+        from kala_celery.api import ops
+
+        ops.mount(app, settings, engine, metrics_path=metrics_path, health_path=health_path)
     return state
 
 
 def create_app(settings: Settings | None = None, **kwargs: object) -> Flask:
+    """The standalone API: Kala's routes under /api/v1, and /metrics and /health."""
     app = Flask("kala_celery")
+    kwargs = {"metrics_path": "/metrics", "health_path": "/health", **kwargs}
     init_kala(app, settings, **kwargs)  # type: ignore[arg-type]
     return app

@@ -12,6 +12,7 @@ from kala_celery.api import http, views
 from kala_celery.api.state import kala
 from kala_celery.db import DatabaseAway
 from kala_celery.errors import JobError, NotFound
+from kala_celery.schema import SchemaError
 from kala_celery.wire import WireError
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,11 @@ def build_blueprint(name: str = "kala") -> Blueprint:
                 state.ensure_schema()
             except DatabaseAway as exc:
                 return database_down(exc)
+            except SchemaError as exc:  # came back behind head: `kala-celery db upgrade`
+                log.error("%s", exc)
+                response = http.error_response(str(exc), 503)
+                response.headers["Retry-After"] = str(RETRY_AFTER)
+                return response
         return refused
 
     @bp.after_app_request

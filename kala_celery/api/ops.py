@@ -1,0 +1,118 @@
+"""`GET /metrics` (Prometheus text, kala_celery/metrics.py) and `GET /health` (is the job
+store reachable, is the broker), mounted by `init_kala(app, metrics_path=..., health_path=...)`;
+create_app mounts them at /metrics and /health.
+
+/health needs no token (it tells only "ok" or "unavailable"); /metrics needs the API token
+when one is set, like every API route (Prometheus: `authorization: {credentials: <token>}`).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response
+from kombu import Connection
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from kala_celery.api import http
+from kala_celery.config import Settings
+from kala_celery.db import DatabaseAway
+from kala_celery.metrics import registry_for, render
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT = 3.0  # seconds each check may take; /health answers within about this
+
+
+def _probe_engine(url: str) -> Engine:
+    """A connection per check (no pool: a dropped connection is never reused) with a short
+    connect timeout."""
+    backend = make_url(url).get_backend_name()
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        connect_args = {"connect_timeout": int(HEALTH_TIMEOUT)}
+    elif backend == "sqlite":
+        connect_args = {"timeout": HEALTH_TIMEOUT}
+    return create_engine(url, poolclass=NullPool, connect_args=connect_args)
+
+
+@dataclass
+class Health:
+    settings: Settings
+    engine: Engine = field(init=False)
+    _threads: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.engine = _probe_engine(self.settings.db_url)
+        self._threads = ThreadPoolExecutor(8, thread_name_prefix="kala-health")
+
+    def _database(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def _broker(self) -> None:
+        options = {"socket_connect_timeout": HEALTH_TIMEOUT, "socket_timeout": HEALTH_TIMEOUT,
+                   "max_retries": 1}
+        with Connection(self.settings.broker, connect_timeout=HEALTH_TIMEOUT,
+                        transport_options=options) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=HEALTH_TIMEOUT)
+            conn.default_channel  # noqa: B018 - the transport's first real round trip
+
+    def check(self) -> dict[str, str]:
+        """{"database": ..., "broker": ...}: "ok" or "unavailable (<error type>)", both checks
+        at once, each given HEALTH_TIMEOUT seconds."""
+        futures = {name: self._threads.submit(fn)
+                   for name, fn in (("database", self._database), ("broker", self._broker))}
+        report = {}
+        for name, future in futures.items():
+            try:
+                future.result(timeout=HEALTH_TIMEOUT + 0.5)
+                report[name] = "ok"
+            except FutureTimeout:
+                report[name] = f"unavailable (no answer in {HEALTH_TIMEOUT:.0f} s)"
+            except Exception as exc:
+                log.warning("health: %s unavailable: %s", name, exc)
+                report[name] = f"unavailable ({type(exc).__name__})"
+        return report
+
+
+def mount(app: Flask, settings: Settings, engine: Engine, *, metrics_path: str | None,
+          health_path: str | None) -> None:
+    """Add GET `metrics_path` and GET `health_path` (each when given) to `app`."""
+    registry: CollectorRegistry = registry_for(engine, settings.worker_silence)
+    health = Health(settings)
+
+    def metrics() -> Response:
+        refused = http.check_token(settings.api_token)
+        if refused is not None:
+            return refused
+        try:
+            body = render(registry)
+        except DatabaseAway as exc:
+            log.warning("metrics: the job store is unavailable: %s", exc)
+            response = Response(f"# the job store is unavailable ({type(exc).__name__})\n",
+                                status=503, mimetype="text/plain")
+            response.headers["Retry-After"] = "5"
+            return response
+        return Response(body, status=200, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def healthz() -> Response:
+        report = health.check()
+        ok = all(value == "ok" for value in report.values())
+        response = http.json_response({"status": "ok" if ok else "unavailable", **report},
+                                      200 if ok else 503)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    if metrics_path:
+        app.add_url_rule(metrics_path, "kala_metrics", metrics, methods=["GET"])
+    if health_path:
+        app.add_url_rule(health_path, "kala_health", healthz, methods=["GET"])
+        app.extensions["kala_health"] = health
