@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from celery import Celery
+from celery import Celery, beat, signals
 from celery.app.amqp import AMQP
 
 from kala_celery.config import Settings
@@ -25,6 +25,17 @@ class KalaAMQP(AMQP):
         if shadow and message.sent_event is not None:
             message.sent_event["name"] = shadow
         return message
+
+
+def _check_schema(sender: object = None, **_kwargs: object) -> None:
+    """worker_init / beat_init: refuse a job store whose schema is behind (schema.py)."""
+    app = getattr(sender, "app", None)
+    settings = app.conf.get(SETTINGS_KEY) if app is not None else None
+    if settings is not None:
+        from kala_celery.schema import check_at_start
+
+        what = "beat" if isinstance(sender, beat.Service) else "worker"
+        check_at_start(settings.db_url, what)
 
 
 def configure(app: Celery, settings: Settings) -> Celery:
@@ -64,6 +75,8 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "socket_connect_timeout": 5,  # an unreachable host, not only a refused port
         }
     app.conf[SETTINGS_KEY] = settings
+    signals.worker_init.connect(_check_schema, weak=False, dispatch_uid="kala-schema")
+    signals.beat_init.connect(_check_schema, weak=False, dispatch_uid="kala-schema")
     return app
 
 

@@ -70,6 +70,8 @@ def main() -> None:
     worker  a Celery worker that runs jobs (also: celery -A kala_celery worker)
     beat    the scheduler that dispatches due jobs (also: celery -A kala_celery beat -S kala)
     run     run one command the way a worker would (Kala's debug command)
+    db      the job store's schema: `db upgrade`, `db current`
+    health  exit 0 if a beat or a worker on this host is alive (for compose and k8s)
     """
 
 
@@ -93,11 +95,31 @@ def _serve_api(
     except BindError as exc:
         raise click.UsageError(str(exc)) from None
     app = create_app(settings)
+    click.echo(startup_line(settings, interface, number), err=True)
     if not with_companions:
         serve_api(app, interface, number, workers=workers, access_log=access_log)
         return
     with companions(settings):
         serve_api(app, interface, number, workers=workers, access_log=access_log)
+
+
+def hidden(url: str) -> str:
+    """A URL with its password shown as ***."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses (some broker URLs)
+        from kombu.utils.url import maybe_sanitize_url
+
+        return str(maybe_sanitize_url(url, "***"))
+
+
+def startup_line(settings: Settings, interface: str, port: int) -> str:
+    """The one line `serve` and `api` print: where the API listens, the job store, the broker."""
+    host = f"[{interface}]" if ":" in interface else interface
+    return (f"kala-celery: API on http://{host}:{port}/api/v1/ · jobs in "
+            f"{hidden(settings.db_url)} · broker {hidden(settings.broker)}")
 
 
 def _http_command(name: str, summary: str, *, with_companions: bool) -> None:
@@ -155,6 +177,86 @@ def beat(ctx: click.Context, db: str | None, broker: str | None, data_dir: str |
 
     app = make_celery(_settings(db, broker, data_dir, None))
     app.start(["beat", "-S", "kala", "-l", "info", *ctx.args])
+
+
+@main.group()
+def db() -> None:
+    """The job store's schema (Alembic migrations shipped in kala_celery/migrations)."""
+
+
+@db.command("upgrade")
+@_store_options
+def db_upgrade(db: str | None, broker: str | None, data_dir: str | None) -> None:
+    """Upgrade the job store to this version's schema (or create it). Safe to run while
+    other processes start: on PostgreSQL they take turns under an advisory lock."""
+    from kala_celery import schema
+    from kala_celery.db import DatabaseAway, make_engine
+
+    settings = _settings(db, broker, data_dir, None)
+    engine = make_engine(settings.db_url)
+    try:
+        was = schema.ensure(engine, upgrade=True)
+    except (DatabaseAway, schema.SchemaError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    url = hidden(settings.db_url)
+    if was == schema.head():
+        click.echo(f"{url}: already at {was} (head)")
+    else:
+        click.echo(f"{url}: upgraded from {was or 'an empty database'} to {schema.head()} (head)")
+
+
+@db.command("current")
+@_store_options
+def db_current(db: str | None, broker: str | None, data_dir: str | None) -> None:
+    """Print the job store's schema revision and whether it is this version's (head);
+    exit 1 when it is not."""
+    from kala_celery import schema
+    from kala_celery.db import DatabaseAway, make_engine
+
+    settings = _settings(db, broker, data_dir, None)
+    engine = make_engine(settings.db_url)
+    try:
+        revision = schema.revision_of(engine)
+    except DatabaseAway as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    if revision == schema.head():
+        click.echo(f"{revision} (head)")
+        return
+    if revision is None:
+        click.echo(f"empty (head is {schema.head()}; any kala-celery process creates it)")
+    else:
+        click.echo(f"{revision} (behind head {schema.head()}: run `{schema.UPGRADE_COMMAND}`)")
+    raise SystemExit(1)
+
+
+@main.command("health")
+@click.argument("kind", type=click.Choice(["beat", "worker"]))
+@click.option("--host", help="Whose processes (default: this machine's hostname).")
+@click.option("--any", "any_host", is_flag=True, help="A process on any host will do.")
+@_store_options
+def health(kind: str, host: str | None, any_host: bool, db: str | None, broker: str | None,
+           data_dir: str | None) -> None:
+    """Exit 0 if a KIND process on this host was heard from within KALA_WORKER_TIMEOUT (a beat
+    ticks every 5 s; a worker process heartbeats from its first run on), else 1."""
+    from kala_celery import liveness
+    from kala_celery.db import probe_engine
+
+    settings = _settings(db, broker, data_dir, None)
+    engine = probe_engine(settings.db_url)
+    try:
+        verdict = liveness.check(engine, kind, settings.worker_silence,
+                                 host=None if any_host else host or liveness.this_host())
+    except Exception as exc:  # the database away, or no such table: not healthy
+        click.echo(f"{kind}: cannot read the job store ({type(exc).__name__}: {exc})", err=True)
+        raise SystemExit(1) from None
+    finally:
+        engine.dispose()
+    click.echo(verdict.message, err=not verdict.alive)
+    raise SystemExit(0 if verdict.alive else 1)
 
 
 @main.command("run")

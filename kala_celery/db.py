@@ -10,6 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 # What a database outage raises (refused, restarting, connection dropped, SQLite busy past
 # its timeout): worth waiting out and trying again, unlike a wrong statement.
@@ -40,6 +41,18 @@ def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=pre_ping)
+
+
+def probe_engine(url: str, timeout: float = 3.0) -> Engine:
+    """An engine for health checks: a new connection per use (no pool, so a connection the
+    server dropped is never reused) that gives up connecting after `timeout` seconds."""
+    backend = make_url(url).get_backend_name()
+    connect_args: dict[str, object] = {}
+    if backend == "postgresql":
+        connect_args = {"connect_timeout": max(1, round(timeout))}
+    elif backend == "sqlite":
+        connect_args = {"timeout": timeout}
+    return create_engine(url, poolclass=NullPool, connect_args=connect_args)
 
 
 def init_schema(engine: Engine) -> None:

@@ -17,13 +17,19 @@ start together take turns and only one of them creates or upgrades the schema.
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from pathlib import Path
+
+if logging.getLogger("alembic").level == logging.NOTSET:  # no banner at every start
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 LEGACY = "0001"  # what a database with kala's tables and no alembic_version is at
@@ -119,6 +125,8 @@ def ensure(engine: Engine, *, upgrade: bool | None = None) -> str:
                                    "(with the same KALA_DATABASE_URL or --db) first")
             _upgrade(connection, revision)
             connection.commit()
+            log.info("job store %s: %s schema revision %s", url,
+                     f"upgraded from {revision} to" if revision else "created at", head())
         except BaseException:
             connection.rollback()
             raise
@@ -129,3 +137,22 @@ def revision_of(engine: Engine) -> str | None:
     """The database's revision, read without changing anything."""
     with engine.connect() as connection:
         return current(connection)
+
+
+def check_at_start(url: str, what: str) -> None:
+    """For a beat or worker starting: bring the schema to head, or exit naming the command.
+    A database that is away is waited for as before (the process connects when it is back)."""
+    from kala_celery.db import DatabaseAway, make_engine
+
+    engine = make_engine(url)
+    try:
+        ensure(engine)
+    except DatabaseAway as exc:
+        log.warning(
+            "%s: the job store is unavailable (%s); its schema is checked when it is back",
+            what, exc)
+    except SchemaError as exc:
+        log.critical("%s refuses to start: %s", what, exc)
+        raise SystemExit(1) from None
+    finally:
+        engine.dispose()

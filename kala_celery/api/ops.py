@@ -12,35 +12,20 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
 
 from flask import Flask, Response
 from kombu import Connection
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Engine, text
 
 from kala_celery.api import http
 from kala_celery.config import Settings
-from kala_celery.db import DatabaseAway
+from kala_celery.db import DatabaseAway, probe_engine
 from kala_celery.metrics import registry_for, render
 
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 3.0  # seconds each check may take; /health answers within about this
-
-
-def _probe_engine(url: str) -> Engine:
-    """A connection per check (no pool: a dropped connection is never reused) with a short
-    connect timeout."""
-    backend = make_url(url).get_backend_name()
-    connect_args: dict[str, Any] = {}
-    if backend == "postgresql":
-        connect_args = {"connect_timeout": int(HEALTH_TIMEOUT)}
-    elif backend == "sqlite":
-        connect_args = {"timeout": HEALTH_TIMEOUT}
-    return create_engine(url, poolclass=NullPool, connect_args=connect_args)
 
 
 @dataclass
@@ -50,7 +35,7 @@ class Health:
     _threads: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.engine = _probe_engine(self.settings.db_url)
+        self.engine = probe_engine(self.settings.db_url, HEALTH_TIMEOUT)
         self._threads = ThreadPoolExecutor(8, thread_name_prefix="kala-health")
 
     def _database(self) -> None:

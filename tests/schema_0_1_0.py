@@ -1,0 +1,188 @@
+"""kala-celery 0.1.0's tables, verbatim from commit 71fd7ed (kala_celery/models.py), for the
+migration tests: a database made by that release is built from this, then upgraded."""
+
+# ruff: noqa
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ID_LENGTH = 128
+
+
+def utcnow() -> datetime:
+    """Now, as the aware UTC datetime every column holds."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out; naive UTC in the column."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+UNARMED = "next_run_at IS NULL AND NOT disabled AND NOT is_done"
+JOB_LOCAL = 0
+JOB_REMOTE = 1
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, default="")
+    command: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str] = mapped_column(Text, default="")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    on_failure_job: Mapped[str] = mapped_column(Text, default="")
+    schedule: Mapped[str] = mapped_column(Text, default="")
+    retries: Mapped[int] = mapped_column(BigInteger, default=0)
+    epsilon: Mapped[str] = mapped_column(Text, default="")
+    template_delimiters: Mapped[str] = mapped_column(Text, default="")
+    resume_at_next_scheduled_time: Mapped[bool] = mapped_column(Boolean, default=False)
+    job_type: Mapped[int] = mapped_column(Integer, default=JOB_LOCAL)
+
+    remote_url: Mapped[str] = mapped_column(Text, default="")
+    remote_method: Mapped[str] = mapped_column(Text, default="")
+    remote_body: Mapped[str] = mapped_column(Text, default="")
+    remote_headers: Mapped[dict[str, list[str]] | None] = mapped_column(JSON, nullable=True)
+    remote_timeout: Mapped[int] = mapped_column(BigInteger, default=0)
+    remote_expected_codes: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+
+    # Kala's metadata counters, updated in SQL (never read-modify-write in Python).
+    success_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_success: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_error: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_attempted_run: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    number_of_finished_runs: Mapped[int] = mapped_column(BigInteger, default=0)
+    is_done: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    # Scheduling state: the next occurrence to fire (NULL when nothing is due: disabled,
+    # done, one-off or child) and how many of the schedule's runs are used (Decision 4).
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    runs_used: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    # Extensions (DESIGN.md Decisions 3, 6, 7, 11, 17).
+    timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    retry_delay: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    retry_backoff: Mapped[bool] = mapped_column(Boolean, default=False)
+    run_timeout: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    allow_overlap: Mapped[bool] = mapped_column(Boolean, default=False)
+    queue: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index(
+            "ix_jobs_due",
+            "next_run_at",
+            sqlite_where=text("next_run_at IS NOT NULL"),
+            postgresql_where=text("next_run_at IS NOT NULL"),
+        ),
+        # Enabled jobs with nothing scheduled and not done: one-offs and children before
+        # their run, and rows written outside the API that the beat's sweep re-arms.
+        Index(
+            "ix_jobs_unarmed",
+            "id",
+            sqlite_where=text(UNARMED),
+            postgresql_where=text(UNARMED),
+        ),
+    )
+
+
+class JobLink(Base):
+    """A parent -> child edge; `position` orders a parent's children (Kala's FIFO)."""
+
+    __tablename__ = "job_links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    parent_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    child_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (UniqueConstraint("parent_id", "child_id", name="uq_job_links_edge"),)
+
+
+RUN_STATES = ("pending", "sent", "started", "success", "failed", "skipped", "lost")
+TERMINAL_STATES = frozenset({"success", "failed", "skipped", "lost"})
+TRIGGERS = ("schedule", "manual", "parent", "on_failure")
+
+
+class Run(Base):
+    """One run of a job (Kala's "stat", NextKala's "execution"); id = the Celery task id."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("jobs.id", ondelete="CASCADE")
+    )
+    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime)
+    trigger: Mapped[str] = mapped_column(String(16))
+    parent_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # A dependent run belongs to the tree dispatched with its root run; `seq` is its place in
+    # that tree's depth-first order (the order of the Celery chain).
+    root_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # latest
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    duration_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        Index("ix_runs_job_created", "job_id", "created_at"),
+        Index("ix_runs_state", "state", "created_at"),
+        # The last guard against a scheduled occurrence being dispatched twice.
+        Index(
+            "uq_runs_scheduled_occurrence",
+            "job_id",
+            "scheduled_for",
+            unique=True,
+            sqlite_where=text("trigger = 'schedule'"),
+            postgresql_where=text("trigger = 'schedule'"),
+        ),
+    )
