@@ -173,7 +173,7 @@ def test_health_gates_the_start_order(compose) -> None:
         "flower": {"redis"},
     }
     healthy = {name for name, s in svc.items() if "healthcheck" in s}
-    assert healthy == {"redis", "postgres", "api", "worker", "flower"}
+    assert healthy == set(svc)  # every service
     for name in healthy:
         assert svc[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
     assert svc["redis"]["healthcheck"]["test"][1:] == ["redis-cli", "ping"]
@@ -294,6 +294,37 @@ def test_worker_healthcheck_pings_this_containers_worker(compose, redis_server, 
         worker.stop()
 
 
+def test_beat_healthcheck_reads_this_containers_beat(compose, redis_server, tmp_path) -> None:
+    """`kala-celery health beat` passes once this host's beat has swept, fails for another
+    host's, and fails again once the beat is gone for KALA_WORKER_TIMEOUT."""
+    import redis
+
+    svc = services(compose)["beat"]
+    test = svc["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "kala-celery"]
+    broker = f"redis://{redis_server.host}:{redis_server.port}/6"
+    redis.Redis.from_url(broker).flushdb()
+    env = {**env_of(svc), "KALA_BROKER_URL": broker, "KALA_WORKER_TIMEOUT": "PT2S",
+           "KALA_DATABASE_URL": f"sqlite:///{tmp_path / 'kala.db'}",
+           "KALA_DATA_DIR": str(tmp_path)}
+    command = svc["command"]
+    assert command[0] == "celery"
+    beat = Command([sys.executable, "-m", *command], tmp_path / "beat.log", env)
+    check = [sys.executable, "-m", "kala_celery", *test[2:]]
+
+    def health(*extra: str) -> int:
+        return subprocess.run([*check, *extra], env={**env, "PATH": "/usr/bin:/bin"},
+                              capture_output=True, timeout=30).returncode
+
+    try:
+        wait_for(lambda: health() == 0 or beat.proc.poll() is not None, 45, "beat healthy")
+        assert beat.proc.poll() is None, beat.output()
+        assert health("--host", "some-other-container") == 1
+    finally:
+        beat.stop()
+    wait_for(lambda: health() == 1, 20, "beat unhealthy after it stopped")
+
+
 # ------------------------------------------------------------------ Dockerfile and .dockerignore
 
 
@@ -396,6 +427,19 @@ def test_the_build_context_holds_what_pip_install_needs(tmp_path) -> None:
         names = {name.partition("/")[2] for name in sdist.getnames()}
         [entry] = [n for n in sdist.getnames() if n.endswith(".egg-info/entry_points.txt")]
         entry_text = sdist.extractfile(entry).read().decode()
+    migrations = {"kala_celery/migrations/env.py", "kala_celery/migrations/script.py.mako",
+                  "kala_celery/migrations/versions/0001_release_0_1_0.py",
+                  "kala_celery/migrations/versions/0002_liveness_and_metrics.py"}
     assert {"kala_celery/wsgi.py", "kala_celery/beat/scheduler.py", "README.md"} <= names
+    assert migrations <= names
     assert "kala = kala_celery.beat:KalaScheduler" in entry_text
     assert "kala-celery = kala_celery.cli:main" in entry_text
+    # what a wheel (a non-editable install) gets: build_py's tree, package data included
+    build = ("from setuptools import setup; "
+             "setup(script_args=['build_py', '--build-lib', 'wheel-tree'])")
+    result = subprocess.run([sys.executable, "-c", build], cwd=context, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    tree = {p.relative_to(context / "wheel-tree").as_posix()
+            for p in (context / "wheel-tree").rglob("*") if p.is_file()}
+    assert migrations <= tree
