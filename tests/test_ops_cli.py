@@ -1,0 +1,60 @@
+"""The operator's commands: the start-up line of `api`/`serve` (passwords hidden) and
+`kala-celery health worker` on heartbeat rows."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from kala_celery.db import init_schema, make_engine
+from kala_celery.models import utcnow
+from kala_celery.runs import record_heartbeat
+from tests.processes import Command, free_port, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_api_prints_where_it_listens_and_what_it_uses_without_passwords(tmp_path: Path) -> None:
+    port, dead = free_port(), free_port()
+    db = f"postgresql+psycopg://kala:s3cret@127.0.0.1:{dead}/kala"
+    broker = f"redis://:hunter2@127.0.0.1:{dead}/0"
+    api = Command.kala("api", "-p", str(port), "--db", db, "--broker", broker, "-w", "1",
+                       log=tmp_path / "api.log")
+    try:  # the database is down: the API starts anyway (503 until it is back) and says so
+        line = wait_for(lambda: next((ln for ln in api.output().splitlines()
+                                      if ln.startswith("kala-celery: API on")), None), 30,
+                        "the start-up line")
+    finally:
+        api.stop()
+    assert line == (f"kala-celery: API on http://127.0.0.1:{port}/api/v1/ · jobs in "
+                    f"postgresql+psycopg://kala:***@127.0.0.1:{dead}/kala · broker "
+                    f"redis://:***@127.0.0.1:{dead}/0")
+    assert "s3cret" not in api.output() and "hunter2" not in api.output()
+
+
+def test_health_worker_reads_this_hosts_heartbeats(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'kala.db'}"
+    engine = make_engine(url)
+    init_schema(engine)
+    host = socket.gethostname()
+
+    def health(*args: str) -> int:
+        return subprocess.run([sys.executable, "-m", "kala_celery", "health", "worker",
+                               "--db", url, *args], capture_output=True, timeout=30).returncode
+
+    assert health() == 1  # no heartbeat yet
+    with engine.begin() as conn:
+        record_heartbeat(conn, f"celery@{host}/1", utcnow() - timedelta(minutes=2), [])
+        record_heartbeat(conn, "celery@elsewhere/2", utcnow(), [])
+    assert health() == 1  # this host's is stale (KALA_WORKER_TIMEOUT: 30 s)
+    assert health("--host", "elsewhere") == 0
+    assert health("--any") == 0
+    with engine.begin() as conn:
+        record_heartbeat(conn, f"celery@{host}/3", utcnow(), [])
+    assert health() == 0
+    engine.dispose()
