@@ -18,6 +18,7 @@ MODULES = {
     "api": "bench.api",
     "throughput": "bench.throughput",
     "chaos": "bench.chaos",
+    "metrics": "bench.metrics",
 }
 
 
@@ -51,6 +52,10 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("chaos")
     g.add_argument("--workers", type=int, help="celery workers (3; smoke: 2)")
     g.add_argument("--beats", type=int, help="celery beats (2)")
+    g = p.add_argument_group("metrics")
+    g.add_argument("--metric-jobs", type=size, help="stored jobs (1M; smoke: 1k)")
+    g.add_argument("--metric-runs", type=size, help="stored runs (10M; smoke: 10k)")
+    g.add_argument("--scrapes", type=int, help="timed scrapes per store (200; smoke: 20)")
     return p
 
 
