@@ -111,21 +111,34 @@ def _postgresql_triggers() -> list[str]:
             END IF;
             RETURN NULL;
         END $$""",
+        # Added and removed jobs: one upsert per (state, shard) per statement, from the
+        # statement's transition table (a bulk insert or DELETE of every job would otherwise
+        # update the same 16 rows once per job in one transaction: quadratic).
+        f"""CREATE FUNCTION kala_count_jobs_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                INSERT INTO metric_counts (series, label, shard, n, total)
+                SELECT 'jobs', {_job_state("j")}, {_shard("j", "postgresql")}, count(*), 0
+                FROM new_rows AS j GROUP BY 2, 3 ORDER BY 2, 3{UPSERT_TAIL};
+                INSERT INTO metric_counts (series, label, shard, n, total)
+                SELECT 'missed', '', {_shard("j", "postgresql")}, sum(j.missed_occurrences), 0
+                FROM new_rows AS j WHERE j.missed_occurrences > 0 GROUP BY 3
+                ORDER BY 3{UPSERT_TAIL};
+            ELSE
+                INSERT INTO metric_counts (series, label, shard, n, total)
+                SELECT 'jobs', {_job_state("j")}, {_shard("j", "postgresql")}, -count(*), 0
+                FROM old_rows AS j GROUP BY 2, 3 ORDER BY 2, 3{UPSERT_TAIL};
+            END IF;
+            RETURN NULL;
+        END $$""",
+        # A job that changes state, or misses occurrences: per row (updates are one job each,
+        # or the beat's claim batches), skipped by the WHEN clause when nothing counted changed.
         f"""CREATE FUNCTION kala_count_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
         DECLARE
-            sh integer;
-            was text;
-            now_ text;
+            sh integer := {_shard("NEW", "postgresql")};
+            was text := {_job_state("OLD")};
+            now_ text := {_job_state("NEW")};
         BEGIN
-            IF TG_OP = 'DELETE' THEN
-                sh := {_shard("OLD", "postgresql")};
-            ELSE
-                sh := {_shard("NEW", "postgresql")};
-                now_ := {_job_state("NEW")};
-            END IF;
-            IF TG_OP <> 'INSERT' THEN
-                was := {_job_state("OLD")};
-            END IF;
             IF was IS DISTINCT FROM now_ THEN
                 -- two rows in label order: two transactions never wait for each other's
                 IF was IS NOT NULL AND (now_ IS NULL OR was < now_) THEN
@@ -139,9 +152,7 @@ def _postgresql_triggers() -> list[str]:
                     PERFORM kala_count('jobs', was, sh, -1, 0);
                 END IF;
             END IF;
-            IF TG_OP = 'INSERT' AND NEW.missed_occurrences > 0 THEN
-                PERFORM kala_count('missed', '', sh, NEW.missed_occurrences, 0);
-            ELSIF TG_OP = 'UPDATE' AND NEW.missed_occurrences > OLD.missed_occurrences THEN
+            IF NEW.missed_occurrences > OLD.missed_occurrences THEN
                 PERFORM kala_count('missed', '', sh,
                                    NEW.missed_occurrences - OLD.missed_occurrences, 0);
             END IF;
@@ -154,8 +165,10 @@ def _postgresql_triggers() -> list[str]:
         f"FOR EACH ROW WHEN (({_ended('NEW')} AND OLD.state IS DISTINCT FROM NEW.state) OR "
         "(NEW.trigger = 'schedule' AND OLD.started_at IS NULL AND NEW.started_at IS NOT NULL))"
         " EXECUTE PROCEDURE kala_count_runs()",
-        "CREATE TRIGGER kala_count_jobs_insert AFTER INSERT OR DELETE ON jobs FOR EACH ROW "
-        "EXECUTE PROCEDURE kala_count_jobs()",
+        "CREATE TRIGGER kala_count_jobs_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS "
+        "new_rows FOR EACH STATEMENT EXECUTE PROCEDURE kala_count_jobs_rows()",
+        "CREATE TRIGGER kala_count_jobs_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS "
+        "old_rows FOR EACH STATEMENT EXECUTE PROCEDURE kala_count_jobs_rows()",
         "CREATE TRIGGER kala_count_jobs_update AFTER UPDATE OF disabled, is_done, "
         "missed_occurrences ON jobs FOR EACH ROW WHEN (OLD.disabled IS DISTINCT FROM "
         "NEW.disabled OR OLD.is_done IS DISTINCT FROM NEW.is_done OR "
