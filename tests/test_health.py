@@ -3,6 +3,7 @@ and against a server that accepts connections and never answers."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 import socket
@@ -38,7 +39,7 @@ def timed_get(url: str) -> tuple[httpx.Response, float]:
 
 
 def test_health_goes_503_while_postgres_or_redis_is_down_and_200_when_back(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     base = servers.make_base_dir("kala-health-")
     pg = servers.start_postgres(base)
     port = free_port()
@@ -52,13 +53,27 @@ def test_health_goes_503_while_postgres_or_redis_is_down_and_200_when_back(
         assert response.status_code == 200, response.text
         assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
 
+        api = httpx.Client(base_url=f"{server.url}/api/v1",
+                           headers={"Authorization": "Bearer t0ken"}, timeout=30)
+        assert api.get("/job/").status_code == 200
         pg.crash()
+        caplog.set_level(logging.WARNING)
         response, took = timed_get(health)
         assert response.status_code == 503 and took < FEW_SECONDS, (response.text, took)
         assert response.json()["database"].startswith("unavailable")
         assert response.json()["broker"] == "ok"
+        assert [timed_get(health)[0].status_code for _ in range(2)] == [503, 503]
+        assert [api.get("/job/").status_code for _ in range(3)] == [503, 503, 503]
         pg.start_again()
         wait_for(lambda: httpx.get(health, timeout=30).status_code == 200, 30, "health 200")
+        wait_for(lambda: api.get("/job/").status_code == 200, 30, "the API back")
+        logged = [r.getMessage() for r in caplog.records]
+        # one line when it went, one when it came back: not one per check or request
+        assert sum("health: the database is unavailable" in m for m in logged) == 1, logged
+        assert sum("health: the database is back" in m for m in logged) == 1, logged
+        assert sum(m.startswith("database unavailable (answering 503") for m in logged) == 1
+        assert sum("the job store is back after" in m for m in logged) == 1, logged
+        api.close()
 
         redis.stop(signal.SIGKILL)
         response, took = timed_get(health)

@@ -36,6 +36,7 @@ class Health:
 
     def __post_init__(self) -> None:
         self.engine = probe_engine(self.settings.db_url, HEALTH_TIMEOUT)
+        self._down: set[str] = set()  # parts found unavailable: logged once per outage
         self._threads = ThreadPoolExecutor(8, thread_name_prefix="kala-health")
 
     def _database(self) -> None:
@@ -57,14 +58,20 @@ class Health:
                    for name, fn in (("database", self._database), ("broker", self._broker))}
         report = {}
         for name, future in futures.items():
+            error: str | None = None
             try:
                 future.result(timeout=HEALTH_TIMEOUT + 0.5)
-                report[name] = "ok"
             except FutureTimeout:
-                report[name] = f"unavailable (no answer in {HEALTH_TIMEOUT:.0f} s)"
+                error = f"no answer in {HEALTH_TIMEOUT:.0f} s"
             except Exception as exc:
-                log.warning("health: %s unavailable: %s", name, exc)
-                report[name] = f"unavailable ({type(exc).__name__})"
+                error = f"{type(exc).__name__}: {exc}"
+            report[name] = "ok" if error is None else f"unavailable ({error.split(':')[0]})"
+            if error is not None and name not in self._down:
+                self._down.add(name)
+                log.warning("health: the %s is unavailable: %s", name, error)
+            elif error is None and name in self._down:
+                self._down.discard(name)
+                log.warning("health: the %s is back", name)
         return report
 
 

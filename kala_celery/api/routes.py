@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Blueprint, Response
 from sqlalchemy.exc import SQLAlchemyError
@@ -44,6 +45,7 @@ ROUTES = [
 
 def build_blueprint(name: str = "kala") -> Blueprint:
     bp = Blueprint(name, __name__)
+    outage: dict[str, float | None] = {"since": None}  # logged once per outage, not per request
     for path, methods, view in ROUTES:
         bp.add_url_rule(
             path,
@@ -73,7 +75,13 @@ def build_blueprint(name: str = "kala") -> Blueprint:
 
     @bp.after_app_request
     def compress(response: Response) -> Response:
-        return http.gzip_if_asked(response) if http.under(kala().url_prefix) else response
+        if not http.under(kala().url_prefix):
+            return response
+        since = outage["since"]
+        if since is not None and response.status_code != 503:
+            outage["since"] = None
+            log.warning("the job store is back after %.0f s", time.monotonic() - since)
+        return http.gzip_if_asked(response)
 
     @bp.errorhandler(NotFound)
     def not_found(_exc: NotFound) -> Response:
@@ -100,7 +108,11 @@ def build_blueprint(name: str = "kala") -> Blueprint:
         """The database is away (or refused the statement): 503 with Retry-After, never a
         500 page; nothing was stored."""
         if isinstance(exc, DatabaseAway):
-            log.warning("database unavailable: %s", exc)
+            if outage["since"] is None:
+                outage["since"] = time.monotonic()
+                log.warning("database unavailable (answering 503 until it is back): %s", exc)
+            else:
+                log.debug("database still unavailable: %s", exc)
         else:
             log.exception("database error")
         response = http.error_response(
