@@ -213,3 +213,32 @@ def test_processes_starting_together_create_the_schema_once(db_url: str) -> None
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_a_development_database_between_0_1_0_and_0002_upgrades(db_url: str) -> None:
+    """Made by create_all of a version after 0.1.0 (already with workers, beats, sent_at and
+    missed_occurrences, no alembic_version): 0002 adds only what is missing."""
+    engine = make_engine(db_url)
+    try:
+        tables = [t for t in Base.metadata.sorted_tables if t.name != "metric_counts"]
+        Base.metadata.create_all(engine, tables=tables)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO beats (name, started_at, last_tick) VALUES "
+                              "('b/1', '2026-12-01 00:00:00', '2026-12-01 00:00:00')"))
+        assert schema.ensure(engine, upgrade=True) == "0001"
+        assert diff(engine, Base.metadata) == []
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT count(*) FROM beats")).scalar() == 1
+            conn.execute(text(
+                "INSERT INTO jobs (id, name, command, owner, disabled, on_failure_job, schedule, "
+                "retries, epsilon, template_delimiters, resume_at_next_scheduled_time, job_type, "
+                "remote_url, remote_method, remote_body, remote_timeout, success_count, "
+                "error_count, number_of_finished_runs, is_done, runs_used, missed_occurrences, "
+                "retry_backoff, allow_overlap, created_at) VALUES ('j', '', 'true', '', true, "
+                "'', '', 0, '', '', false, 0, '', '', '', 0, 0, 0, 0, false, 0, 4, false, false, "
+                "'2026-12-01 00:00:00')"))
+            counts = dict(conn.execute(text(
+                "SELECT series || '/' || label, sum(n) FROM metric_counts GROUP BY 1")).all())
+        assert counts == {"jobs/disabled": 1, "missed/": 4}  # the triggers are there
+    finally:
+        engine.dispose()
