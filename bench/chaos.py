@@ -85,11 +85,13 @@ class JobSpec:
     overlap: bool = False
     retries: int = 0
     parent: str | None = None  # key of the parent job (a dependent)
+    manual: bool = False  # started over HTTP every 2 s (its schedule is far away)
 
     @property
     def kind(self) -> str:
         what = f"sleep {self.sleep:g}" if self.sleep else "short"
-        when = f"PT{self.every}S" if self.every else f"after {self.parent}"
+        when = (f"PT{self.every}S" if self.every else "POST start every 2 s" if self.manual
+                else f"after {self.parent}")
         extras = [x for x in ("overlap" if self.overlap else "",
                               f"retries {self.retries}" if self.retries else "") if x]
         return ", ".join([what, when, *extras])
@@ -112,6 +114,7 @@ FULL_JOBS = (
     JobSpec("c1", parent="s3"),
     JobSpec("c2", parent="c1"),
     JobSpec("c3", sleep=2, parent="l2", retries=1),
+    JobSpec("m1", manual=True),
 )
 
 SMOKE_JOBS = (
@@ -123,6 +126,7 @@ SMOKE_JOBS = (
     JobSpec("l3", sleep=4, every=3),
     JobSpec("c1", parent="s3"),
     JobSpec("c2", sleep=2, parent="l1", retries=1),
+    JobSpec("m1", manual=True),
 )
 
 
@@ -239,33 +243,51 @@ class Fault:
 
 
 class Prober(threading.Thread):
-    """Reads the API twice a second (GET /stats/ and GET /job/{id}/) and counts the answers."""
+    """Reads the API twice a second (GET /stats/ and GET /job/{id}/) and, every 2 s while
+    `starting` is set, starts the manual job (POST /job/start/{id}/?wait=false); counts the
+    answers ("GET 200", "POST start 202", "GET no answer", ...)."""
 
-    def __init__(self, base: str, job_id: str) -> None:
+    def __init__(self, base: str, job_id: str, start_id: str | None = None) -> None:
         super().__init__(name="api-prober", daemon=True)
-        self.base, self.job_id = base, job_id
+        self.base, self.job_id, self.start_id = base, job_id, start_id
         self.answers: Counter[str] = Counter()
         self.errors: list[str] = []  # 500s: when and what
+        self.starting = threading.Event()
         self._halt = threading.Event()
+
+    def _ask(self, client: Any, method: str, path: str, label: str) -> None:
+        import httpx
+
+        try:
+            response = client.request(method, path)
+        except httpx.HTTPError:
+            self.answers[f"{label} no answer"] += 1
+            return
+        code = response.status_code
+        self.answers[f"{label} {code}"] += 1
+        if code >= 500 and code != 503 and len(self.errors) < 20:
+            self.errors.append(f"{datetime.now(UTC):%H:%M:%S} {method} {path} -> {code}: "
+                               f"{response.text[:300]!r}")
+        if code == 503 and "Retry-After" not in response.headers:
+            self.answers[f"{label} 503 without Retry-After"] += 1
 
     def run(self) -> None:
         import httpx
 
         with httpx.Client(base_url=self.base, timeout=10) as client:
-            while not self._halt.wait(0.5):
-                for path in ("/stats/", f"/job/{self.job_id}/"):
-                    try:
-                        response = client.get(path)
-                    except httpx.HTTPError:
-                        self.answers["no answer"] += 1
-                        continue
-                    code = response.status_code
-                    self.answers[str(code)] += 1
-                    if code >= 500 and code != 503 and len(self.errors) < 20:
-                        self.errors.append(f"{datetime.now(UTC):%H:%M:%S} GET {path} -> {code}: "
-                                           f"{response.text[:300]!r}")
-                    if code == 503 and "Retry-After" not in response.headers:
-                        self.answers["503 without Retry-After"] += 1
+            for tick in itertools.count():
+                if self._halt.wait(0.5):
+                    return
+                self._ask(client, "GET", "/stats/", "GET")
+                self._ask(client, "GET", f"/job/{self.job_id}/", "GET")
+                if self.start_id and self.starting.is_set() and tick % 4 == 0:
+                    self._ask(client, "POST", f"/job/start/{self.start_id}/?wait=false",
+                              "POST start")
+
+    def bad_answers(self) -> int:
+        """Answers of 500 and up other than 503."""
+        return sum(n for what, n in self.answers.items() if what.split()[-1].isdigit()
+                   and int(what.split()[-1]) >= 500 and what.split()[-1] != "503")
 
     def stop(self) -> None:
         self._halt.set()
@@ -649,6 +671,8 @@ def create_jobs(api: Api, specs: Sequence[JobSpec], record: Path, lead: float = 
                                 "command": record_command(spec, record)}
         if spec.every:
             body["schedule"] = f"R/{start}/PT{spec.every}S"
+        elif spec.manual:
+            body["schedule"] = "R/2099-01-01T00:00:00Z/P1D"  # never due while we run
         if spec.parent:
             body["parent_jobs"] = [ids[spec.parent]]
         if spec.overlap:
@@ -678,6 +702,7 @@ def run_chaos(pg: Any, db_url: str, plan: Plan, workdir: Path | None = None,
              f"({'shortened' if plan.env else 'defaults'}); {plan.beats} beats, {plan.workers} "
              f"workers x -c {plan.concurrency}; logs in {workdir}"]
     prober = None
+    durable_commits(pg, db_url)
     engine = create_engine(db_url, pool_pre_ping=True)
     stamps: dict[str, float] = {}
     try:
@@ -688,7 +713,9 @@ def run_chaos(pg: Any, db_url: str, plan: Plan, workdir: Path | None = None,
         job_keys = {v: k for k, v in ids.items()}
         all_jobs = set(ids.values())
         stamps["created"] = time.time()
-        prober = Prober(top.api_base, next(iter(ids.values())))
+        manual = next((ids[j.key] for j in plan.jobs if j.manual), None)
+        prober = Prober(top.api_base, next(iter(ids.values())), manual)
+        prober.starting.set()
         prober.start()
 
         def every_job_started_after(moment: float) -> bool:
@@ -757,6 +784,7 @@ def run_chaos(pg: Any, db_url: str, plan: Plan, workdir: Path | None = None,
         log(f"chaos: settling for {plan.settle:g} s with every part up")
         top.sleep(plan.settle)
         records.refresh()
+        prober.starting.clear()  # no more manual starts
         log("chaos: disabling every job")
         for job_id in ids.values():
             api.call("POST", f"/job/disable/{job_id}/", ok=(204,))
@@ -792,6 +820,20 @@ def run_chaos(pg: Any, db_url: str, plan: Plan, workdir: Path | None = None,
             prober.stop()
         top.close()
         engine.dispose()
+
+
+def durable_commits(pg: Any, db_url: str) -> None:
+    """The test servers run with `synchronous_commit = off` (fast, and fine until the server
+    crashes): a commit is acknowledged before its WAL is flushed, so `pg_ctl restart -m
+    immediate` forgets the last acknowledged transactions — runs that were claimed, published and
+    executed vanish. Production runs with the default (on); so does this database."""
+    import psycopg
+    from psycopg import sql
+
+    name = db_url.rsplit("/", 1)[1].split("?", 1)[0]
+    with psycopg.connect(pg.dsn("postgres"), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = on").format(
+            sql.Identifier(name)))
 
 
 def read_runs(engine: Any) -> list[dict[str, Any]]:
@@ -927,8 +969,7 @@ def check(runs: list[dict[str, Any]], records: Records, faults: list[Fault], top
 
     # -- 6. the parts ----------------------------------------------------------------------
     answers = dict(prober.answers)
-    bad = sum(n for code, n in answers.items() if code.isdigit() and int(code) >= 500
-              and code != "503")
+    bad = prober.bad_answers()
     checks.append(Check("the API never answered 500", bad == 0,
                         ", ".join(f"{c}: {n}" for c, n in sorted(answers.items()))))
     said: dict[str, list[str]] = defaultdict(list)  # the error line -> "w3 06:38:21", ...
