@@ -735,11 +735,10 @@ def run_chaos(pg: Any, db_url: str, plan: Plan, workdir: Path | None = None,
 
         log(f"chaos: {len(ids)} jobs created; warming up")
         wait_all_fired(stamps["created"], plan.warmup, "warm-up")
-        plan_start = time.monotonic()
         counts: Counter[str] = Counter()
         for i, kind in enumerate(plan.faults):
-            due = plan_start + i * plan.every
-            top.sleep(due - time.monotonic())
+            if faults:  # `every` apart at least, and after the last one's recovery
+                top.sleep(faults[-1].at + plan.every - time.time())
             counts[kind] += 1
             log(f"chaos: fault {i + 1}/{len(plan.faults)}: {kind} #{counts[kind]}")
             if kind == "worker":
