@@ -813,7 +813,7 @@ def run_chaos(pg: Any, db_url: str, plan: Plan, workdir: Path | None = None,
         runs = read_runs(engine)
         dump_runs(runs, workdir / "runs.csv")
         return check(runs, records, faults, top, ids, plan, stamps, prober, exits, notes,
-                     workdir)
+                     workdir, read_jobs(engine))
     finally:
         if prober is not None and prober.is_alive():
             prober.stop()
@@ -846,6 +846,14 @@ def read_runs(engine: Any) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+def read_jobs(engine: Any) -> dict[str, dict[str, Any]]:
+    """Every job row (all columns, whatever the engine's version has), by id."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return {r["id"]: dict(r) for r in conn.execute(text("SELECT * FROM jobs")).mappings()}
+
+
 def dump_runs(runs: list[dict[str, Any]], path: Path) -> None:
     if not runs:
         return
@@ -866,7 +874,8 @@ def epoch(t: datetime | None) -> float | None:
 
 def check(runs: list[dict[str, Any]], records: Records, faults: list[Fault], top: Topology,
           ids: dict[str, str], plan: Plan, stamps: dict[str, float], prober: Prober,
-          exits: list[str], notes: list[str], workdir: Path) -> Outcome:
+          exits: list[str], notes: list[str], workdir: Path,
+          job_rows: dict[str, dict[str, Any]] | None = None) -> Outcome:
     key_of = {v: k for k, v in ids.items()}
     spec_of = {s.key: s for s in plan.jobs}
     by_id = {r["id"]: r for r in runs}
@@ -990,7 +999,8 @@ def check(runs: list[dict[str, Any]], records: Records, faults: list[Fault], top
         check_table.add(c.name, c.result, c.detail)
     job_table = Table("chaos: jobs", ["job", "what", "runs", "success", "failed", "lost",
                                       "skipped", "open", "executions", "re-run after a worker "
-                                      "death", "longest wait to start"])
+                                      "death", "longest wait to start",
+                                      "missed occurrences"])
     rerun_set = set(reruns)
     for key, job_id in ids.items():
         mine = [r for r in runs if r["job_id"] == job_id]
@@ -1000,7 +1010,8 @@ def check(runs: list[dict[str, Any]], records: Records, faults: list[Fault], top
                       sum(len(execs.get(r["id"], [])) for r in mine),
                       sum(1 for r in mine if r["id"] in rerun_set),
                       secs(max((min(e.start for e in execs[r["id"]]) - (epoch(r["created_at"]) or 0)
-                                for r in mine if execs.get(r["id"])), default=None)))
+                                for r in mine if execs.get(r["id"])), default=None)),
+                      (job_rows or {}).get(job_id, {}).get("missed_occurrences", "—"))
     timeline = Table("chaos: timeline", ["phase", "seconds"])
     for a, b, what in (("created", "plan_end", "warm-up and fault plan"),
                        ("plan_end", "disabled", "settle (every part up)"),
