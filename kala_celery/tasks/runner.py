@@ -117,6 +117,8 @@ class Delivery:
     retry_in: float | None = None
     publish: tuple[str, ...] = ()
     owned: bool = False
+    ended: str | None = None  # the state this delivery ended the run in
+    error: str | None = None  # and why, when it is not a success
 
 
 def _parent_failed(run: RunInfo, parent_state: str | None) -> str | None:
@@ -163,7 +165,10 @@ def execute_run(
         follow = durably(write)
         if follow is None:
             return Delivery()  # the run was taken from us meanwhile
-        return Delivery(publish=tuple(follow), owned=True)
+        seconds = (clock() - (run.started_at or clock())).total_seconds()
+        log.info("job %r (%s) run %s: %s in %.3f s%s", job.name, job.id, run.id, state,
+                 seconds, f": {outcome.error}" if outcome.error else "")
+        return Delivery(publish=tuple(follow), owned=True, ended=state, error=outcome.error)
 
     counted = run.attempts  # the claim counted the attempt it expects to start
     reason = "job is disabled" if job.disabled else _parent_failed(run, parent_state)
