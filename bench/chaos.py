@@ -3,7 +3,8 @@ persistence, the API under gunicorn, ≥ 2 beats, ≥ 2 workers), jobs created o
 fault plan that repeats every kind of fault:
 
 - `worker`: SIGKILL a worker mid-run (its whole process group: the main process and its pool
-  children, and the commands it was running, as when its machine dies), then start a new one;
+  children; the 1st, 3rd, ... kill also the commands it was running, as when its machine
+  dies, the 2nd, 4th, ... leave them running as orphans), then start a new one;
 - `redis`: SIGKILL redis-server and start it again, empty, on the same port;
 - `beat`: SIGKILL a beat, then start a new one;
 - `postgres`: `pg_ctl restart -m immediate`;
@@ -465,8 +466,12 @@ class Topology:
                              if table[pid][1].startswith("bash -c ")]
         return out
 
-    def kill_worker(self, records: Records, want_long: float = 20) -> Fault:
-        """SIGKILL the worker running the most (long) commands, its pool and its commands."""
+    def kill_worker(self, records: Records, commands_too: bool = True,
+                    want_long: float = 20) -> Fault:
+        """SIGKILL the worker running the most (long) commands: its process group (main
+        process and pool) and, with `commands_too`, the commands it runs (each in its own
+        process group), as when its machine dies; without, they run on as orphans (the worker
+        process crashed, or was OOM-killed)."""
         deadline = time.monotonic() + want_long
         while True:
             running = self.running_commands()
@@ -488,7 +493,7 @@ class Topology:
                 groups.add(os.getpgid(pid))
         fault = Fault("worker", 0, time.time())
         self._sigkill(proc)
-        for pgid in groups:
+        for pgid in groups if commands_too else ():
             if pgid != proc.pid:
                 sigkill_group(pgid)
         self.dead_pools.update(pools)
@@ -497,7 +502,8 @@ class Topology:
                        if ex.ppid in pools and ex.end is None}
         fault.killed_runs = sorted(running_ids)
         fault.detail = (f"{best} (pid {proc.pid}, pool {pools}) with {len(commands)} commands "
-                        f"running ({len(longs[best])} long)")
+                        f"running ({len(longs[best])} long), "
+                        + ("commands killed too" if commands_too else "commands left running"))
         new = self.spawn_worker()
         self.wait_logged(new, " ready.", 120)
         fault.back = time.time()
@@ -741,8 +747,8 @@ def run_chaos(pg: Any, db_url: str, plan: Plan, workdir: Path | None = None,
                 top.sleep(faults[-1].at + plan.every - time.time())
             counts[kind] += 1
             log(f"chaos: fault {i + 1}/{len(plan.faults)}: {kind} #{counts[kind]}")
-            if kind == "worker":
-                fault = top.kill_worker(records)
+            if kind == "worker":  # odd: the machine dies; even: the worker process only
+                fault = top.kill_worker(records, commands_too=counts[kind] % 2 == 1)
             elif kind == "redis":
                 fault = top.kill_redis(plan.redis_down)
             elif kind == "beat":
@@ -933,7 +939,7 @@ def check(runs: list[dict[str, Any]], records: Records, faults: list[Fault], top
     # -- 4. lateness after each recovery ---------------------------------------------------
     fault_table = Table("chaos: faults and recovery", [
         "#", "fault", "at", "back after", "every job started again after", "slowest job",
-        "runs killed mid-run", "what"])
+        "runs in flight on it (now)", "what"])
     worst: tuple[float, str] = (0.0, "")
     late_ok = True
     t0 = stamps.get("created", 0)
