@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("chaos")
     g.add_argument("--workers", type=int, help="celery workers (3; smoke: 2)")
     g.add_argument("--beats", type=int, help="celery beats (2)")
+    g.add_argument("--faults", nargs="+", choices=["worker", "redis", "beat", "postgres", "api"],
+                   help="kinds of fault in the plan (all)")
     return p
 
 

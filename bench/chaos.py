@@ -601,8 +601,10 @@ class Plan:
     env: dict[str, str] = field(default_factory=dict)  # KALA_* for every process
 
 
-def full_plan(seconds: float, rounds: int = 2) -> list[str]:
-    kinds = list(KINDS)
+def full_plan(seconds: float, kinds: Sequence[str] = KINDS, rounds: int = 2) -> list[str]:
+    """Every kind `rounds` times at least (more when `seconds` leaves 30 s per fault), the
+    order turned by one each round."""
+    kinds = list(kinds)
     n = max(rounds, int(seconds // (len(kinds) * 30)))
     return [kinds[(i + r) % len(kinds)] for r in range(n) for i in range(len(kinds))]
 
@@ -1056,14 +1058,15 @@ def run(args: Any, servers: Any) -> ChaosReport:
     workers = getattr(args, "workers", None) or (2 if smoke else 3)
     beats = getattr(args, "beats", None) or 2
     concurrency = args.concurrency or 2
+    chosen = list(getattr(args, "faults", None) or KINDS)
     if smoke:
         env = {"KALA_REDELIVER_AFTER": "PT5S", "KALA_WORKER_TIMEOUT": "PT5S"}
-        kinds = list(KINDS)
+        kinds = chosen
         plan = Plan(kinds, every=seconds / len(kinds), warmup=45, recover=45, settle=5,
                     redis_down=2, jobs=SMOKE_JOBS, beats=beats, workers=workers,
                     concurrency=concurrency, env=env)
     else:
-        kinds = full_plan(seconds)
+        kinds = full_plan(seconds, chosen)
         plan = Plan(kinds, every=seconds / len(kinds), jobs=FULL_JOBS, beats=beats,
                     workers=workers, concurrency=concurrency)
     pg = servers.postgres
