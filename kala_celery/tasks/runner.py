@@ -163,8 +163,10 @@ def execute_run(
                 )
 
         follow = durably(write)
-        if follow is None:
-            return Delivery()  # the run was taken from us meanwhile
+        if follow is None:  # the sweep took it from us, or its job was deleted, meanwhile
+            log.warning("job %r (%s) run %s: %s not recorded: the run is no longer this "
+                        "worker's", job.name, job.id, run.id, state)
+            return Delivery()
         seconds = (clock() - (run.started_at or clock())).total_seconds()
         log.info("job %r (%s) run %s: %s in %.3f s%s", job.name, job.id, run.id, state,
                  seconds, f": {outcome.error}" if outcome.error else "")
