@@ -90,6 +90,7 @@ def build_blueprint() -> Blueprint:
             "csrf_token": auth.csrf_token,
             "when": describe.when,
             "duration": describe.duration,
+            "size": describe.size,
             "page_url": _page_url,
             "token_required": bool(state.settings.api_token),
             "signed_in": auth.signed_in(state.settings.api_token),

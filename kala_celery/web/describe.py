@@ -43,6 +43,14 @@ def zone_label(tz: ZoneInfo) -> str:
     return "UTC" if tz.key in ("UTC", "Etc/UTC") else tz.key
 
 
+def zone_or_utc(name: str | None, default: str) -> ZoneInfo:
+    """The job's zone for showing its times (UTC when it has none or it is unknown)."""
+    try:
+        return schedule.resolve_zone(name, default)
+    except schedule.ScheduleError:
+        return ZoneInfo("UTC")
+
+
 def when(t: datetime | None, tz: ZoneInfo | None = None, *, now: datetime | None = None) -> str:
     """"1 Dec 09:00 UTC" (the year only when it is not this year, seconds only when set)."""
     if t is None:
@@ -69,12 +77,23 @@ def ago(t: datetime | None, now: datetime | None = None) -> str:
     seconds = abs(delta)
     if seconds < 45:
         return "in a few seconds" if future else "just now"
-    for size, unit in ((86_400 * 365, "y"), (86_400, "d"), (3600, "h"), (60, "min")):
-        if seconds >= size:
-            n = round(seconds / size)
-            label = f"{n} {unit}" if unit != "d" else _plural(n, "day")
-            return f"in {label}" if future else f"{label} ago"
-    return ""  # pragma: no cover - seconds >= 45 always reaches "min"
+    minutes = round(seconds / 60)
+    hours = round(seconds / 3600)
+    days = round(seconds / 86_400)
+    if minutes < 60:
+        label = f"{minutes} min"
+    elif hours < 24:
+        label = f"{hours} h"
+    elif days < 365:
+        label = _plural(days, "day")
+    else:
+        label = _plural(round(days / 365.2425), "year")
+    return f"in {label}" if future else f"{label} ago"
+
+
+def size(chars: int) -> str:
+    """A text's size for people: "840 B", "31 KB"."""
+    return f"{chars} B" if chars < 1000 else f"{chars / 1000:,.0f} KB"
 
 
 def duration(ns: int | None) -> str:

@@ -29,6 +29,7 @@ class Field:
     section: str = "job"  # job, local, remote, advanced
     hint: str = ""
     placeholder: str = ""
+    wide: bool = False  # a whole row of the form
 
 
 FIELDS = (
@@ -41,7 +42,7 @@ FIELDS = (
           "empty = the server's zone", placeholder="Europe/Berlin"),
     Field("command", "Command", "textarea", "local", "split into words like a POSIX shell, "
           "run without a shell (bash -c '...' for pipes)", "echo hello"),
-    Field("url", "URL", "text", "remote", placeholder="https://example.com/hook"),
+    Field("url", "URL", "text", "remote", placeholder="https://example.com/hook", wide=True),
     Field("method", "Method", "text", "remote", "GET when empty", "POST"),
     Field("body", "Body", "textarea", "remote"),
     Field("headers", "Headers", "textarea", "remote", "one per line: Name: value",
@@ -177,3 +178,44 @@ def values_of(job: Job, parents: list[str], children: list[str]) -> dict[str, st
         "template_delimiters": job.template_delimiters,
         "disabled": "on" if job.disabled else "",
     }
+
+
+# Where a refusal's message is shown besides the top of the form: the first field whose key
+# the message names, else the field whose value it quotes.
+_NAMED = (
+    ("Job.type", "type"),
+    ("type must", "type"),
+    ("name is required", "name"),
+    ("command is required", "command"),
+    ("local jobs are disabled", "command"),
+    ("remote_properties.url", "url"),
+    ("remote_properties.method", "method"),
+    ("remote_properties.headers", "headers"),
+    ("Headers:", "headers"),
+    ("remote_properties.timeout", "timeout"),
+    ("RemoteProperties.timeout", "timeout"),
+    ("expected_response_codes", "expected_codes"),
+    ("Job.retries", "retries"),
+    ("schedule '", "schedule"),
+    ("epsilon", "epsilon"),
+    ("time zone", "timezone"),
+    ("queue", "queue"),
+    ("TemplateDelimiters", "template_delimiters"),
+    ("parent job", "parents"),
+    ("own parent", "parents"),
+    ("dependent job", "dependents"),
+    ("depend on itself", "dependents"),
+    ("cycle", "parents"),
+    ("id '", "id"),
+)
+
+
+def field_of(message: str, values: Mapping[str, str]) -> str | None:
+    """The form field a refusal is about, to show the message next to it too."""
+    for needle, key in _NAMED:
+        if needle in message:
+            return key
+    for key, value in values.items():
+        if key != "csrf" and value.strip() and repr(value.strip()) in message:
+            return key
+    return None

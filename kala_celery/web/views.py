@@ -156,6 +156,7 @@ def job_page(job_id: str) -> str:
             is_child=bool(parents), now=now,
         )
         in_flight = any(run.state in queries.IN_FLIGHT for run in runs)
+        zone = describe.zone_or_utc(job.timezone, state.settings.timezone)
         session.expunge_all()
     return render_template(
         "kala_webui/job.html",
@@ -165,7 +166,7 @@ def job_page(job_id: str) -> str:
         parents=parents,
         children=children,
         names=names,
-        occurrences=[describe.when(t, now=now) for t in occurrences],
+        occurrences=[describe.when(t, zone, now=now) for t in occurrences],
         occurrence_note=note,
         runs=runs,
         runs_total=total,
@@ -193,6 +194,7 @@ def _form_page(values: dict[str, str], *, job_id: str | None, error: str = "",
         job_id=job_id,
         error=error,
         fields=forms.FIELDS,
+        error_field=forms.field_of(error, values) if error else None,
         new_only=forms.NEW_ONLY if job_id is None else (),
         types=forms.TYPES,
     ), status
