@@ -17,6 +17,7 @@ MODULES = {
     "lateness": "bench.lateness",
     "api": "bench.api",
     "throughput": "bench.throughput",
+    "dashboard": "bench.dashboard",
 }
 
 
@@ -46,7 +47,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--concurrency", type=int, help="worker processes (default: cores)")
     g.add_argument("--seconds", type=float, help="api: seconds per create phase (10); "
                    "throughput: measured window (60)")
-    g.add_argument("--list-jobs", type=size, help="api: stored jobs for the list/stats (10k)")
+    g.add_argument("--list-jobs", type=size,
+                   help="api, dashboard: stored jobs for the list/stats (10k)")
     return p
 
 
