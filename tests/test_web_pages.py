@@ -280,3 +280,20 @@ def test_ten_thousand_jobs_render_fast(tmp_path: Path) -> None:
         took = time.perf_counter() - began
         assert response.status_code == 200
         assert took < 1.5, f"{path}: {took * 1000:.0f} ms"
+
+
+def test_a_missing_browser_fails_the_browser_tests_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests import browser
+
+    monkeypatch.setattr(browser.shutil, "which", lambda name: None)
+    monkeypatch.setattr(browser, "Path", lambda p: Path("/nonexistent/chromedriver"))
+    monkeypatch.setenv("KALA_TEST_SKIP_MISSING", "1")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(browser.BrowserMissing, match="apt-get install chromium chromium-driver"):
+        browser.start_browser("http://127.0.0.1:1")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        browser.start_browser("http://127.0.0.1:1")
+    monkeypatch.delenv("KALA_TEST_SKIP_MISSING")
+    with pytest.raises(browser.BrowserMissing):  # outside CI too, unless skipping is asked for
+        browser.start_browser("http://127.0.0.1:1")
