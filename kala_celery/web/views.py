@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from kala_celery import jobs, wire
 from kala_celery.api.state import KalaState, kala
-from kala_celery.errors import JobError, NotFound
+from kala_celery.errors import INIT_ERROR, JobError, NotFound
 from kala_celery.models import JOB_REMOTE, Run, utcnow
 from kala_celery.web import auth, describe, forms, queries
 
@@ -195,6 +195,7 @@ def _form_page(values: dict[str, str], *, job_id: str | None, error: str = "",
         error=error,
         fields=forms.FIELDS,
         error_field=forms.field_of(error, values) if error else None,
+        field_error=error.removeprefix(f"{INIT_ERROR}: "),
         new_only=forms.NEW_ONLY if job_id is None else (),
         types=forms.TYPES,
     ), status
