@@ -141,9 +141,26 @@ class Browser:
 
     def click(self, name: str) -> None:
         """Press the button called `name` and wait for the page it loads."""
-        old = self.driver.find_element("tag name", "html")
+        self.driver.execute_script("window.__kalaOldPage = true")
         self.button(name).click()
-        wait_for(lambda: _stale(old), 30, f"the page after {name!r}")
+        wait_for(self._new_page, 30, f"the page after {name!r}")
+
+    def follow(self, name: str) -> None:
+        """Follow the link called `name` and wait for the page it loads."""
+        self.driver.execute_script("window.__kalaOldPage = true")
+        self.link(name).click()
+        wait_for(self._new_page, 30, f"the page of the link {name!r}")
+
+    def _new_page(self) -> bool:
+        """A new document has loaded (the old one's window marker is gone)."""
+        from selenium.common.exceptions import WebDriverException
+
+        try:
+            return bool(self.driver.execute_script(
+                "return window.__kalaOldPage === undefined && document.readyState === 'complete'"
+            ))
+        except WebDriverException:  # between two documents
+            return False
 
     # -- screenshots
 
@@ -170,16 +187,6 @@ class Browser:
             self.driver.quit()
         finally:
             shutil.rmtree(self.profile, ignore_errors=True)
-
-
-def _stale(element: Any) -> bool:
-    from selenium.common.exceptions import StaleElementReferenceException
-
-    try:
-        element.is_enabled()
-        return False
-    except StaleElementReferenceException:
-        return True
 
 
 def start_browser(base_url: str) -> Browser:

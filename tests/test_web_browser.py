@@ -90,7 +90,7 @@ def test_a_job_created_over_the_api_appears_in_the_list(on_served: Browser, serv
     body = b.wait_text("nightly report from the API", refresh=True)
     assert "ops@example.com" in body and "every hour from" in body and "3 runs left" in body
     b.shot("jobs-list")
-    b.link("nightly report from the API").click()
+    b.follow("nightly report from the API")
     assert _job_id(b) == job_id
     b.wait_text("Next 3 runs")
     b.shot("job-page-scheduled")
@@ -98,7 +98,7 @@ def test_a_job_created_over_the_api_appears_in_the_list(on_served: Browser, serv
 
 def test_a_job_made_with_the_form_runs_and_start_now_runs_it_again(on_served: Browser) -> None:
     b = on_served
-    b.link("New job").click()
+    b.follow("New job")
     b.wait_text("Local command")
     b.fill("Name", "say hello from the form")
     b.fill("Owner", "me@example.com")
@@ -133,7 +133,7 @@ def test_a_job_made_with_the_form_runs_and_start_now_runs_it_again(on_served: Br
     assert b.button("Start now").get_attribute("disabled") is not None
     b.click("Enable")
     b.wait_text("Enabled.")
-    b.link("Edit").click()
+    b.follow("Edit")
     assert b.field("Name").get_attribute("value") == "say hello from the form"
     b.fill("Name", "say hello, renamed")
     b.click("Save")
@@ -229,7 +229,7 @@ def test_delete_asks_first(on_served: Browser, served: str) -> None:
 
 def test_stats_page(on_served: Browser) -> None:
     b = on_served
-    b.link("Stats").click()
+    b.follow("Stats")
     body = b.wait_text("Runs in flight")
     assert "Failures in the last 24 h" in body and "Active jobs" in body
     b.shot("stats")

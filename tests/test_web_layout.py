@@ -76,7 +76,7 @@ def test_the_list_of_10k_jobs_pages_searches_and_filters(browser: Browser) -> No
     b.shot("layout-jobs-10k")
     _narrow(b, "layout-jobs-10k")
     b.driver.set_window_size(1366, 900)
-    b.link("Next").click()
+    b.follow("Next")
     assert "51\u2013100 of 10,003 jobs" in b.text()
     b.fill("Search", "very-long-unbroken")
     b.click("Filter")
@@ -102,7 +102,7 @@ def test_a_job_with_long_everything(browser: Browser, site: dict) -> None:
     b.driver.set_window_size(1366, 900)
     b.open(f"/webui/job/{site['child']}/")
     assert "after its parent job" in b.text()
-    b.link(LONG_NAME).click()  # the parent, as a link
+    b.follow(LONG_NAME)  # the parent, as a link
     assert b.path == f"/webui/job/{site['parent']}/"
     b.open(f"/webui/job/{site['remote']}/")
     assert "every day from" in b.text() and "6 runs left" in b.text()
