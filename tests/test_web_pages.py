@@ -297,3 +297,22 @@ def test_a_missing_browser_fails_the_browser_tests_in_ci(monkeypatch: pytest.Mon
     monkeypatch.delenv("KALA_TEST_SKIP_MISSING")
     with pytest.raises(browser.BrowserMissing):  # outside CI too, unless skipping is asked for
         browser.start_browser("http://127.0.0.1:1")
+
+
+def test_the_delete_page_lists_what_the_cascade_would_delete(make: Make) -> None:
+    app, client, _ = make()
+
+    def create(name: str, **extra: Any) -> str:
+        body = {"name": name, "command": "true", "schedule": f"R/{future()}/PT1H", **extra}
+        return client.post("/api/v1/job/", json=body).get_json()["id"]
+
+    parent, other = create("parent"), create("other parent")
+    only_child = create("only child", parent_jobs=[parent])
+    shared = create("shared child", parent_jobs=[parent, other])
+    grandchild = create("grandchild", parent_jobs=[only_child])
+    page = client.get(f"/webui/job/{parent}/delete").get_data(as_text=True)
+    assert "only child" in page and "grandchild" in page and "shared child" not in page
+    assert count(app) == 5  # asking deleted nothing
+    client.post(f"/webui/job/{parent}/delete", data={"csrf": csrf(client)})
+    left = set(client.get("/api/v1/job/").get_json()["jobs"])
+    assert left == {other, shared} and grandchild not in left

@@ -8,6 +8,7 @@ end in `/api/v1` gets `/webui` appended (`/scheduler` -> `/scheduler/webui/`).
 from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, redirect, request, url_for
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import BadRequest, NotFound
 
 from kala_celery.api.state import KalaState, kala
@@ -99,6 +100,7 @@ def build_blueprint() -> Blueprint:
     bp.register_error_handler(JobNotFound, views.not_found)
     bp.register_error_handler(NotFound, views.not_found)
     bp.register_error_handler(BadRequest, views.bad_request)
+    bp.register_error_handler(SQLAlchemyError, views.database_down)
     return bp
 
 

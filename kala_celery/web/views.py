@@ -3,6 +3,7 @@ kala_celery.jobs in one transaction and its runs through the app's publisher, as
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from kala_celery.errors import INIT_ERROR, JobError, NotFound
 from kala_celery.models import JOB_REMOTE, Run, utcnow
 from kala_celery.web import auth, describe, forms, queries
 
+log = logging.getLogger(__name__)
 JOBS_PER_PAGE = 50
 RUNS_PER_PAGE = 20
 
@@ -295,13 +297,16 @@ def delete_job(job_id: str) -> Response | str:
             abort(404)
         flash(f"Deleted {len(deleted)} job{'s' if len(deleted) != 1 else ''}.")
         return redirect(url_for(".jobs"))
-    with _transaction() as session:
-        job = jobs.get_job(session, job_id)
-        name = job.name
-        children = jobs.child_ids(session, job_id)
-        names = queries.names_of(session, children)
+    session = kala().sessions()
+    try:  # what the delete would remove, by the delete itself, rolled back
+        name = jobs.get_job(session, job_id).name
+        doomed = [i for i in jobs.delete_job(session, job_id) if i != job_id]
+        session.rollback()
+        names = queries.names_of(session, doomed)
+    finally:
+        session.close()
     return render_template("kala_webui/delete.html", job_id=job_id, name=name,
-                           children=children, names=names)
+                           children=doomed, names=names)
 
 
 # ---------------------------------------------------------------- stats
@@ -332,3 +337,9 @@ def not_found(_exc: Exception) -> tuple[str, int]:
 
 def bad_request(exc: Any) -> tuple[str, int]:
     return render_template("kala_webui/missing.html", message=exc.description), 400
+
+
+def database_down(exc: Exception) -> tuple[str, int]:
+    log.exception("database error")
+    message = f"The job store did not answer ({type(exc).__name__}). Try again in a moment."
+    return render_template("kala_webui/missing.html", message=message), 503
