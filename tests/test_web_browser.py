@@ -31,33 +31,46 @@ def _answers(port: int, headers: dict[str, str] | None = None) -> bool:
         return False
 
 
-def _start(args: list[str], tmp: Path, env: dict[str, str]) -> Iterator[str]:
+def _serve(tmp: Path, env: dict[str, str]) -> tuple[Command, int]:
     port = free_port()
-    command = Command.kala(*args, "-p", str(port), "-w", "2", "--data-dir", str(tmp / "data"),
-                           log=tmp / f"{args[0]}.log", env=env)
-    headers = {"Authorization": f"Bearer {env['KALA_API_TOKEN']}"} if "KALA_API_TOKEN" in env \
-        else None
+    command = Command.kala("serve", "-p", str(port), "-w", "2", "--data-dir", str(tmp / "data"),
+                           log=tmp / "serve.log",
+                           env={"KALA_DATABASE_URL": f"sqlite:///{tmp / 'kala.db'}", **env})
+    return command, port
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Two `kala-celery serve` on their embedded SQLite default (two API worker processes
+    each), started and stopped side by side: one open, one with KALA_API_TOKEN set."""
+    started = {
+        "open": _serve(tmp_path_factory.mktemp("serve"), {}),
+        "guarded": _serve(tmp_path_factory.mktemp("guarded"), {"KALA_API_TOKEN": TOKEN}),
+    }
+    auth = {"guarded": {"Authorization": f"Bearer {TOKEN}"}}
     try:
-        wait_for(lambda: _answers(port, headers) or command.proc.poll() is not None, 60, args[0])
-        assert command.proc.poll() is None, command.output()
-        yield f"http://127.0.0.1:{port}"
+        for name, (command, port) in started.items():
+            headers = auth.get(name)
+            wait_for(lambda c=command, p=port, h=headers:
+                     _answers(p, h) or c.proc.poll() is not None, 60, f"serve ({name})")
+            assert command.proc.poll() is None, command.output()
+        yield {name: f"http://127.0.0.1:{port}" for name, (_c, port) in started.items()}
     finally:
-        command.stop()
+        stoppers = [threading.Thread(target=command.stop) for command, _ in started.values()]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join(60)
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`kala-celery serve` on its embedded SQLite default (two API worker processes)."""
-    tmp = tmp_path_factory.mktemp("serve")
-    yield from _start(["serve"], tmp, {"KALA_DATABASE_URL": f"sqlite:///{tmp / 'kala.db'}"})
+def served(servers: dict[str, str]) -> str:
+    return servers["open"]
 
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`kala-celery api` with KALA_API_TOKEN set."""
-    tmp = tmp_path_factory.mktemp("guarded")
-    yield from _start(["api"], tmp, {"KALA_DATABASE_URL": f"sqlite:///{tmp / 'kala.db'}",
-                                     "KALA_API_TOKEN": TOKEN})
+def guarded(servers: dict[str, str]) -> str:
+    return servers["guarded"]
 
 
 @pytest.fixture(scope="module")

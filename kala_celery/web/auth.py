@@ -51,8 +51,7 @@ def sign_in(token: str | None, given: str) -> bool:
     if not token or not hmac.compare_digest(given.strip().encode(), token.encode()):
         return False
     session.clear()
-    session[SESSION_KEY] = _digest(token)
-    session.permanent = True
+    session[SESSION_KEY] = _digest(token)  # a browser-session cookie: gone when it closes
     return True
 
 
