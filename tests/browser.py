@@ -171,6 +171,7 @@ class Browser:
             "return Math.max(document.documentElement.scrollHeight, document.body.scrollHeight)"
         )
         self.driver.set_window_size(width, min(max(int(height) + 120, 600), 6000))
+        self.driver.execute_script("window.scrollTo(0, 0)")
         path = SHOTS / f"{name}.png"
         self.driver.save_screenshot(str(path))
         self.driver.set_window_size(1366, 900)

@@ -151,8 +151,6 @@ def job_page(job_id: str) -> str:
         occurrences, note = describe.job_occurrences(
             job, state.settings.timezone, is_child=bool(parents), now=now
         )
-        document = wire.job_document(job, parent_ids=parents, child_ids=children, stats=None,
-                                     include_stats=False)
         words = describe.schedule_words(
             job.schedule, job.timezone, state.settings.timezone, runs_used=job.runs_used,
             is_child=bool(parents), now=now,
@@ -163,7 +161,6 @@ def job_page(job_id: str) -> str:
     return render_template(
         "kala_webui/job.html",
         job=job,
-        doc=document,
         words=words,
         parents=parents,
         children=children,
