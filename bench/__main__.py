@@ -17,6 +17,7 @@ MODULES = {
     "lateness": "bench.lateness",
     "api": "bench.api",
     "throughput": "bench.throughput",
+    "chaos": "bench.chaos",
     "dashboard": "bench.dashboard",
 }
 
@@ -46,9 +47,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--trials", type=int, help="lateness: single-job trials (30)")
     g.add_argument("--concurrency", type=int, help="worker processes (default: cores)")
     g.add_argument("--seconds", type=float, help="api: seconds per create phase (10); "
-                   "throughput: measured window (60)")
+                   "throughput: measured window (60); chaos: length of the fault plan (300)")
     g.add_argument("--list-jobs", type=size,
                    help="api, dashboard: stored jobs for the list/stats (10k)")
+    g = p.add_argument_group("chaos")
+    g.add_argument("--workers", type=int, help="celery workers (3; smoke: 2)")
+    g.add_argument("--beats", type=int, help="celery beats (2)")
     return p
 
 
@@ -82,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.append:
                 with args.append.open("a") as out:
                     out.write("\n" + md)
+            if getattr(report, "failures", None):  # a suite whose checks failed (chaos)
+                print(f"{suite}: failed checks: {', '.join(report.failures)}", file=sys.stderr)
+                failed.append(suite)
     finally:
         servers.close()
     if failed:

@@ -48,8 +48,21 @@ def configure(app: Celery, settings: Settings) -> Celery:
             parents=True, exist_ok=True
         )
     if settings.broker.startswith(("redis://", "rediss://", "redis+socket://")):
-        # Redis redelivers unacked messages after this; runs can be long (acks_late).
-        app.conf.broker_transport_options = {"visibility_timeout": 12 * 3600}
+        app.conf.broker_transport_options = {
+            # No ack emulation: a message leaves Redis when a worker takes it. Redelivering a
+            # run whose worker died is the sweep's job (runs.py), which knows whether the run
+            # ended; kombu's emulation only re-sent it 12 h later, and its restore of unacked
+            # messages when the connection drops crashes the worker (AttributeError in
+            # _connparams, kombu 5.7) while a long run is in flight.
+            "ack_emulation": False,
+            # A publish to a Redis that is down fails at once (kombu's default is ~6 s of
+            # retries): the beat and the API keep the run pending and try again themselves.
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+            "socket_connect_timeout": 5,  # an unreachable host, not only a refused port
+        }
     app.conf[SETTINGS_KEY] = settings
     return app
 

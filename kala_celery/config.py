@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
+
+from kala_celery.schedule import ScheduleError, parse_plain_duration
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -33,6 +36,15 @@ def _number(name: str, raw: str) -> float:
     return value
 
 
+def _duration(name: str, raw: str) -> str:
+    try:
+        if parse_plain_duration(raw).total_seconds() <= 0:
+            raise ConfigError(f"{name} must be a positive ISO 8601 duration, not {raw!r}")
+    except ScheduleError as exc:
+        raise ConfigError(f"{name} must be an ISO 8601 duration such as PT30S: {exc}") from None
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("kala-data")
@@ -45,7 +57,11 @@ class Settings:
     run_retention: str = "P30D"
     default_owner: str = ""
     stats_in_job: int = field(default=100)  # most recent runs shown in a job's "stats"
-    lost_after: str = "PT24H"  # a run started this long ago (past its run_timeout) is lost
+    # A run `sent` this long that no worker took is published again (its message was lost).
+    redeliver_after: str = "PT30S"
+    # A worker process whose heartbeat is this old is dead: its started runs are retried or
+    # end `lost`. It writes one every sixth of this.
+    worker_timeout: str = "PT30S"
     # Celery's task-sent event per published run: doubles the cost of a publish; Flower sees
     # a run from the worker's task-received event without it (it then skips "PENDING").
     sent_events: bool = False
@@ -69,12 +85,21 @@ class Settings:
             "KALA_ALLOW_SHELL": str(self.allow_shell).lower(),
             "KALA_RUN_RETENTION": self.run_retention,
             "KALA_DEFAULT_OWNER": self.default_owner,
-            "KALA_LOST_AFTER": self.lost_after,
+            "KALA_REDELIVER_AFTER": self.redeliver_after,
+            "KALA_WORKER_TIMEOUT": self.worker_timeout,
             "KALA_SENT_EVENTS": str(self.sent_events).lower(),
         }
         if self.api_token:
             env["KALA_API_TOKEN"] = self.api_token
         return env
+
+    @property
+    def redeliver_delay(self) -> timedelta:
+        return parse_plain_duration(self.redeliver_after)
+
+    @property
+    def worker_silence(self) -> timedelta:
+        return parse_plain_duration(self.worker_timeout)
 
     def with_overrides(self, **changes: object) -> Settings:
         """Return a copy with the given fields replaced (CLI flags win over the environment)."""
@@ -100,8 +125,10 @@ class Settings:
             kw["allow_shell"] = _bool("KALA_ALLOW_SHELL", env["KALA_ALLOW_SHELL"])
         if "KALA_RUN_RETENTION" in env:
             kw["run_retention"] = env["KALA_RUN_RETENTION"]
-        if "KALA_LOST_AFTER" in env:
-            kw["lost_after"] = env["KALA_LOST_AFTER"]
+        for name in ("redeliver_after", "worker_timeout"):
+            key = f"KALA_{name.upper()}"
+            if key in env:
+                kw[name] = _duration(key, env[key])
         if "KALA_SENT_EVENTS" in env:
             kw["sent_events"] = _bool("KALA_SENT_EVENTS", env["KALA_SENT_EVENTS"])
         if "KALA_DEFAULT_OWNER" in env:

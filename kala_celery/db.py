@@ -8,9 +8,14 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery.models import Base
+
+# What a database outage raises (refused, restarting, connection dropped, SQLite busy past
+# its timeout): worth waiting out and trying again, unlike a wrong statement.
+DatabaseAway = (OperationalError, InterfaceError)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

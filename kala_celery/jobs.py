@@ -371,7 +371,7 @@ def create_job(
         _check_id(job_id)
         if session.get(Job, job_id) is not None:
             raise Conflict(f"a job with id {job_id!r} already exists")
-    job = Job(id=job_id, created_at=now, runs_used=0, is_done=False)
+    job = Job(id=job_id, created_at=now, runs_used=0, missed_occurrences=0, is_done=False)
     _apply_fields(job, data, rules)
     _apply_metadata(job, data.get("metadata"))
     children = data.get("dependent_jobs")

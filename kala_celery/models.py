@@ -94,6 +94,9 @@ class Job(Base):
     # done, one-off or child) and how many of the schedule's runs are used (Decision 4).
     next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     runs_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Occurrences that did not get a run of their own: coalesced into a catch-up run, or
+    # skipped by resume_at_next_scheduled_time (Decision 5), after an outage or a long run.
+    missed_occurrences: Mapped[int] = mapped_column(BigInteger, default=0)
 
     # Extensions (DESIGN.md Decisions 3, 6, 7, 11, 17).
     timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -167,6 +170,9 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # latest
+    # When the run's latest message went to the broker (a retry's: when it falls due). A run
+    # still `sent` long after it is published again (runs.redeliverable): its message was lost.
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     duration_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -187,3 +193,27 @@ class Run(Base):
             postgresql_where=text("trigger = 'schedule'"),
         ),
     )
+
+
+class Worker(Base):
+    """A worker process's heartbeat: `name` is what its runs carry in `runs.worker`
+    (`<celery hostname>/<pid>`), `running` the ids of the runs it is executing (space
+    separated) when it wrote `last_seen`. The beat's sweep takes a started run from a
+    worker that is silent, or alive but no longer running it (runs.orphaned)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    running: Mapped[str] = mapped_column(Text, default="")
+
+
+class Beat(Base):
+    """A beat process's liveness: `last_tick` is written by its sweep (every few seconds)."""
+
+    __tablename__ = "beats"
+
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_tick: Mapped[datetime] = mapped_column(UTCDateTime)

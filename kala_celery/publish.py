@@ -28,11 +28,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from kala_celery import bulk
 from kala_celery.celery_app import RUN_TASK
 from kala_celery.db import engine_of, read_sessions
-from kala_celery.models import Job, Run
+from kala_celery.models import Job, Run, utcnow
 
 log = logging.getLogger(__name__)
 
 BATCH = 500  # messages per pipeline round trip
+UNRUN = ("pending", "sent")  # a chain link not run yet (sent: its message may be lost)
 
 
 class CeleryPublisher:
@@ -41,9 +42,10 @@ class CeleryPublisher:
         self.sessions = sessions
         self._reads = read_sessions(engine_of(sessions))  # the read before a publish
         self._routes: dict[str | None, dict[str, Any]] = {}
+        self.broker_error: Exception | None = None  # the last publish failed with this
 
-    def __call__(self, runs: Sequence[Run]) -> None:
-        self.publish_ids(run.id for run in runs)
+    def __call__(self, runs: Sequence[Run]) -> list[str]:
+        return self.publish_ids(run.id for run in runs)
 
     def _route(self, queue: str | None) -> dict[str, Any]:
         """Where `send_task` would send a run for `queue` (task_routes apply), once per queue."""
@@ -52,6 +54,23 @@ class CeleryPublisher:
             options = {"queue": queue} if queue else {}
             route = self._routes[queue] = self.celery.amqp.router.route(options, RUN_TASK)
         return route
+
+    def idle_queues(self, queues: set[str | None]) -> set[str | None]:
+        """Which of these job queues (None: the default) have no message waiting on the
+        broker; none when the broker cannot be asked."""
+        idle: set[str | None] = set()
+        try:
+            with self.celery.connection_for_write() as connection:
+                channel = connection.default_channel
+                for queue in queues:
+                    name = self._route(queue)["queue"].name
+                    # not passive: Redis has no key for an empty queue (a passive declare
+                    # says "not found"); declaring an existing queue changes nothing
+                    if channel.queue_declare(queue=name).message_count == 0:
+                        idle.add(queue)
+        except Exception as exc:  # broker away: nothing to publish to anyway
+            log.debug("queue lengths unavailable: %s", exc)
+        return idle
 
     def _signature(self, run_id: str, job_id: str, name: str, queue: str | None) -> Signature:
         return self.celery.signature(
@@ -88,28 +107,50 @@ class CeleryPublisher:
         amqp.send_task_message(producer, RUN_TASK, message, retry=False, declare=declare, **route)
 
     def _pending(self, ids: list[str]) -> tuple[list[tuple], dict[str, list[tuple]]]:
-        """The pending runs among `ids` and, per root, its pending dependents in tree order
-        (one query for both)."""
-        columns = (Run.id, Run.root_run_id, Job.id, Job.name, Job.queue)
+        """The pending runs among `ids` and, for each, the rest of its chain: the runs after
+        it in its tree's depth-first order that have not run (pending, or `sent` with a
+        message that was lost). One query when every run is a root (the usual case); a run
+        that is in the chain of another one given is sent in that chain only."""
+        columns = (Run.id, Run.root_run_id, Job.id, Job.name, Job.queue, Run.seq, Run.state)
         with self._reads() as session:
             rows = session.execute(
                 select(*columns)
                 .join(Job, Job.id == Run.job_id)
                 .where(
                     or_(
-                        bulk.one_of(session, Run.id, ids),
-                        bulk.one_of(session, Run.root_run_id, ids),
-                    ),
-                    Run.state == "pending",
+                        bulk.one_of(session, Run.id, ids) & (Run.state == "pending"),
+                        bulk.one_of(session, Run.root_run_id, ids) & Run.state.in_(UNRUN),
+                    )
                 )
                 .order_by(Run.seq)
             ).all()
-        wanted = set(ids)
-        roots = [row for row in rows if row[0] in wanted]
+            wanted = set(ids)
+            heads = [row for row in rows if row[0] in wanted and row[6] == "pending"]
+            inner = list({row[1] for row in heads if row[1] is not None})
+            if inner:  # dependents sent again: their chain is the rest of their root's tree
+                rows += session.execute(
+                    select(*columns)
+                    .join(Job, Job.id == Run.job_id)
+                    .where(bulk.one_of(session, Run.root_run_id, inner), Run.state.in_(UNRUN))
+                    .order_by(Run.seq)
+                ).all()
+        trees: dict[str, dict[str, tuple]] = {}
+        for row in sorted(rows, key=lambda row: row[5]):
+            if row[1] is not None:
+                trees.setdefault(row[1], {}).setdefault(row[0], row)
+        roots: list[tuple] = []
         links: dict[str, list[tuple]] = {}
-        for row in rows:
-            if row[1] in wanted and row[0] not in wanted:
-                links.setdefault(row[1], []).append(row)
+        chained: set[str] = set()
+        for head in heads:
+            if head[0] in chained:
+                continue
+            tree = trees.get(head[0] if head[1] is None else head[1])
+            roots.append(head[:5])
+            if tree:
+                rest = [row[:5] for row in tree.values() if row[5] > head[5]]
+                if rest:
+                    links[head[0]] = rest
+                    chained.update(row[0] for row in rest)
         return roots, links
 
     def publish_ids(self, run_ids: Iterable[str]) -> list[str]:
@@ -139,13 +180,29 @@ class CeleryPublisher:
                                 self._send(producer, run, declared, sent_event)
                                 done.append(run_id)
                     sent += done  # flushed: on the broker
-        except Exception:  # broker down: what was not sent stays pending for the sweep
-            log.exception("publishing runs failed; %d left pending", len(roots) - len(sent))
+        except Exception as exc:  # broker down: what was not sent stays pending for the sweep
+            self._broker_failed(exc, len(roots) - len(sent))
+        else:
+            self._broker_ok()
         if sent:
             with self.sessions.begin() as session:
                 session.execute(
                     update(Run)
-                    .where(bulk.one_of(session, Run.id, sent), Run.state == "pending")
-                    .values(state="sent")
+                    .where(bulk.one_of(session, Run.id, sent), Run.state.in_(UNRUN))
+                    .values(state="sent", sent_at=utcnow())
                 )
         return sent
+
+    def _broker_failed(self, exc: Exception, left: int) -> None:
+        """Log the first failure of an outage (a line, not a trace back per attempt)."""
+        if self.broker_error is None:
+            log.error("publishing runs failed (%s: %s); %d left pending, sent when the broker "
+                      "is back", type(exc).__name__, exc, left)
+        else:
+            log.debug("publishing runs failed again: %s", exc)
+        self.broker_error = exc
+
+    def _broker_ok(self) -> None:
+        if self.broker_error is not None:
+            log.warning("the broker is back; publishing again")
+            self.broker_error = None

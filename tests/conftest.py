@@ -12,13 +12,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import httpx
 import pytest
 
-from kala_celery.api import create_app
 from kala_celery.config import Settings
 from tests import servers
-from tests.live import Api, LiveServer
+from tests.live import Api, start_api
 from tests.processes import Command, wait_for
 
 T = TypeVar("T")
@@ -84,15 +82,7 @@ def make_api(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Api]]:
 
     def start(**overrides: object) -> Api:
         settings = Settings(database_url=db_url, data_dir=tmp_path, start_wait=0.3)
-        settings = settings.with_overrides(**overrides)
-        app = create_app(settings)
-        server = LiveServer(app)
-        api = Api(
-            server=server,
-            state=app.extensions["kala"],
-            http=httpx.Client(base_url=f"{server.url}/api/v1", timeout=30),
-            raw=httpx.Client(base_url=server.url, timeout=30),
-        )
+        api = start_api(settings.with_overrides(**overrides))
         started.append(api)
         return api
 
@@ -138,12 +128,12 @@ def cluster(
             assert command.proc.poll() is None, command.output()
             return command
 
-        def beat(self, *args: str) -> Command:
+        def beat(self, *args: str, extra_env: dict[str, str] | None = None) -> Command:
             command = Command(
                 [sys.executable, "-m", "celery", "-A", "kala_celery", "beat", "-S", "kala",
                  "-l", "info", "--pidfile=", *args],
                 tmp_path / f"beat{len(workers)}.log",
-                env,
+                {**env, **(extra_env or {})},
             )
             workers.append(command)
             wait_for(lambda: "beat: Starting" in command.output() or command.proc.poll()

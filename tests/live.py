@@ -9,7 +9,9 @@ import httpx
 from flask import Flask
 from werkzeug.serving import make_server
 
+from kala_celery.api import create_app
 from kala_celery.api.state import KalaState
+from kala_celery.config import Settings
 
 
 class LiveServer:
@@ -48,3 +50,15 @@ class Api:
         self.raw.close()
         self.server.stop()
         self.state.engine.dispose()
+
+
+def start_api(settings: Settings) -> Api:
+    """The API for `settings` on a real socket of 127.0.0.1 (stop it with `close()`)."""
+    app = create_app(settings)
+    server = LiveServer(app)
+    return Api(
+        server=server,
+        state=app.extensions["kala"],
+        http=httpx.Client(base_url=f"{server.url}/api/v1", timeout=30),
+        raw=httpx.Client(base_url=server.url, timeout=30),
+    )

@@ -184,6 +184,25 @@ class PostgresServer:
     def _run(self, args: list[str], **kw) -> subprocess.CompletedProcess:
         return _pg_run(args, self.as_root, **kw)
 
+    def crash(self) -> None:
+        """Stop the server as a crash would (`-m immediate`: no checkpoint, clients cut)."""
+        res = self._run(
+            [find_pg_binary("pg_ctl"), "stop", "-D", str(self.data_dir), *PG_STOP_ARGS],
+            timeout=60,
+        )
+        if res.returncode:
+            raise ServerStartError(f"pg_ctl stop failed: {res.stdout}{res.stderr}")
+
+    def start_again(self) -> None:
+        """Start it again on the same port and data (after `crash`); returns once it answers."""
+        start = [find_pg_binary("pg_ctl"), "start", "-D", str(self.data_dir), "-l",
+                 str(self.log_file), "-w", "-t", "60", "-o", f"-p {self.port}"]
+        res = self._run(start, timeout=90)
+        if res.returncode:
+            raise ServerStartError(f"pg_ctl start failed: {res.stdout}{res.stderr}\n"
+                                   f"{_tail(self.log_file)}")
+        _wait_for_postgres(self)
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -237,8 +256,12 @@ def _check_traversable(path: Path) -> None:
             )
 
 
-def start_postgres(base_dir: Path, database: str = "kala") -> PostgresServer:
-    """initdb + pg_ctl start a throwaway cluster under ``base_dir``; create ``database``."""
+def start_postgres(
+    base_dir: Path, database: str = "kala", *, durable: bool = False
+) -> PostgresServer:
+    """initdb + pg_ctl start a throwaway cluster under ``base_dir``; create ``database``.
+    ``durable``: a commit survives a crash of the server (synchronous_commit on), for tests
+    that crash it; otherwise the last commits before a crash may be lost (faster)."""
     initdb = find_pg_binary("initdb")
     pg_ctl = find_pg_binary("pg_ctl")
     as_root = os.geteuid() == 0
@@ -264,7 +287,8 @@ def start_postgres(base_dir: Path, database: str = "kala") -> PostgresServer:
                 "\n# kala-celery test server\n"
                 "listen_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{socket_dir}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                "fsync = off\nfull_page_writes = off\n"
+                f"synchronous_commit = {'on' if durable else 'off'}\n"
                 "max_connections = 200\n"
             )
         server._watchdog = _start_watchdog(server, pg_ctl)

@@ -26,8 +26,9 @@ def every_second(repeat: str = "R") -> schedule.Schedule:
     [
         (T0, False, 0, Advance(T0, T0 + S)),  # on time
         (T0 + 0.3 * S, False, 0, Advance(T0, T0 + S)),  # a little late, nothing missed
-        (T0 + 3.5 * S, False, 0, Advance(T0 + 3 * S, T0 + 4 * S)),  # missed: one catch-up run
-        (T0 + 3.5 * S, True, 0, Advance(None, T0 + 4 * S)),  # missed + resume: skip them
+        # missed: one catch-up run for the latest, three counted as missed
+        (T0 + 3.5 * S, False, 0, Advance(T0 + 3 * S, T0 + 4 * S, 3)),
+        (T0 + 3.5 * S, True, 0, Advance(None, T0 + 4 * S, 4)),  # missed + resume: skip all 4
         (T0 + 0.3 * S, True, 0, Advance(T0, T0 + S)),  # late but nothing missed: runs
     ],
 )
@@ -178,13 +179,13 @@ def test_sweep_gives_up_on_runs_whose_worker_vanished(cluster) -> None:
     long_ago = datetime.now(UTC) - timedelta(minutes=5)
     ids = {}
     for name, retries in (("no-retry", 0), ("retry", 1)):
-        ids[name] = api.create(name=name, command="true", retries=retries, run_timeout="PT1S",
+        ids[name] = api.create(name=name, command="true", retries=retries,
                                schedule=f"R/{soon(3600)}/PT1H")
         with api.state.sessions.begin() as session:  # a worker on another box died mid-run
             session.add(Run(id=f"ghost-{name}", job_id=ids[name], scheduled_for=long_ago,
                             trigger="manual", state="started", attempts=1, worker="gone@box/1",
                             created_at=long_ago, started_at=long_ago, attempt_at=long_ago))
-    cluster.beat()
+    cluster.beat(extra_env={"KALA_WORKER_TIMEOUT": "PT2S"})  # no heartbeat from gone@box/1
     [lost] = finished(api, ids["no-retry"], timeout=30)
     assert lost["state"] == "lost" and "worker lost" in lost["error"]
     assert api.job(ids["no-retry"])["metadata"]["error_count"] == 1

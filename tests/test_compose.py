@@ -177,6 +177,7 @@ def test_health_gates_the_start_order(compose) -> None:
     for name in healthy:
         assert svc[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
     assert svc["redis"]["healthcheck"]["test"][1:] == ["redis-cli", "ping"]
+    assert svc["redis"]["command"] == ["redis-server", "--appendonly", "yes"]  # deploy.md
     assert svc["postgres"]["healthcheck"]["test"][1] == "pg_isready"
 
 

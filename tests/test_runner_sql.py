@@ -15,8 +15,9 @@ from kala_celery import dispatch, jobs
 from kala_celery.config import Settings
 from kala_celery.db import Store, store_for
 from kala_celery.models import Job, Run, utcnow
-from kala_celery.tasks.outcome import Outcome
-from kala_celery.tasks.runner import Delivery, abandon, execute_run, worker_id
+from kala_celery.outcome import Outcome
+from kala_celery.runs import abandon, worker_id
+from kala_celery.tasks.runner import Delivery, execute_run
 
 FOREVER = "R/2099-01-01T00:00:00Z/PT1H"
 OK = Outcome(True, "fine", None, 0)
@@ -40,8 +41,9 @@ class Attempts:
         self.outcomes = list(outcomes)
         self.calls = 0
 
-    def __call__(self, job: Job, settings: Settings) -> Outcome:
+    def __call__(self, job: Job, settings: Settings, run_env: dict) -> Outcome:
         self.calls += 1
+        self.env = run_env
         return self.outcomes.pop(0)
 
 
@@ -95,7 +97,7 @@ def test_a_successful_run_is_four_statements_and_a_duplicate_changes_nothing(
     job_id = create(store, schedule=FOREVER)
     run_id = record(store, job_id)
     statements.clear()
-    assert deliver(store, settings, run_id, Attempts(OK)) == Delivery()
+    assert deliver(store, settings, run_id, Attempts(OK)) == Delivery(owned=True)
     assert len(statements) == 4, statements  # claim: 2 UPDATEs; finish: 2 UPDATEs
     run = run_row(store, run_id)
     assert (run.state, run.attempts, run.output, run.exit_code) == ("success", 1, "fine", 0)
@@ -182,7 +184,7 @@ def test_retries_count_every_failed_attempt_then_the_on_failure_job_runs(
     # a retry that succeeds
     flaky = create(store, schedule=FOREVER, retries=3, on_failure_job=handler)
     flaky_run = record(store, flaky)
-    assert deliver(store, settings, flaky_run, Attempts(BAD, OK)) == Delivery()
+    assert deliver(store, settings, flaky_run, Attempts(BAD, OK)) == Delivery(owned=True)
     assert run_row(store, flaky_run).attempts == 2
     job = job_row(store, flaky)
     assert (job.error_count, job.success_count, job.number_of_finished_runs) == (1, 1, 1)
@@ -193,12 +195,12 @@ def test_a_retry_delay_releases_the_run_and_the_redelivery_makes_the_next_attemp
 ) -> None:
     job_id = create(store, schedule=FOREVER, retries=2, retry_delay="PT10S", retry_backoff=True)
     run_id = record(store, job_id)
-    assert deliver(store, settings, run_id, Attempts(BAD)) == Delivery(retry_in=10.0)
+    assert deliver(store, settings, run_id, Attempts(BAD)) == Delivery(retry_in=10.0, owned=True)
     run = run_row(store, run_id)
     assert (run.state, run.attempts, run.error) == ("sent", 1, "exit status 3: broken")
     assert job_row(store, job_id).error_count == 1
-    assert deliver(store, settings, run_id, Attempts(BAD)) == Delivery(retry_in=20.0)
-    assert deliver(store, settings, run_id, Attempts(OK)) == Delivery()
+    assert deliver(store, settings, run_id, Attempts(BAD)) == Delivery(retry_in=20.0, owned=True)
+    assert deliver(store, settings, run_id, Attempts(OK)) == Delivery(owned=True)
     run = run_row(store, run_id)
     assert (run.state, run.attempts) == ("success", 3)
     job = job_row(store, job_id)
@@ -314,7 +316,7 @@ def test_a_run_taken_away_mid_attempt_records_nothing_more(store, settings) -> N
     job_id = create(store, schedule=FOREVER, retries=3)
     run_id = record(store, job_id)
 
-    def swept(job: Job, settings: Settings) -> Outcome:  # the sweep ends it meanwhile
+    def swept(job: Job, settings: Settings, run_env: dict) -> Outcome:  # the sweep ends it
         with store.sessions.begin() as session:
             session.execute(update(Run).where(Run.id == run_id).values(state="lost"))
         return BAD

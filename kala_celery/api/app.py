@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask
 
 from kala_celery.api.routes import build_blueprint
 from kala_celery.api.state import KalaState, Publisher
 from kala_celery.celery_app import make_celery
 from kala_celery.config import Settings
-from kala_celery.db import init_schema, make_engine, make_sessionmaker
+from kala_celery.db import DatabaseAway, make_engine, make_sessionmaker
 from kala_celery.publish import CeleryPublisher
 
 DEFAULT_PREFIX = "/api/v1"
+log = logging.getLogger(__name__)
 
 
 def init_kala(
@@ -27,7 +30,6 @@ def init_kala(
     False = no dashboard)."""
     settings = settings or Settings.from_env()
     engine = make_engine(settings.db_url)
-    init_schema(engine)
     sessions = make_sessionmaker(engine)
     if publish is None:
         publish = CeleryPublisher(make_celery(settings), sessions)
@@ -38,6 +40,10 @@ def init_kala(
         publish=publish,
         url_prefix=url_prefix.rstrip("/") or "/",
     )
+    try:
+        state.ensure_schema()
+    except DatabaseAway as exc:  # serve 503s until it is back (routes.py tries again)
+        log.warning("the job store is unavailable (%s); answering 503 until it is back", exc)
     app.extensions["kala"] = state
     app.register_blueprint(build_blueprint(), url_prefix=state.url_prefix)
     if webui is not False:

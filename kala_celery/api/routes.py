@@ -6,13 +6,17 @@ import logging
 
 from flask import Blueprint, Response
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
 
 from kala_celery.api import http, views
 from kala_celery.api.state import kala
+from kala_celery.db import DatabaseAway
 from kala_celery.errors import JobError, NotFound
 from kala_celery.wire import WireError
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER = 5  # seconds a client is told to wait while the job store is unavailable
 
 # (path under the prefix, methods, view). Every path ends with "/" (Kala's StrictSlash).
 ROUTES = [
@@ -53,7 +57,13 @@ def build_blueprint(name: str = "kala") -> Blueprint:
         state = kala()
         if not http.under(state.url_prefix):
             return None
-        return http.check_token(state.settings.api_token) or http.routing_response()
+        refused = http.check_token(state.settings.api_token) or http.routing_response()
+        if refused is None and not state.schema_ready:
+            try:
+                state.ensure_schema()
+            except DatabaseAway as exc:
+                return database_down(exc)
+        return refused
 
     @bp.after_app_request
     def compress(response: Response) -> Response:
@@ -81,7 +91,24 @@ def build_blueprint(name: str = "kala") -> Blueprint:
 
     @bp.errorhandler(SQLAlchemyError)
     def database_down(exc: SQLAlchemyError) -> Response:
-        log.exception("database error")
-        return http.error_response(f"database error: {type(exc).__name__}", 503)
+        """The database is away (or refused the statement): 503 with Retry-After, never a
+        500 page; nothing was stored."""
+        if isinstance(exc, DatabaseAway):
+            log.warning("database unavailable: %s", exc)
+        else:
+            log.exception("database error")
+        response = http.error_response(
+            f"the job store is unavailable ({type(exc).__name__}); try again", 503
+        )
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+        return response
+
+    @bp.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response | HTTPException:
+        """A bug: logged with its trace back, answered as JSON (no HTML 500 page)."""
+        if isinstance(exc, HTTPException):
+            return exc
+        log.exception("unexpected error")
+        return http.error_response(f"internal error ({type(exc).__name__})", 500)
 
     return bp

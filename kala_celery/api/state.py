@@ -10,10 +10,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery.config import Settings
+from kala_celery.db import init_schema
 from kala_celery.jobs import Rules
 from kala_celery.models import Run
 
-Publisher = Callable[[Sequence[Run]], None]
+Publisher = Callable[[Sequence[Run]], list[str]]  # returns the ids it sent
 
 
 @dataclass
@@ -23,6 +24,11 @@ class KalaState:
     sessions: sessionmaker[Session]
     publish: Publisher
     url_prefix: str
+    schema_ready: bool = False  # False: the database was away when the app started
+
+    def ensure_schema(self) -> None:
+        init_schema(self.engine)
+        self.schema_ready = True
 
     @property
     def rules(self) -> Rules:

@@ -31,10 +31,11 @@ def _transaction() -> Iterator[Session]:
         yield session
 
 
-def _publish(*runs: Run | None) -> None:
+def _publish(*runs: Run | None) -> bool:
+    """Send the runs recorded by this request; False if the broker took none of them (they
+    stay pending, and the beat sends them when the broker is back)."""
     ready = [run for run in runs if run is not None]
-    if ready:
-        kala().publish(ready)
+    return not ready or bool(kala().publish(ready))
 
 
 def _documents(session: Session, rows: list[Job]) -> dict[str, dict]:
@@ -120,8 +121,8 @@ def start_job(job_id: str) -> Response:
     wait = request.args.get("wait", "true").strip().lower() not in ("false", "0", "no")
     with _transaction() as session:
         run = jobs.start_job(session, job_id, kala().rules, utcnow())
-    _publish(run)
-    if wait and _wait_until_finished(run.id, kala().settings.start_wait):
+    sent = _publish(run)  # not sent (broker down): recorded, it goes out later; answer now
+    if sent and wait and _wait_until_finished(run.id, kala().settings.start_wait):
         return empty_response(204)
     response = json_response({"id": run.id}, 202)
     response.headers["Location"] = url_for(".get_execution", job_id=job_id, run_id=run.id)

@@ -8,6 +8,8 @@ indexed query for due rows, and sleeps until the earliest `next_run_at`, at most
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -15,9 +17,11 @@ from datetime import datetime, timedelta
 from celery import Celery
 from celery.beat import Scheduler
 from sqlalchemy import delete, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from kala_celery import runs
 from kala_celery.beat.claim import claim_batch, next_due
 from kala_celery.celery_app import settings_of
 from kala_celery.db import Store, read_sessions, store_for
@@ -25,16 +29,15 @@ from kala_celery.jobs import Rules, rearm
 from kala_celery.models import TERMINAL_STATES, UNARMED, Job, JobLink, Run, utcnow
 from kala_celery.publish import CeleryPublisher
 from kala_celery.schedule import ScheduleError, parse_plain_duration
-from kala_celery.tasks.runner import abandon
 
 log = logging.getLogger(__name__)
 
 BATCH = 500  # jobs claimed per transaction
-SWEEP_EVERY = 5.0  # seconds between sweeps for runs left pending
+SWEEP_EVERY = 5.0  # seconds between sweeps for runs without an owner
 PENDING_GRACE = timedelta(seconds=10)  # a run pending longer than this was not published
-LOST_GRACE = timedelta(seconds=60)  # beyond run_timeout, before a started run counts as lost
-MAX_BACKOFF = 30.0
+MAX_BACKOFF = 10.0  # seconds between tries while the database or the broker is away
 PRUNE_BATCH = 5000
+FORGET_WORKERS = timedelta(days=1)  # heartbeat rows of processes gone this long are deleted
 
 
 class KalaScheduler(Scheduler):
@@ -46,9 +49,13 @@ class KalaScheduler(Scheduler):
         self._publisher: CeleryPublisher | None = None
         self._next_sweep = 0.0
         self._failures = 0
+        self._db_up_since: float | None = None  # monotonic time of the first good tick
         self._unsent: list[str] = []
+        self._broker_retry_at = 0.0
+        self._broker_failures = 0
         self._default_tz = "UTC"
         self._publisher_thread = ThreadPoolExecutor(1, thread_name_prefix="kala-publish")
+        self.name = f"{socket.gethostname()}/{os.getpid()}"  # its row in `beats`
         super().__init__(app, *args, **kwargs)
 
     # -- the Scheduler contract -------------------------------------------------------
@@ -70,12 +77,19 @@ class KalaScheduler(Scheduler):
         try:
             self._connect()
             wait = self._tick(utcnow())
-        except SQLAlchemyError:
+        except SQLAlchemyError as exc:
             self._failures += 1
+            self._db_up_since = None
             backoff = min(MAX_BACKOFF, 0.5 * 2**self._failures)
-            log.exception("beat: database unavailable; retrying in %.1f s", backoff)
+            if self._failures == 1:
+                log.error("beat: database unavailable (%s); retrying with back-off up to "
+                          "%.0f s", exc, MAX_BACKOFF)
+            else:
+                log.debug("beat: database still unavailable; retrying in %.1f s", backoff)
             return backoff
-        self._failures = 0
+        if self._failures:
+            log.warning("beat: database back after %d failed ticks", self._failures)
+            self._failures = 0
         return wait
 
     def sync(self) -> None:  # all state is in SQL, written as it happens
@@ -92,21 +106,23 @@ class KalaScheduler(Scheduler):
 
     @property
     def info(self) -> str:
-        url = self._store.engine.url.render_as_string(hide_password=True) if self._store else "?"
+        url = make_url(settings_of(self.app).db_url).render_as_string(hide_password=True)
         return f"    . jobs from -> {url}"
 
     # -- dispatch ---------------------------------------------------------------------
 
     def _tick(self, now: datetime) -> float:
         assert self._store is not None and self._publisher is not None
+        if self._db_up_since is None:
+            self._db_up_since = time.monotonic()
         with self._reads() as session:  # an idle tick is this one query
             upcoming = next_due(session)
         if upcoming is not None and upcoming <= now:
             self._drain(now)
             with self._reads() as session:  # due jobs left are busy: not before
                 upcoming = next_due(session, after=utcnow())
-        if self._unsent:  # the broker refused them last time: try again at once
-            self._publish([])
+        if self._unsent and time.monotonic() >= self._broker_retry_at:
+            self._publish([])  # the broker refused them last time
         if time.monotonic() >= self._next_sweep:
             self._sweep(now)
             self._next_sweep = time.monotonic() + SWEEP_EVERY
@@ -146,42 +162,48 @@ class KalaScheduler(Scheduler):
             return
         sent = set(self._publisher.publish_ids(wanted))
         self._unsent = [run_id for run_id in wanted if run_id not in sent][: BATCH * 10]
+        if self._publisher.broker_error is None:
+            self._broker_failures = 0
+        else:  # back off (the sweep publishes what falls out of the list, later)
+            self._broker_failures += 1
+            pause = min(MAX_BACKOFF, 0.5 * 2**self._broker_failures)
+            self._broker_retry_at = time.monotonic() + pause
 
     def _sweep(self, now: datetime) -> None:
-        """Publish runs left pending (a beat or API died between commit and publish, or the
-        broker was down; workers ignore a run already past `sent`, so a repeat is harmless),
-        give up on runs whose worker vanished, and re-arm jobs unscheduled by bulk SQL."""
-        assert self._store is not None
+        """Give every run without an owner one again (runs.py): publish runs whose message is
+        missing (left pending, or sent and never taken), take started runs from workers that
+        are gone; then re-arm jobs unscheduled by bulk SQL and prune old runs."""
+        assert self._store is not None and self._publisher is not None
         settings = settings_of(self.app)
-        with self._store.sessions() as session:
-            stale = session.scalars(
-                select(Run.id)
-                .where(
-                    Run.state == "pending",
-                    Run.root_run_id.is_(None),  # dependents go out with their root's chain
-                    Run.created_at < now - PENDING_GRACE,
-                )
-                .order_by(Run.created_at)
-                .limit(BATCH)
-            ).all()
-            started = session.execute(
-                select(Run.id, Run.attempt_at, Job.run_timeout)
-                .join(Job, Job.id == Run.job_id)
-                .where(Run.state == "started", Run.attempt_at < now - LOST_GRACE)
-                .limit(BATCH)
-            ).all()
-        if stale:
-            log.info("beat: sweep publishing %d pending runs", len(stale))
-            self._publish(list(stale))
-        lost_after = parse_plain_duration(settings.lost_after)
-        for run_id, attempt_at, run_timeout in started:
-            limit = parse_plain_duration(run_timeout) + LOST_GRACE if run_timeout else lost_after
-            if attempt_at + limit < now:
-                reason = f"no word from its worker for {limit} (worker lost)"
+        engine = self._store.engine
+        pending, lost = runs.missing(
+            engine,
+            now,
+            pending_grace=PENDING_GRACE,
+            redeliver_after=settings.redeliver_delay,
+            limit=BATCH,
+        )
+        if lost:  # a queue with messages waiting may still hold theirs: not before it drains
+            idle = self._publisher.idle_queues({queue for _, queue in lost})
+            pending += runs.reopen(engine, now, [r for r, queue in lost if queue in idle])
+        if pending:
+            log.info("beat: sweep publishing %d runs without a message", len(pending))
+            self._publish(pending)
+        if self._heartbeats_trusted(settings.worker_silence):
+            for run_id, reason in runs.orphaned(self._store.engine, now, settings.worker_silence):
                 log.warning("beat: run %s: %s", run_id, reason)
-                self._publish(abandon(self._store.sessions, run_id, settings, now, reason))
+                self._publish(runs.abandon(self._store.sessions, run_id, settings, now, reason))
         self._rearm(now)
         self._prune(now - parse_plain_duration(settings.run_retention))
+        with engine.begin() as conn:
+            runs.record_beat(conn, self.name, now)
+        runs.prune_workers(engine, now - FORGET_WORKERS)
+
+    def _heartbeats_trusted(self, silence: timedelta) -> bool:
+        """A worker's silence means it is gone only if the database was up all that time:
+        after an outage (or this beat's start), heartbeats get one silence bound to resume."""
+        up = self._db_up_since
+        return up is not None and time.monotonic() - up >= silence.total_seconds() * 7 / 6
 
     def _prune(self, cutoff: datetime) -> None:
         """Decision 15: finished runs older than KALA_RUN_RETENTION go (a batch per sweep)."""

@@ -1,420 +1,82 @@
 """The life of one run on a worker: claim it, make its attempts, record the outcome.
 
-Each state change is a compare-and-set UPDATE, so a duplicate delivery of the same run id does
-nothing, and counters are updated in SQL (`x = x + 1`), so concurrent runs never lose one.
-
-    pending/sent --claim--> started --attempt ok--> success
-                                    --attempts used up--> failed
-                                    --delay before next attempt--> sent (redelivered later)
-                 epsilon window passed before the first attempt --> skipped
-    started by a worker process that died --> a failed attempt; `lost` when none are left
-
-A run of a job that succeeds at once is two short transactions of two statements each, in
-SQLAlchemy Core (no ORM unit of work, no re-reads): the claim (`UPDATE runs ... RETURNING`,
-which also counts the first attempt, and `UPDATE jobs ... RETURNING` the job) and the finish
-(the run's final state, then the job's counters and `is_done` in one UPDATE).
+The SQL of each step is in `kala_celery.runs` (shared with the beat's sweep); this module
+decides which step comes next: skip, attempt, retry now or later, or finish. Outcomes are
+written durably: a finish that meets a database outage is retried with back-off for up to
+`FINISH_RETRY_FOR`, so a command that ran while the database was away is not forgotten.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from functools import cache, lru_cache
-from types import SimpleNamespace
-from typing import Any, TypeAlias
+from datetime import datetime
+from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, case, exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from kala_celery import dispatch, schedule
+from kala_celery import schedule
 from kala_celery.config import Settings
-from kala_celery.db import engine_of
-from kala_celery.models import JOB_REMOTE, Job, JobLink, Run, utcnow
-from kala_celery.tasks.outcome import Outcome, tail
+from kala_celery.db import DatabaseAway, engine_of
+from kala_celery.models import JOB_REMOTE, utcnow
+from kala_celery.outcome import Outcome
+from kala_celery.runs import (
+    JobRecord,
+    RetryPolicy,
+    RunInfo,
+    claim,
+    finish,
+    next_attempt,
+    release,
+    worker_id,
+)
 
 log = logging.getLogger(__name__)
 
-# A job as the runner reads it: the jobs table's columns as attributes (the runner builds a
-# namespace from the row its claim returned; an ORM Job works too).
-JobRecord: TypeAlias = Job | SimpleNamespace
-Attempt = Callable[[JobRecord, Settings], Outcome]
+# One attempt of a job: the job, the settings and the environment the run adds for its
+# command (KALA_RUN_ID, KALA_JOB_ID, KALA_ATTEMPT, KALA_SCHEDULED_FOR).
+Attempt = Callable[[JobRecord, Settings, Mapping[str, str]], Outcome]
+FINISH_RETRY_FOR = 300.0  # seconds a worker keeps trying to record an outcome
+T = TypeVar("T")
 
 
-# ---------------------------------------------------------------- what a worker knows of a run
+def durably(write: Callable[[], T], *, within: float = FINISH_RETRY_FOR) -> T:
+    """Run the transaction `write`, again after a growing pause while the database is away
+    (refused, restarting, connection dropped), for up to `within` seconds."""
+    deadline = time.monotonic() + within
+    pause = 0.25
+    while True:
+        try:
+            return write()
+        except DatabaseAway as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            log.warning("database away (%s); retrying the write in %.1f s", type(exc).__name__,
+                        min(pause, left))
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 10.0)
 
 
-@dataclass(frozen=True)
-class RunInfo:
-    """The columns of a run the worker needs, as read by the statement that claimed it."""
-
-    id: str
-    job_id: str
-    trigger: str
-    scheduled_for: datetime
-    parent_run_id: str | None
-    started_at: datetime | None
-    attempts: int  # counted so far, including an attempt the claim counted
-    error: str | None
-    worker: str | None
-
-
-def _run_info(row: Any) -> RunInfo:
-    return RunInfo(*row[: len(_RUN_RETURNING)])
-
-
-def _job_of(row: Any, offset: int = 0) -> JobRecord:
-    """The job columns of `row` as attributes (cheaper than a detached ORM Job)."""
-    return SimpleNamespace(**dict(zip(_JOB_KEYS, row[offset:], strict=True)))
-
-
-# ---------------------------------------------------------------- policy
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Decision 7: `retries` extra attempts, `retry_delay` (doubling with `retry_backoff`),
-    and no attempt starting after scheduled_for + epsilon (for scheduled runs)."""
-
-    attempts: int
-    delay: timedelta
-    backoff: bool
-    deadline: datetime | None
-
-    @classmethod
-    def of(cls, job: JobRecord, run: Run | RunInfo, settings: Settings) -> RetryPolicy:
-        deadline = None
-        if run.trigger == "schedule" and job.schedule and job.epsilon:
-            zone = schedule.resolve_zone(job.timezone, settings.timezone)
-            epsilon = schedule.parse_epsilon(job.epsilon)
-            if epsilon is not None:
-                deadline = epsilon.add_to(run.scheduled_for, zone)
-        delay = schedule.parse_plain_duration(job.retry_delay) if job.retry_delay else timedelta()
-        return cls(job.retries + 1, delay, job.retry_backoff, deadline)
-
-    def may_start(self, now: datetime) -> bool:
-        return self.deadline is None or now <= self.deadline
-
-    def wait_after(self, failed_attempts: int) -> float:
-        seconds = self.delay.total_seconds()
-        if self.backoff:
-            seconds *= 2 ** (failed_attempts - 1)
-        return seconds
-
-
-# ---------------------------------------------------------------- worker identity
-
-
-def worker_id(hostname: str) -> str:
-    return f"{hostname}/{os.getpid()}"
-
-
-def _died_here(worker: str | None, hostname: str) -> bool:
-    """The run's worker process was on this host and is gone (killed mid-run)."""
-    host, _, pid = (worker or "").rpartition("/")
-    if host != hostname or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-# ---------------------------------------------------------------- SQL steps
-#
-# The statements are built once, in Core, with bound parameters: a run executes them with a
-# dict of values, so SQLAlchemy neither builds nor hashes a statement per run (a statement's
-# cache key is memoized on it), and no ORM unit of work or identity map is involved.
-
-_runs = Run.__table__
-_jobs = Job.__table__
-_links = JobLink.__table__
-
-
-def _param(name: str, column: Any) -> Any:
-    return bindparam(name, type_=column.type)
-
-
-_RUN_ID = _param("p_run", _runs.c.id)
-_ME = _param("p_me", _runs.c.worker)
-_NOW = _param("p_now", _runs.c.attempt_at)
-_JOB_ID = _param("p_job", _jobs.c.id)
-_OWNED = (_runs.c.id == _RUN_ID) & (_runs.c.state == "started") & (_runs.c.worker == _ME)
-_RUN_RETURNING = (
-    _runs.c.id,
-    _runs.c.job_id,
-    _runs.c.trigger,
-    _runs.c.scheduled_for,
-    _runs.c.parent_run_id,
-    _runs.c.started_at,
-    _runs.c.attempts,
-    _runs.c.error,
-    _runs.c.worker,
-)
-_JOB_COLUMNS = tuple(_jobs.c)
-_JOB_KEYS = tuple(c.key for c in _JOB_COLUMNS)
-
-# started <- pending/sent, counting the attempt about to start.
-_CLAIM = (
-    update(_runs)
-    .where(_runs.c.id == _RUN_ID, (_runs.c.state == "pending") | (_runs.c.state == "sent"))
-    .values(
-        state="started",
-        worker=_ME,
-        started_at=func.coalesce(_runs.c.started_at, _NOW),
-        attempt_at=_NOW,
-        attempts=_runs.c.attempts + 1,
-    )
-    .returning(*_RUN_RETURNING)
-)
-_RUN_NOW = select(_runs.c.state, _runs.c.worker, _runs.c.attempts).where(_runs.c.id == _RUN_ID)
-# started (by a dead process: p_dead) <- started, counting the attempt about to start.
-_CLAIM_FROM_THE_DEAD = (
-    update(_runs)
-    .where(
-        _runs.c.id == _RUN_ID,
-        _runs.c.state == "started",
-        _runs.c.worker == _param("p_dead", _runs.c.worker),
-    )
-    .values(
-        worker=_ME,
-        attempt_at=_NOW,
-        attempts=_runs.c.attempts + 1,
-        error=_param("p_error", _runs.c.error),
-    )
-    .returning(*_RUN_RETURNING)
-)
-_FIRST_ATTEMPT_OF_JOB = (  # Kala's last_attempted_run, and the job as it is now
-    update(_jobs)
-    .where(_jobs.c.id == _JOB_ID)
-    .values(last_attempted_run=_NOW)
-    .returning(*_JOB_COLUMNS)
-)
-_JOB = select(*_JOB_COLUMNS).where(_jobs.c.id == _JOB_ID)
-_PARENT_STATE = select(_runs.c.state).where(_runs.c.id == _param("p_parent", _runs.c.id))
-_NEXT_ATTEMPT = (
-    update(_runs)
-    .where(_OWNED)
-    .values(attempts=_runs.c.attempts + 1, attempt_at=_NOW)
-    .returning(_runs.c.attempts)
-)
-_FAILED_ATTEMPT = (
-    update(_jobs)
-    .where(_jobs.c.id == _JOB_ID)
-    .values(error_count=_jobs.c.error_count + 1, last_error=_NOW)
-)
-_OUTPUT = _param("p_output", _runs.c.output)
-_ERROR = _param("p_error", _runs.c.error)
-_RELEASE = update(_runs).where(_OWNED).values(state="sent", output=_OUTPUT, error=_ERROR)
-_GIVE_BACK = update(_runs).where(_OWNED).values(state="pending", error=_ERROR)
-_END_VALUES = {
-    "state": _param("p_state", _runs.c.state),
-    "finished_at": _NOW,
-    "duration_ns": _param("p_duration", _runs.c.duration_ns),
-    "output": _OUTPUT,
-    "error": _ERROR,
-    "exit_code": _param("p_exit", _runs.c.exit_code),
-    "http_status": _param("p_http", _runs.c.http_status),
-}
-_END = update(_runs).where(_OWNED).values(**_END_VALUES)
-_END_UNCOUNTED = (  # the attempt the claim counted was not made
-    update(_runs)
-    .where(_OWNED)
-    .values(**_END_VALUES, attempts=_param("p_attempts", _runs.c.attempts))
-)
-_ON_FAILURE_TARGET = select(_jobs.c.disabled).where(_jobs.c.id == _JOB_ID)
-_TOTAL = _param("p_total", _jobs.c.runs_used)
-_ABANDONED = (
-    select(*_RUN_RETURNING, _runs.c.state, *_JOB_COLUMNS)
-    .join_from(_runs, _jobs, _jobs.c.id == _runs.c.job_id)
-    .where(_runs.c.id == _RUN_ID)
-)
-
-
-@cache
-def _counters(state: str, failed_attempt: bool, done: str) -> Any:
-    """The job UPDATE at the end of a run: Kala's counters (in SQL) and `is_done` (decided in
-    SQL on the row it updates, Decision 8). `done`: "yes" (a one-off, no schedule), "child"
-    (a schedule that repeats forever: done only as a child, whose schedule is not used),
-    "total" (also done when p_total runs are used)."""
-    values: dict[str, Any] = {}
-    if done == "yes":
-        values["is_done"] = True
-    else:
-        finished = exists().where(_links.c.child_id == _jobs.c.id)
-        if done == "total":
-            finished = finished | (_jobs.c.runs_used >= _TOTAL)
-        values["is_done"] = case(
-            (_jobs.c.next_run_at.is_(None) & finished, True), else_=_jobs.c.is_done
-        )
-    if failed_attempt:
-        values.update(error_count=_jobs.c.error_count + 1, last_error=_NOW)
-    if state == "success":
-        values.update(success_count=_jobs.c.success_count + 1, last_success=_NOW)
-    if state in ("success", "failed", "lost"):
-        values["number_of_finished_runs"] = _jobs.c.number_of_finished_runs + 1
-    return update(_jobs).where(_jobs.c.id == _JOB_ID).values(**values)
-
-
-def _claim(
-    engine: Engine, run_id: str, me: str, hostname: str, now: datetime
-) -> tuple[RunInfo, JobRecord, str | None] | None:
-    """started <- pending/sent (or <- started by a dead process on this host), counting the
-    attempt about to start in the same UPDATE. Returns the run, its job (with
-    last_attempted_run set by a first attempt) and, for a dependent run, its parent's state."""
-    with engine.begin() as conn:
-        row = conn.execute(_CLAIM, {"p_run": run_id, "p_me": me, "p_now": now}).first()
-        if row is None:
-            row = _claim_from_the_dead(conn, run_id, me, hostname, now)
-            if row is None:
-                return None
-        run = _run_info(row)
-        if run.attempts == 1:  # the run's first attempt
-            job_row = conn.execute(_FIRST_ATTEMPT_OF_JOB, {"p_job": run.job_id, "p_now": now})
-        else:
-            job_row = conn.execute(_JOB, {"p_job": run.job_id})
-        job_row = job_row.first()
-        if job_row is None:
-            return None  # deleted with its runs: nothing left to update
-        parent_state = None
-        if run.trigger == "parent":
-            parent_state = conn.scalar(_PARENT_STATE, {"p_parent": run.parent_run_id})
-        return run, _job_of(job_row), parent_state
-
-
-def _claim_from_the_dead(
-    conn: Connection, run_id: str, me: str, hostname: str, now: datetime
-) -> Any:
-    """The queued-run claim missed: the run is unknown, past `sent`, or started by a worker
-    process on this host that died (its attempt failed; this delivery makes the next)."""
-    current = conn.execute(_RUN_NOW, {"p_run": run_id}).first()
-    if current is None:
-        return None  # its job was deleted
-    state, worker, attempts = current
-    if state != "started" or not _died_here(worker, hostname):
-        log.info("run %s is %s already; delivery ignored", run_id, state)
-        return None
-    error = f"worker {worker} died during attempt {attempts}"
-    params = {"p_run": run_id, "p_dead": worker, "p_me": me, "p_now": now, "p_error": error}
-    row = conn.execute(_CLAIM_FROM_THE_DEAD, params).first()
-    if row is None:
-        return None  # another delivery claimed it first
-    log.warning("run %s: %s", run_id, error)
-    conn.execute(_FAILED_ATTEMPT, {"p_job": row.job_id, "p_now": now})
-    return row
-
-
-def _next_attempt(engine: Engine, run_id: str, job_id: str, me: str, now: datetime) -> int | None:
-    """Count the failed attempt and the next one in one transaction; None when the run is no
-    longer ours (the sweep gave up on it)."""
-    with engine.begin() as conn:
-        number = conn.scalar(_NEXT_ATTEMPT, {"p_run": run_id, "p_me": me, "p_now": now})
-        if number is not None:
-            conn.execute(_FAILED_ATTEMPT, {"p_job": job_id, "p_now": now})
-        return number
-
-
-def _release(
-    engine: Engine, run_id: str, job_id: str, me: str, outcome: Outcome, now: datetime
-) -> bool:
-    """started -> sent while waiting for the next attempt; the failed attempt is counted."""
-    params = {
-        "p_run": run_id,
-        "p_me": me,
-        "p_output": tail(outcome.output),
-        "p_error": outcome.error,
+def run_environment(run: RunInfo, attempt: int) -> dict[str, str]:
+    """What a run tells its command: which run, of which job, which attempt, for when."""
+    return {
+        "KALA_RUN_ID": run.id,
+        "KALA_JOB_ID": run.job_id,
+        "KALA_ATTEMPT": str(attempt),
+        "KALA_SCHEDULED_FOR": run.scheduled_for.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    with engine.begin() as conn:
-        released = conn.execute(_RELEASE, params).rowcount == 1
-        if released:
-            conn.execute(_FAILED_ATTEMPT, {"p_job": job_id, "p_now": now})
-        return released
-
-
-@lru_cache(maxsize=1024)
-def _total_runs(text: str, zone: str | None, default_zone: str) -> int | None:
-    """Runs a schedule has in all (None: forever, or unparsable)."""
-    try:
-        return schedule.parse_schedule(text, schedule.resolve_zone(zone, default_zone)).total_runs
-    except schedule.ScheduleError:
-        return None
-
-
-def _finish(
-    conn: Connection,
-    run: RunInfo,
-    job: JobRecord,
-    me: str | None,
-    state: str,
-    outcome: Outcome,
-    settings: Settings,
-    now: datetime,
-    *,
-    failed_attempt: bool = False,
-    attempts: int | None = None,
-) -> list[str]:
-    """started -> success | failed | skipped | lost, then Kala's counters, `is_done` and the
-    run of the job's on-failure job, on `conn` (one transaction, the caller's). `attempts`
-    corrects the count when the attempt the claim counted was not made. Returns the runs
-    recorded here to publish."""
-    began = run.started_at or now
-    params: dict[str, Any] = {
-        "p_run": run.id,
-        "p_me": me,
-        "p_now": now,
-        "p_state": state,
-        "p_duration": int((now - began) / timedelta(microseconds=1)) * 1000,
-        "p_output": tail(outcome.output),
-        "p_error": outcome.error,
-        "p_exit": outcome.exit_code,
-        "p_http": outcome.http_status,
-    }
-    if attempts is None:
-        ended = conn.execute(_END, params)
-    else:
-        ended = conn.execute(_END_UNCOUNTED, {**params, "p_attempts": attempts})
-    if ended.rowcount != 1:
-        return []  # someone else ended it (status callback, sweep)
-    done, total = "yes", None
-    if job.schedule:
-        total = _total_runs(job.schedule, job.timezone, settings.timezone)
-        done = "child" if total is None else "total"
-    conn.execute(
-        _counters(state, failed_attempt, done), {"p_job": job.id, "p_now": now, "p_total": total}
-    )
-    if state in ("failed", "lost") and job.on_failure_job:
-        return _record_on_failure(conn, job, now)
-    return []
-
-
-def _record_on_failure(conn: Connection, job: JobRecord, now: datetime) -> list[str]:
-    """KALA-SPEC §10: after a run that failed all attempts, the on-failure job runs (with its
-    own dependents). An unknown or disabled on-failure job is logged and ignored."""
-    target = conn.execute(_ON_FAILURE_TARGET, {"p_job": job.on_failure_job}).first()
-    if target is None or target.disabled:
-        log.warning(
-            "job %s: on-failure job %r is %s; not run",
-            job.id,
-            job.on_failure_job,
-            "unknown" if target is None else "disabled",
-        )
-        return []
-    with Session(bind=conn) as session:  # joins the caller's transaction
-        return dispatch.record_trees(
-            session, [(job.on_failure_job, now)], trigger="on_failure", now=now
-        )
 
 
 # ---------------------------------------------------------------- the run
 
 
-def perform(job: JobRecord, settings: Settings) -> Outcome:
-    """One attempt: render templates, then run the command or make the HTTP call."""
+def perform(job: JobRecord, settings: Settings, run_env: Mapping[str, str]) -> Outcome:
+    """One attempt: render templates, then run the command (with `run_env` added to the
+    worker's environment) or make the HTTP call."""
     from kala_celery.tasks import remote, shell, templates
 
     try:
@@ -436,7 +98,9 @@ def perform(job: JobRecord, settings: Settings) -> Outcome:
             return Outcome(ok=False, error="local jobs are disabled on this worker")
         timeout = schedule.parse_plain_duration(job.run_timeout) if job.run_timeout else None
         return shell.run_command(
-            render(job.command), timeout=timeout.total_seconds() if timeout else None
+            render(job.command),
+            timeout=timeout.total_seconds() if timeout else None,
+            environ={**os.environ, **run_env},
         )
     except templates.TemplateError as exc:
         return Outcome(ok=False, error=str(exc))
@@ -445,10 +109,14 @@ def perform(job: JobRecord, settings: Settings) -> Outcome:
 @dataclass(frozen=True)
 class Delivery:
     """What the task does after handling a delivery: redeliver the run after `retry_in`
-    seconds (its next attempt), and publish the runs in `publish` (an on-failure job)."""
+    seconds (its next attempt), and publish the runs in `publish` (an on-failure job).
+    `owned`: this delivery claimed the run and took it to its end (or to its next attempt);
+    a duplicate delivery, or one whose run was taken away, is not, and must not continue the
+    run's chain (whoever owns the run does)."""
 
     retry_in: float | None = None
     publish: tuple[str, ...] = ()
+    owned: bool = False
 
 
 def _parent_failed(run: RunInfo, parent_state: str | None) -> str | None:
@@ -470,36 +138,41 @@ def execute_run(
     """Handle one delivery of a run."""
     engine = engine_of(sessions)
     me = worker_id(hostname)
-    claimed = _claim(engine, run_id, me, hostname, clock())
+    claimed = claim(engine, run_id, me, hostname, clock())
     if claimed is None:
         return Delivery()
     run, job, parent_state = claimed
     made = run.attempts - 1  # attempts made before this delivery (a retry delay, a crash)
 
-    def finish(state: str, outcome: Outcome, *, failed_attempt: bool = False) -> Delivery:
-        with engine.begin() as conn:
-            follow = _finish(
-                conn,
-                run,
-                job,
-                me,
-                state,
-                outcome,
-                settings,
-                clock(),
-                failed_attempt=failed_attempt,
-                attempts=made if made < counted else None,
-            )
-        return Delivery(publish=tuple(follow))
+    def end(state: str, outcome: Outcome, *, failed_attempt: bool = False) -> Delivery:
+        def write() -> list[str] | None:
+            with engine.begin() as conn:
+                return finish(
+                    conn,
+                    run,
+                    job,
+                    me,
+                    state,
+                    outcome,
+                    settings,
+                    clock(),
+                    failed_attempt=failed_attempt,
+                    attempts=made if made < counted else None,
+                )
+
+        follow = durably(write)
+        if follow is None:
+            return Delivery()  # the run was taken from us meanwhile
+        return Delivery(publish=tuple(follow), owned=True)
 
     counted = run.attempts  # the claim counted the attempt it expects to start
     reason = "job is disabled" if job.disabled else _parent_failed(run, parent_state)
     if reason:
-        return finish("skipped", Outcome(False, error=reason))
+        return end("skipped", Outcome(False, error=reason))
     policy = RetryPolicy.of(job, run, settings)
     last = Outcome(ok=False, error=run.error)
     if made >= policy.attempts:
-        return finish("lost", last)
+        return end("lost", last)
     while True:
         if not policy.may_start(clock()):
             reason = f"epsilon window ended at {policy.deadline:%Y-%m-%dT%H:%M:%S%z}"
@@ -511,51 +184,20 @@ def execute_run(
                 last.http_status,
             )
             if made < counted:  # the claim's attempt was not made
-                return finish("skipped" if made == 0 else "failed", outcome)
-            return finish("failed", outcome, failed_attempt=True)  # the last one is uncounted
+                return end("skipped" if made == 0 else "failed", outcome)
+            return end("failed", outcome, failed_attempt=True)  # the last one is uncounted
         if made == counted:  # the attempt after a failed one in this delivery
-            number = _next_attempt(engine, run_id, job.id, me, clock())
+            number = next_attempt(engine, run_id, job.id, me, clock())
             if number is None:
                 return Delivery()  # the run was taken from us (the sweep ended it)
             counted = number
-        last = attempt(job, settings)
+        last = attempt(job, settings, run_environment(run, counted))
         made = counted
         if last.ok:
-            return finish("success", last)
+            return end("success", last)
         if made >= policy.attempts:
-            return finish("failed", last, failed_attempt=True)
+            return end("failed", last, failed_attempt=True)
         wait = policy.wait_after(made)
         if wait > 0:
-            released = _release(engine, run_id, job.id, me, last, clock())
-            return Delivery(retry_in=wait) if released else Delivery()
-
-
-def abandon(
-    sessions: sessionmaker[Session], run_id: str, settings: Settings, now: datetime, reason: str
-) -> list[str]:
-    """The sweep's verdict on a started run whose worker vanished: a failed attempt. With
-    attempts left the run goes back to `pending` (to be published again); otherwise it ends
-    `lost` (and its on-failure job runs). Returns the run ids to publish."""
-    with engine_of(sessions).begin() as conn:
-        row = conn.execute(_ABANDONED, {"p_run": run_id}).first()
-        if row is None or row.state != "started":
-            return []
-        run = _run_info(row)
-        job = _job_of(row, len(_RUN_RETURNING) + 1)
-        if run.attempts < RetryPolicy.of(job, run, settings).attempts:
-            params = {"p_run": run_id, "p_me": run.worker, "p_error": reason}
-            if conn.execute(_GIVE_BACK, params).rowcount != 1:
-                return []
-            conn.execute(_FAILED_ATTEMPT, {"p_job": job.id, "p_now": now})
-            return [run_id]
-        return _finish(
-            conn,
-            run,
-            job,
-            run.worker or "",
-            "lost",
-            Outcome(False, error=reason),
-            settings,
-            now,
-            failed_attempt=True,
-        )
+            released = release(engine, run_id, job.id, me, last, clock(), wait)
+            return Delivery(retry_in=wait, owned=True) if released else Delivery()

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import BadRequest, NotFound
 
 from kala_celery.api.state import KalaState, kala
+from kala_celery.db import DatabaseAway
 from kala_celery.errors import NotFound as JobNotFound
 from kala_celery.web import auth, describe, views
 
@@ -61,10 +62,18 @@ def build_blueprint() -> Blueprint:
     @bp.before_request
     def guard() -> Response | None:
         endpoint = (request.endpoint or "").rpartition(".")[2]
+        if endpoint == "static":
+            return None
+        state = kala()
+        if not state.schema_ready:  # the job store was away when the app started
+            try:
+                state.ensure_schema()
+            except DatabaseAway as exc:
+                return views.database_down(exc)
         if endpoint in OPEN:
             auth.check_csrf()
             return None
-        if not auth.signed_in(kala().settings.api_token):
+        if not auth.signed_in(state.settings.api_token):
             if endpoint == "preview":
                 return Response('{"error":"sign in first"}', 401, mimetype="application/json")
             return redirect(url_for(".login", next=request.full_path.rstrip("?")))

@@ -14,6 +14,7 @@ from flask import (
     abort,
     flash,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from kala_celery import jobs, wire
 from kala_celery.api.state import KalaState, kala
+from kala_celery.db import DatabaseAway
 from kala_celery.errors import INIT_ERROR, JobError, NotFound
 from kala_celery.models import JOB_REMOTE, Run, utcnow
 from kala_celery.web import auth, describe, forms, queries
@@ -336,7 +338,13 @@ def bad_request(exc: Any) -> tuple[str, int]:
     return render_template("kala_webui/missing.html", message=exc.description), 400
 
 
-def database_down(exc: Exception) -> tuple[str, int]:
-    log.exception("database error")
-    message = f"The job store did not answer ({type(exc).__name__}). Try again in a moment."
-    return render_template("kala_webui/missing.html", message=message), 503
+def database_down(exc: Exception) -> Response:
+    """The job store is away (or refused the statement): a 503 page; nothing was stored."""
+    if isinstance(exc, DatabaseAway):
+        log.warning("database unavailable: %s", exc)
+    else:
+        log.exception("database error")
+    message = f"The job store is unavailable ({type(exc).__name__}). Try again in a moment."
+    response = make_response(render_template("kala_webui/missing.html", message=message), 503)
+    response.headers["Retry-After"] = "5"
+    return response

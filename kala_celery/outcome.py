@@ -1,4 +1,4 @@
-"""The result of one attempt of a run, whatever kind of job it was."""
+"""The result of one attempt of a run, whatever kind of job it was (shell, HTTP)."""
 
 from __future__ import annotations
 

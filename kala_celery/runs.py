@@ -1,0 +1,614 @@
+"""The life of a run in SQL, shared by the worker that executes it and the beat that sweeps:
+claim it, count its attempts, finish it, redeliver it when its message is lost, and take it
+from a worker that died. Each state change is a compare-and-set UPDATE, so a duplicate
+delivery (or two beats sweeping at once) does nothing, and counters are updated in SQL
+(`x = x + 1`), so concurrent runs never lose one.
+
+    pending --publish--> sent --claim--> started --attempt ok--> success
+                                                 --attempts used up--> failed
+                                                 --delay before next attempt--> sent
+                         epsilon window passed before the first attempt --> skipped
+    pending/sent whose message is missing (sweep) --> pending, published again
+    started by a worker that is silent, or alive but no longer running it (sweep)
+        --> a failed attempt: pending again when attempts and epsilon allow, else lost
+
+Every non-terminal run therefore has an owner: a message on its way (bounded by
+KALA_REDELIVER_AFTER), or a live worker process that says, in its heartbeat, that it is
+running it (bounded by KALA_WORKER_TIMEOUT).
+
+A run of a job that succeeds at once is two short transactions of two statements each, in
+SQLAlchemy Core (no ORM unit of work, no re-reads): the claim (`UPDATE runs ... RETURNING`,
+which also counts the first attempt, and `UPDATE jobs ... RETURNING` the job) and the finish
+(the run's final state, then the job's counters and `is_done` in one UPDATE).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache, lru_cache
+from types import SimpleNamespace
+from typing import Any, TypeAlias
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    case,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from kala_celery import dispatch, schedule
+from kala_celery.config import Settings
+from kala_celery.db import engine_of
+from kala_celery.models import TERMINAL_STATES, Beat, Job, JobLink, Run, Worker
+from kala_celery.outcome import Outcome, tail
+
+log = logging.getLogger(__name__)
+
+# A job as the runner reads it: the jobs table's columns as attributes (built from the row
+# a claim returned; an ORM Job works too).
+JobRecord: TypeAlias = Job | SimpleNamespace
+
+# ---------------------------------------------------------------- what a worker knows of a run
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The columns of a run the worker needs, as read by the statement that claimed it."""
+
+    id: str
+    job_id: str
+    trigger: str
+    scheduled_for: datetime
+    parent_run_id: str | None
+    started_at: datetime | None
+    attempts: int  # counted so far, including an attempt the claim counted
+    error: str | None
+    worker: str | None
+
+
+def _run_info(row: Any) -> RunInfo:
+    return RunInfo(*row[: len(_RUN_RETURNING)])
+
+
+def _job_of(row: Any, offset: int = 0) -> JobRecord:
+    """The job columns of `row` as attributes (cheaper than a detached ORM Job)."""
+    return SimpleNamespace(**dict(zip(_JOB_KEYS, row[offset:], strict=True)))
+
+
+# ---------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Decision 7: `retries` extra attempts, `retry_delay` (doubling with `retry_backoff`),
+    and no attempt starting after scheduled_for + epsilon (for scheduled runs)."""
+
+    attempts: int
+    delay: timedelta
+    backoff: bool
+    deadline: datetime | None
+
+    @classmethod
+    def of(cls, job: JobRecord, run: Run | RunInfo, settings: Settings) -> RetryPolicy:
+        deadline = None
+        if run.trigger == "schedule" and job.schedule and job.epsilon:
+            zone = schedule.resolve_zone(job.timezone, settings.timezone)
+            epsilon = schedule.parse_epsilon(job.epsilon)
+            if epsilon is not None:
+                deadline = epsilon.add_to(run.scheduled_for, zone)
+        delay = schedule.parse_plain_duration(job.retry_delay) if job.retry_delay else timedelta()
+        return cls(job.retries + 1, delay, job.retry_backoff, deadline)
+
+    def may_start(self, now: datetime) -> bool:
+        return self.deadline is None or now <= self.deadline
+
+    def wait_after(self, failed_attempts: int) -> float:
+        seconds = self.delay.total_seconds()
+        if self.backoff:
+            seconds *= 2 ** (failed_attempts - 1)
+        return seconds
+
+
+# ---------------------------------------------------------------- worker identity
+
+
+def worker_id(hostname: str) -> str:
+    return f"{hostname}/{os.getpid()}"
+
+
+def _died_here(worker: str | None, hostname: str) -> bool:
+    """The run's worker process was on this host and is gone (killed mid-run)."""
+    host, _, pid = (worker or "").rpartition("/")
+    if host != hostname or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+# ---------------------------------------------------------------- SQL steps
+#
+# The statements are built once, in Core, with bound parameters: a run executes them with a
+# dict of values, so SQLAlchemy neither builds nor hashes a statement per run (a statement's
+# cache key is memoized on it), and no ORM unit of work or identity map is involved.
+
+_runs = Run.__table__
+_jobs = Job.__table__
+_links = JobLink.__table__
+
+
+def _param(name: str, column: Any) -> Any:
+    return bindparam(name, type_=column.type)
+
+
+_RUN_ID = _param("p_run", _runs.c.id)
+_ME = _param("p_me", _runs.c.worker)
+_NOW = _param("p_now", _runs.c.attempt_at)
+_JOB_ID = _param("p_job", _jobs.c.id)
+_OWNED = (_runs.c.id == _RUN_ID) & (_runs.c.state == "started") & (_runs.c.worker == _ME)
+_RUN_RETURNING = (
+    _runs.c.id,
+    _runs.c.job_id,
+    _runs.c.trigger,
+    _runs.c.scheduled_for,
+    _runs.c.parent_run_id,
+    _runs.c.started_at,
+    _runs.c.attempts,
+    _runs.c.error,
+    _runs.c.worker,
+)
+_JOB_COLUMNS = tuple(_jobs.c)
+_JOB_KEYS = tuple(c.key for c in _JOB_COLUMNS)
+
+# started <- pending/sent, counting the attempt about to start.
+_CLAIM = (
+    update(_runs)
+    .where(_runs.c.id == _RUN_ID, (_runs.c.state == "pending") | (_runs.c.state == "sent"))
+    .values(
+        state="started",
+        worker=_ME,
+        started_at=func.coalesce(_runs.c.started_at, _NOW),
+        attempt_at=_NOW,
+        attempts=_runs.c.attempts + 1,
+    )
+    .returning(*_RUN_RETURNING)
+)
+_RUN_NOW = select(_runs.c.state, _runs.c.worker, _runs.c.attempts).where(_runs.c.id == _RUN_ID)
+# started (by a dead process: p_dead) <- started, counting the attempt about to start.
+_CLAIM_FROM_THE_DEAD = (
+    update(_runs)
+    .where(
+        _runs.c.id == _RUN_ID,
+        _runs.c.state == "started",
+        _runs.c.worker == _param("p_dead", _runs.c.worker),
+    )
+    .values(
+        worker=_ME,
+        attempt_at=_NOW,
+        attempts=_runs.c.attempts + 1,
+        error=_param("p_error", _runs.c.error),
+    )
+    .returning(*_RUN_RETURNING)
+)
+_FIRST_ATTEMPT_OF_JOB = (  # Kala's last_attempted_run, and the job as it is now
+    update(_jobs)
+    .where(_jobs.c.id == _JOB_ID)
+    .values(last_attempted_run=_NOW)
+    .returning(*_JOB_COLUMNS)
+)
+_JOB = select(*_JOB_COLUMNS).where(_jobs.c.id == _JOB_ID)
+_PARENT_STATE = select(_runs.c.state).where(_runs.c.id == _param("p_parent", _runs.c.id))
+_NEXT_ATTEMPT = (
+    update(_runs)
+    .where(_OWNED)
+    .values(attempts=_runs.c.attempts + 1, attempt_at=_NOW)
+    .returning(_runs.c.attempts)
+)
+_FAILED_ATTEMPT = (
+    update(_jobs)
+    .where(_jobs.c.id == _JOB_ID)
+    .values(error_count=_jobs.c.error_count + 1, last_error=_NOW)
+)
+_OUTPUT = _param("p_output", _runs.c.output)
+_ERROR = _param("p_error", _runs.c.error)
+_RELEASE = (  # its next attempt's message falls due at p_due
+    update(_runs)
+    .where(_OWNED)
+    .values(
+        state="sent", sent_at=_param("p_due", _runs.c.sent_at), output=_OUTPUT, error=_ERROR
+    )
+)
+_GIVE_BACK = update(_runs).where(_OWNED).values(state="pending", error=_ERROR)
+_END_VALUES = {
+    "state": _param("p_state", _runs.c.state),
+    "finished_at": _NOW,
+    "duration_ns": _param("p_duration", _runs.c.duration_ns),
+    "output": _OUTPUT,
+    "error": _ERROR,
+    "exit_code": _param("p_exit", _runs.c.exit_code),
+    "http_status": _param("p_http", _runs.c.http_status),
+}
+_END = update(_runs).where(_OWNED).values(**_END_VALUES)
+_END_UNCOUNTED = (  # the attempt the claim counted was not made
+    update(_runs)
+    .where(_OWNED)
+    .values(**_END_VALUES, attempts=_param("p_attempts", _runs.c.attempts))
+)
+_ON_FAILURE_TARGET = select(_jobs.c.disabled).where(_jobs.c.id == _JOB_ID)
+_TOTAL = _param("p_total", _jobs.c.runs_used)
+_ABANDONED = (
+    select(*_RUN_RETURNING, _runs.c.state, *_JOB_COLUMNS)
+    .join_from(_runs, _jobs, _jobs.c.id == _runs.c.job_id)
+    .where(_runs.c.id == _RUN_ID)
+)
+
+
+@cache
+def _counters(state: str, failed_attempt: bool, done: str) -> Any:
+    """The job UPDATE at the end of a run: Kala's counters (in SQL) and `is_done` (decided in
+    SQL on the row it updates, Decision 8). `done`: "yes" (a one-off, no schedule), "child"
+    (a schedule that repeats forever: done only as a child, whose schedule is not used),
+    "total" (also done when p_total runs are used)."""
+    values: dict[str, Any] = {}
+    if done == "yes":
+        values["is_done"] = True
+    else:
+        finished = exists().where(_links.c.child_id == _jobs.c.id)
+        if done == "total":
+            finished = finished | (_jobs.c.runs_used >= _TOTAL)
+        values["is_done"] = case(
+            (_jobs.c.next_run_at.is_(None) & finished, True), else_=_jobs.c.is_done
+        )
+    if failed_attempt:
+        values.update(error_count=_jobs.c.error_count + 1, last_error=_NOW)
+    if state == "success":
+        values.update(success_count=_jobs.c.success_count + 1, last_success=_NOW)
+    if state in ("success", "failed", "lost"):
+        values["number_of_finished_runs"] = _jobs.c.number_of_finished_runs + 1
+    return update(_jobs).where(_jobs.c.id == _JOB_ID).values(**values)
+
+
+def claim(
+    engine: Engine, run_id: str, me: str, hostname: str, now: datetime
+) -> tuple[RunInfo, JobRecord, str | None] | None:
+    """started <- pending/sent (or <- started by a dead process on this host), counting the
+    attempt about to start in the same UPDATE. Returns the run, its job (with
+    last_attempted_run set by a first attempt) and, for a dependent run, its parent's state."""
+    with engine.begin() as conn:
+        row = conn.execute(_CLAIM, {"p_run": run_id, "p_me": me, "p_now": now}).first()
+        if row is None:
+            row = _claim_from_the_dead(conn, run_id, me, hostname, now)
+            if row is None:
+                return None
+        run = _run_info(row)
+        if run.attempts == 1:  # the run's first attempt
+            job_row = conn.execute(_FIRST_ATTEMPT_OF_JOB, {"p_job": run.job_id, "p_now": now})
+        else:
+            job_row = conn.execute(_JOB, {"p_job": run.job_id})
+        job_row = job_row.first()
+        if job_row is None:
+            return None  # deleted with its runs: nothing left to update
+        parent_state = None
+        if run.trigger == "parent":
+            parent_state = conn.scalar(_PARENT_STATE, {"p_parent": run.parent_run_id})
+        return run, _job_of(job_row), parent_state
+
+
+def _claim_from_the_dead(
+    conn: Connection, run_id: str, me: str, hostname: str, now: datetime
+) -> Any:
+    """The queued-run claim missed: the run is unknown, past `sent`, or started by a worker
+    process on this host that died (its attempt failed; this delivery makes the next)."""
+    current = conn.execute(_RUN_NOW, {"p_run": run_id}).first()
+    if current is None:
+        return None  # its job was deleted
+    state, worker, attempts = current
+    if state != "started" or not _died_here(worker, hostname):
+        log.info("run %s is %s already; delivery ignored", run_id, state)
+        return None
+    error = f"worker {worker} died during attempt {attempts}"
+    params = {"p_run": run_id, "p_dead": worker, "p_me": me, "p_now": now, "p_error": error}
+    row = conn.execute(_CLAIM_FROM_THE_DEAD, params).first()
+    if row is None:
+        return None  # another delivery claimed it first
+    log.warning("run %s: %s", run_id, error)
+    conn.execute(_FAILED_ATTEMPT, {"p_job": row.job_id, "p_now": now})
+    return row
+
+
+def next_attempt(engine: Engine, run_id: str, job_id: str, me: str, now: datetime) -> int | None:
+    """Count the failed attempt and the next one in one transaction; None when the run is no
+    longer ours (the sweep gave up on it)."""
+    with engine.begin() as conn:
+        number = conn.scalar(_NEXT_ATTEMPT, {"p_run": run_id, "p_me": me, "p_now": now})
+        if number is not None:
+            conn.execute(_FAILED_ATTEMPT, {"p_job": job_id, "p_now": now})
+        return number
+
+
+def release(
+    engine: Engine,
+    run_id: str,
+    job_id: str,
+    me: str,
+    outcome: Outcome,
+    now: datetime,
+    wait: float,
+) -> bool:
+    """started -> sent while waiting `wait` seconds for the next attempt (the run's message
+    falls due then); the failed attempt is counted."""
+    params = {
+        "p_run": run_id,
+        "p_me": me,
+        "p_output": tail(outcome.output),
+        "p_error": outcome.error,
+        "p_due": now + timedelta(seconds=wait),
+    }
+    with engine.begin() as conn:
+        released = conn.execute(_RELEASE, params).rowcount == 1
+        if released:
+            conn.execute(_FAILED_ATTEMPT, {"p_job": job_id, "p_now": now})
+        return released
+
+
+@lru_cache(maxsize=1024)
+def _total_runs(text: str, zone: str | None, default_zone: str) -> int | None:
+    """Runs a schedule has in all (None: forever, or unparsable)."""
+    try:
+        return schedule.parse_schedule(text, schedule.resolve_zone(zone, default_zone)).total_runs
+    except schedule.ScheduleError:
+        return None
+
+
+def finish(
+    conn: Connection,
+    run: RunInfo,
+    job: JobRecord,
+    me: str | None,
+    state: str,
+    outcome: Outcome,
+    settings: Settings,
+    now: datetime,
+    *,
+    failed_attempt: bool = False,
+    attempts: int | None = None,
+) -> list[str] | None:
+    """started -> success | failed | skipped | lost, then Kala's counters, `is_done` and the
+    run of the job's on-failure job, on `conn` (one transaction, the caller's). `attempts`
+    corrects the count when the attempt the claim counted was not made. Returns the runs
+    recorded here to publish, or None when the run was no longer `me`'s to end."""
+    began = run.started_at or now
+    params: dict[str, Any] = {
+        "p_run": run.id,
+        "p_me": me,
+        "p_now": now,
+        "p_state": state,
+        "p_duration": int((now - began) / timedelta(microseconds=1)) * 1000,
+        "p_output": tail(outcome.output),
+        "p_error": outcome.error,
+        "p_exit": outcome.exit_code,
+        "p_http": outcome.http_status,
+    }
+    if attempts is None:
+        ended = conn.execute(_END, params)
+    else:
+        ended = conn.execute(_END_UNCOUNTED, {**params, "p_attempts": attempts})
+    if ended.rowcount != 1:
+        return None  # someone else ended it (status callback, sweep)
+    done, total = "yes", None
+    if job.schedule:
+        total = _total_runs(job.schedule, job.timezone, settings.timezone)
+        done = "child" if total is None else "total"
+    conn.execute(
+        _counters(state, failed_attempt, done), {"p_job": job.id, "p_now": now, "p_total": total}
+    )
+    if state in ("failed", "lost") and job.on_failure_job:
+        return _record_on_failure(conn, job, now)
+    return []
+
+
+def _record_on_failure(conn: Connection, job: JobRecord, now: datetime) -> list[str]:
+    """KALA-SPEC §10: after a run that failed all attempts, the on-failure job runs (with its
+    own dependents). An unknown or disabled on-failure job is logged and ignored."""
+    target = conn.execute(_ON_FAILURE_TARGET, {"p_job": job.on_failure_job}).first()
+    if target is None or target.disabled:
+        log.warning(
+            "job %s: on-failure job %r is %s; not run",
+            job.id,
+            job.on_failure_job,
+            "unknown" if target is None else "disabled",
+        )
+        return []
+    with Session(bind=conn) as session:  # joins the caller's transaction
+        return dispatch.record_trees(
+            session, [(job.on_failure_job, now)], trigger="on_failure", now=now
+        )
+
+
+def abandon(
+    sessions: sessionmaker[Session], run_id: str, settings: Settings, now: datetime, reason: str
+) -> list[str]:
+    """The sweep's verdict on a started run whose worker is gone: a failed attempt. With
+    attempts left and its epsilon window open the run goes back to `pending` (to be published
+    again); otherwise it ends `lost` (an error; its on-failure job runs). Returns the run ids
+    to publish."""
+    with engine_of(sessions).begin() as conn:
+        row = conn.execute(_ABANDONED, {"p_run": run_id}).first()
+        if row is None or row.state != "started":
+            return []
+        run = _run_info(row)
+        job = _job_of(row, len(_RUN_RETURNING) + 1)
+        policy = RetryPolicy.of(job, run, settings)
+        if run.attempts < policy.attempts and policy.may_start(now):
+            params = {"p_run": run_id, "p_me": run.worker, "p_error": reason}
+            if conn.execute(_GIVE_BACK, params).rowcount != 1:
+                return []
+            conn.execute(_FAILED_ATTEMPT, {"p_job": job.id, "p_now": now})
+            return [run_id]
+        follow = finish(
+            conn,
+            run,
+            job,
+            run.worker or "",
+            "lost",
+            Outcome(False, error=reason),
+            settings,
+            now,
+            failed_attempt=True,
+        )
+        return follow or []
+
+
+# ---------------------------------------------------------------- redelivery (the sweep)
+
+_pred = _runs.alias("pred")
+
+
+def _first_in_line(cutoff: datetime) -> Any:
+    """A run whose message nobody else will send: a root (its message is the beat's or the
+    API's), or a dependent whose predecessor in its chain (the run before it in depth-first
+    order, which sends the next link when it ends) ended before `cutoff`."""
+    tree = or_(_pred.c.id == _runs.c.root_run_id, _pred.c.root_run_id == _runs.c.root_run_id)
+    return or_(
+        _runs.c.root_run_id.is_(None),
+        exists().where(
+            tree,
+            _pred.c.seq == _runs.c.seq - 1,
+            _pred.c.state.in_(TERMINAL_STATES),
+            _pred.c.finished_at < cutoff,
+        ),
+    )
+
+
+def _waiting(state: str, cutoff: datetime, limit: int) -> Any:
+    return (
+        select(_runs.c.id, _jobs.c.queue)
+        .join_from(_runs, _jobs, _jobs.c.id == _runs.c.job_id)
+        .where(
+            _runs.c.state == state,
+            func.coalesce(_runs.c.sent_at, _runs.c.created_at) < cutoff,
+            _first_in_line(cutoff),
+        )
+        .order_by(_runs.c.created_at)
+        .limit(limit)
+    )
+
+
+def missing(
+    engine: Engine,
+    now: datetime,
+    *,
+    pending_grace: timedelta,
+    redeliver_after: timedelta,
+    limit: int,
+) -> tuple[list[str], list[tuple[str, str | None]]]:
+    """Runs whose message may be missing: runs left `pending` past `pending_grace` (their
+    publisher died, or the broker was down), ready to publish; and, with their job's queue,
+    runs `sent` longer than `redeliver_after` that no worker took (the broker restarted
+    empty, a worker died holding the message, or it acked the message and then failed to
+    claim the run), for `reopen`."""
+    with engine.connect() as conn:
+        pending = conn.scalars(
+            _waiting("pending", now - pending_grace, limit).with_only_columns(_runs.c.id)
+        ).all()
+        lost = conn.execute(_waiting("sent", now - redeliver_after, limit)).all()
+    return list(pending), [(run_id, queue) for run_id, queue in lost]
+
+
+def reopen(engine: Engine, now: datetime, run_ids: list[str]) -> list[str]:
+    """sent -> pending for runs whose message was lost, to be published again with the rest
+    of their chain; returns those this call reopened (another beat's sweep may have been
+    first). Workers ignore a run already past `sent`, so a second message for a run that was
+    only slow is harmless."""
+    if not run_ids:
+        return []
+    with engine.begin() as conn:
+        reopened = conn.scalars(
+            update(_runs)
+            .where(_runs.c.id.in_(run_ids), _runs.c.state == "sent")
+            .values(state="pending", sent_at=now)  # not pending "long": no second sweep
+            .returning(_runs.c.id)
+        ).all()
+    if reopened:
+        log.warning("%d runs were sent and not taken by any worker; sending them again",
+                    len(reopened))
+    return list(reopened)
+
+
+# ---------------------------------------------------------------- worker liveness
+
+HEARTBEAT_MARGIN = timedelta(seconds=1)  # clock steps between a claim and a heartbeat
+
+
+def _upsert(conn: Connection, table: Any, values: dict[str, Any], update: tuple[str, ...]) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**values)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[table.primary_key.columns.values()[0]],
+            set_={name: statement.excluded[name] for name in update},
+        )
+    )
+
+
+def record_heartbeat(conn: Connection, name: str, now: datetime, running: list[str]) -> None:
+    """Upsert the heartbeat row of worker process `name` with the runs it is executing."""
+    values = {"name": name, "started_at": now, "last_seen": now, "running": " ".join(running)}
+    _upsert(conn, Worker.__table__, values, ("last_seen", "running"))
+
+
+def record_beat(conn: Connection, name: str, now: datetime) -> None:
+    """Upsert the liveness row of beat process `name`."""
+    _upsert(conn, Beat.__table__, {"name": name, "started_at": now, "last_tick": now},
+            ("last_tick",))
+
+
+def orphaned(engine: Engine, now: datetime, timeout: timedelta) -> list[tuple[str, str]]:
+    """Started runs that no live worker is executing, with the reason: their worker process
+    has written no heartbeat for `timeout` (killed, its machine gone), or it is alive and its
+    latest heartbeat, written after the run's attempt began, does not list the run (its task
+    ended without recording an outcome). A long run on a live worker is never taken."""
+    workers = Worker.__table__
+    query = (
+        select(
+            _runs.c.id,
+            _runs.c.worker,
+            _runs.c.attempt_at,
+            workers.c.last_seen,
+            workers.c.running,
+        )
+        .join_from(_runs, workers, workers.c.name == _runs.c.worker, isouter=True)
+        .where(_runs.c.state == "started", _runs.c.attempt_at < now - HEARTBEAT_MARGIN)
+    )
+    found = []
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    for run_id, worker, attempt_at, last_seen, running in rows:
+        if last_seen is None or last_seen < now - timeout:
+            if attempt_at < now - timeout:
+                seconds = int(timeout.total_seconds())
+                found.append((run_id, f"worker {worker} silent for over {seconds} s (worker lost)"))
+        elif last_seen > attempt_at + HEARTBEAT_MARGIN and run_id not in running.split():
+            found.append((run_id, f"worker {worker} is alive but no longer running it"))
+    return found
+
+
+def prune_workers(engine: Engine, before: datetime) -> None:
+    """Forget worker and beat processes silent since `before` (their runs were swept)."""
+    with engine.begin() as conn:
+        conn.execute(Worker.__table__.delete().where(Worker.__table__.c.last_seen < before))
+        conn.execute(Beat.__table__.delete().where(Beat.__table__.c.last_tick < before))
