@@ -316,3 +316,17 @@ def test_the_delete_page_lists_what_the_cascade_would_delete(make: Make) -> None
     client.post(f"/webui/job/{parent}/delete", data={"csrf": csrf(client)})
     left = set(client.get("/api/v1/job/").get_json()["jobs"])
     assert left == {other, shared} and grandchild not in left
+
+
+def test_while_the_job_store_is_away_the_pages_answer_503(tmp_path: Path) -> None:
+    from tests.processes import free_port
+
+    away = f"postgresql+psycopg://kala@127.0.0.1:{free_port()}/kala?connect_timeout=2"
+    app = create_app(Settings(database_url=away, data_dir=tmp_path), publish=lambda runs: None)
+    client = app.test_client()
+    for path in ("/webui/", "/webui/stats", "/webui/new"):
+        response = client.get(path)
+        assert response.status_code == 503, path
+        assert response.headers["Retry-After"] == "5"
+        assert "The job store is unavailable (OperationalError)" in response.get_data(True)
+    assert client.get("/webui/static/style.css").status_code == 200
