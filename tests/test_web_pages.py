@@ -330,3 +330,27 @@ def test_while_the_job_store_is_away_the_pages_answer_503(tmp_path: Path) -> Non
         assert response.headers["Retry-After"] == "5"
         assert "The job store is unavailable (OperationalError)" in response.get_data(True)
     assert client.get("/webui/static/style.css").status_code == 200
+
+
+def test_every_control_is_named_by_its_label_and_text_is_escaped(make: Make) -> None:
+    _app, client, _ = make()
+    page = client.get("/webui/new").get_data(as_text=True)
+    labels = dict((text, for_) for for_, text in re.findall(r'<label for="([^"]+)">([^<]+)</label>',
+                                                           page))
+    for name in ("Name", "Command", "Schedule", "Owner", "Type", "URL", "Method", "Body",
+                 "Headers", "Timeout", "Expected response codes", "Retries", "Epsilon",
+                 "Time zone", "Retry delay", "Retry backoff", "Run timeout", "Allow overlap",
+                 "Resume at next scheduled time", "Queue", "Parent jobs", "Dependent jobs",
+                 "On failure job", "Template delimiters", "Disabled", "ID"):
+        assert name in labels, name
+        assert re.search(rf'<(input|select|textarea) id="{labels[name]}"', page), name
+    controls = re.findall(r'<(?:input|select|textarea) id="([^"]+)"', page)
+    assert sorted(controls) == sorted(labels.values())  # no control without a label
+    assert ">Create job</button>" in page and ">New job</a>" in page
+
+    evil = "<script>alert(1)</script>"
+    job_id = client.post("/api/v1/job/", json={"name": evil, "owner": evil,
+                                               "command": f"echo {evil}"}).get_json()["id"]
+    for path in ("/webui/", f"/webui/job/{job_id}/", f"/webui/job/{job_id}/edit"):
+        shown = client.get(path).get_data(as_text=True)
+        assert evil not in shown and "&lt;script&gt;alert(1)&lt;/script&gt;" in shown, path

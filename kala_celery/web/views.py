@@ -114,7 +114,10 @@ def _list_row(row: Any, last: Any, state: KalaState, now: Any) -> dict[str, Any]
         row.schedule, row.timezone, zone, runs_used=row.runs_used, is_child=row.has_parent,
         now=now,
     )
-    last_at = (last.finished_at or last.started_at or last.created_at) if last else None
+    if last is not None:
+        last_state, last_at = last.state, last.finished_at or last.started_at or last.created_at
+    else:  # no run left in the history (pruned, or counters seeded): Kala's metadata says
+        last_state, last_at = _from_metadata(row)
     return {
         "id": row.id,
         "name": row.name,
@@ -124,7 +127,7 @@ def _list_row(row: Any, last: Any, state: KalaState, now: Any) -> dict[str, Any]
         "schedule_error": words.error,
         "next": describe.when(row.next_run_at, now=now),
         "next_in": describe.ago(row.next_run_at, now),
-        "last_state": last.state if last else "",
+        "last_state": last_state,
         "last_when": describe.ago(last_at, now),
         "last_at": describe.when(last_at, now=now),
         "successes": row.success_count,
@@ -132,6 +135,15 @@ def _list_row(row: Any, last: Any, state: KalaState, now: Any) -> dict[str, Any]
         "enabled": not row.disabled,
         "done": row.is_done,
     }
+
+
+def _from_metadata(row: Any) -> tuple[str, Any]:
+    success, error = row.last_success, row.last_error
+    if success is None and error is None:
+        return "", None
+    if error is None or (success is not None and success >= error):
+        return "success", success
+    return "failed", error
 
 
 # ---------------------------------------------------------------- one job
