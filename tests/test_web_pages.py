@@ -354,3 +354,24 @@ def test_every_control_is_named_by_its_label_and_text_is_escaped(make: Make) -> 
     for path in ("/webui/", f"/webui/job/{job_id}/", f"/webui/job/{job_id}/edit"):
         shown = client.get(path).get_data(as_text=True)
         assert evil not in shown and "&lt;script&gt;alert(1)&lt;/script&gt;" in shown, path
+
+
+def test_a_jobs_runs_are_newest_first_paged_and_readable(make: Make) -> None:
+    from tests.webdata import insert_runs
+
+    app, client, _ = make()
+    job_id = client.post("/api/v1/job/", json={"name": "runs", "command": "true",
+                                               "schedule": f"R/{future()}/PT1H"}).get_json()["id"]
+    insert_runs(app.extensions["kala"].engine, job_id, 45,
+                output="\x1b[32mgreen\x1b[0m done\nloading 10%\rloading 100%\n")
+
+    def run_ids(page: str) -> list[str]:
+        return re.findall(r'data-run-id="([^"]+)"', page)
+
+    first = client.get(f"/webui/job/{job_id}/").get_data(as_text=True)
+    last = client.get(f"/webui/job/{job_id}/?runs=3").get_data(as_text=True)
+    newest = [f"{job_id[:20]}-run-{k:06d}" for k in range(44, -1, -1)]
+    assert run_ids(first) == newest[:20] and run_ids(last) == newest[40:]
+    assert "45 in all, newest first" in first and "Page 3 of 3" in last
+    assert "green done\nloading 100%" in first and "\x1b" not in first
+    assert "exit 1" in first and "exit status 1" in first and "2.0 s" in first

@@ -101,6 +101,7 @@ def build_blueprint() -> Blueprint:
             "when": describe.when,
             "duration": describe.duration,
             "size": describe.size,
+            "readable": describe.readable,
             "page_url": _page_url,
             "token_required": bool(state.settings.api_token),
             "signed_in": auth.signed_in(state.settings.api_token),

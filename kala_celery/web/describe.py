@@ -6,6 +6,7 @@ same parsing and anchored maths the beat uses when it claims and advances a job.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +15,18 @@ from zoneinfo import ZoneInfo
 from kala_celery import schedule
 
 _UNITS = ("year", "month", "day", "hour", "minute", "second")
+# Terminal colour and cursor sequences, and control characters other than tab and newline.
+_UNREADABLE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def readable(text: str | None) -> str:
+    """A run's output or error as text to read: without terminal escapes (colours) and
+    control characters; a carriage return (progress bars) keeps the line's last state."""
+    if not text:
+        return ""
+    lines = [line.rsplit("\r", 1)[-1] if "\r" in line else line
+             for line in text.replace("\r\n", "\n").split("\n")]
+    return _UNREADABLE.sub("", "\n".join(lines))
 
 
 def _plural(n: int, unit: str) -> str:
