@@ -2,7 +2,9 @@
 
 `init_webui` mounts it next to the API: the API's prefix with its trailing `/api/v1` replaced
 by `/webui` (`/api/v1` -> `/webui/`, `/kala/api/v1` -> `/kala/webui/`); a prefix that does not
-end in `/api/v1` gets `/webui` appended (`/scheduler` -> `/scheduler/webui/`).
+end in `/api/v1` gets `/webui` appended (`/scheduler` -> `/scheduler/webui/`). The API must not
+be mounted at `/` itself then: its conventions (token, route misses) cover every path under its
+prefix.
 """
 
 from __future__ import annotations
@@ -49,9 +51,8 @@ def webui_prefix(api_prefix: str) -> str:
 
 def _page_url(param: str, number: int) -> str:
     """This page's URL with one query argument (a page number) changed."""
-    args = request.args.to_dict()
-    args[param] = str(number)
-    return url_for(request.endpoint or ".jobs", **(request.view_args or {}), **args)
+    values = {**request.args.to_dict(), param: str(number), **(request.view_args or {})}
+    return url_for(request.endpoint or ".jobs", **values)
 
 
 def build_blueprint() -> Blueprint:
