@@ -48,7 +48,9 @@ def _publish(state: KalaState, *runs: Run | None) -> None:
 
 def _page_number(name: str = "page") -> int:
     raw = request.args.get(name, "1")
-    return max(int(raw), 1) if raw.isdigit() else 1
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 7:  # past any real page
+        return 1
+    return max(int(raw), 1)
 
 
 # ---------------------------------------------------------------- sign in
@@ -79,7 +81,7 @@ def logout() -> Response:
 
 def jobs_list() -> str:
     state = kala()
-    search = request.args.get("q", "").strip()
+    search = request.args.get("q", "").replace("\x00", "").strip()
     shown = request.args.get("state", "all")
     if shown not in queries.FILTERS:
         shown = "all"
