@@ -23,8 +23,11 @@ def init_kala(
     *,
     url_prefix: str = DEFAULT_PREFIX,
     publish: Publisher | None = None,
+    webui: bool | str = True,
 ) -> KalaState:
-    """Connect the job store and register the Kala API blueprint under `url_prefix`."""
+    """Connect the job store and register the Kala API blueprint under `url_prefix`, and the
+    dashboard next to it (`webui`: True = kala_celery.web.webui_prefix, a str = that prefix,
+    False = no dashboard)."""
     settings = settings or Settings.from_env()
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
@@ -43,10 +46,18 @@ def init_kala(
         log.warning("the job store is unavailable (%s); answering 503 until it is back", exc)
     app.extensions["kala"] = state
     app.register_blueprint(build_blueprint(), url_prefix=state.url_prefix)
+    if webui is not False:
+        from kala_celery import web
+
+        web.init_webui(app, state, None if webui is True else webui)
     return state
 
 
 def create_app(settings: Settings | None = None, **kwargs: object) -> Flask:
     app = Flask("kala_celery")
     init_kala(app, settings, **kwargs)  # type: ignore[arg-type]
+    if kwargs.get("webui", True) is not False:
+        from kala_celery import web
+
+        web.redirect_root(app)  # `/` shows the dashboard
     return app
