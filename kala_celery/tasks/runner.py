@@ -122,7 +122,7 @@ class Delivery:
 
 
 def _parent_failed(run: RunInfo, parent_state: str | None) -> str | None:
-    """A dependent run executes only after its parent run succeeded (KALA-SPEC §10)."""
+    """A dependent run executes only after its parent run succeeded (docs/kala.md §10)."""
     if run.trigger != "parent" or parent_state == "success":
         return None
     return f"parent run {run.parent_run_id} ended {parent_state or 'deleted'}; dependent not run"
