@@ -46,5 +46,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 python3 -m pip install -q -e '.[test]'
-python3 -m ruff check kala_celery tests
-python3 -m pytest -q "$@"
+python3 -m ruff check kala_celery tests bench
+
+# pytest, where "no test selected" (exit 5, e.g. `scripts/test.sh -k something`) is not a failure
+run_pytest() {
+    local status=0
+    python3 -m pytest "$@" || status=$?
+    [ "$status" -eq 0 ] || [ "$status" -eq 5 ]
+}
+
+# Tests independent of timing run on two processes (pytest-xdist, a file per process: each has
+# its own PostgreSQL and Redis); tests that assert timings or bounds of seconds (marked
+# `serial`) run after them, alone.
+run_pytest -q -p xdist -n "${KALA_TEST_PROCESSES:-2}" --dist loadfile -m "not serial" "$@"
+run_pytest -q -m serial "$@"

@@ -13,6 +13,8 @@ from kala_celery.models import Job, Run
 from tests.processes import wait_for
 from tests.test_worker_runs import finished, runs_of
 
+pytestmark = pytest.mark.serial  # asserts timings: runs alone (scripts/test.sh)
+
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
 
