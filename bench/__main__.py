@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--beats", type=int, help="celery beats (2)")
     g.add_argument("--faults", nargs="+", choices=["worker", "redis", "beat", "postgres", "api"],
                    help="kinds of fault in the plan (all)")
+    g.add_argument("--keep", action="store_true",
+                   help="keep the logs and runs.csv also when every check passed")
     return p
 
 

@@ -1086,6 +1086,8 @@ def run(args: Any, servers: Any) -> ChaosReport:
     if outcome.failures:
         report.note(f"FAILED: {', '.join(outcome.failures)} (logs and runs.csv kept in "
                     f"{workdir})")
+    elif getattr(args, "keep", False):
+        report.note(f"logs and runs.csv kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps({"chaos_failures": outcome.failures}), flush=True)
