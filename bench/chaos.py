@@ -941,7 +941,8 @@ def check(runs: list[dict[str, Any]], records: Records, faults: list[Fault], top
     # -- 4. lateness after each recovery ---------------------------------------------------
     fault_table = Table("chaos: faults and recovery", [
         "#", "fault", "at", "back after", "every job started again after", "slowest job",
-        "runs in flight on it (now)", "what"])
+        "longest wait of a run created around it", "runs in flight on it (now)", "what"])
+    first_exec = {run_id: min(e.start for e in exs) for run_id, exs in execs.items()}
     worst: tuple[float, str] = (0.0, "")
     late_ok = True
     t0 = stamps.get("created", 0)
@@ -958,12 +959,19 @@ def check(runs: list[dict[str, Any]], records: Records, faults: list[Fault], top
             late_ok = False
         if lateness > worst[0]:
             worst = (lateness, f"{f.kind} #{f.number}")
+        around = [(first_exec[r["id"]] - (epoch(r["created_at"]) or 0), r) for r in runs
+                  if r["id"] in first_exec
+                  and f.at - 5 <= (epoch(r["created_at"]) or 0) <= f.back + 30]
+        wait, waited = max(around, key=lambda x: x[0], default=(None, None))
+        longest = (f"{secs(wait)} ({key_of.get(waited['job_id'], '?')} {waited['trigger']} "
+                   f"{waited['id'][:8]})" if waited else "—")
         killed = f.killed_runs
         fates = Counter(by_id[r]["state"] if r in by_id else "?" for r in killed)
         fate = ", ".join(f"{n} {s}" for s, n in sorted(fates.items()))
         fault_table.add(i, f"{f.kind} #{f.number}", f"+{f.at - t0:.0f} s",
                         secs(f.back - f.at),
                         "never" if lateness == float("inf") else secs(lateness), slowest,
+                        longest,
                         f"{len(killed)} ({fate})" if killed else "—", f.detail)
     kinds = Counter(f.kind for f in faults)
     checks.append(Check(f"every job fired within {LATENESS_BOUND:.0f} s of each recovery",
