@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import itertools
-import json
 import os
 import shutil
 import signal
@@ -55,7 +54,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    REPO,
     OutOfTime,
     Proc,
     Report,
@@ -1098,9 +1096,8 @@ def run(args: Any, servers: Any) -> ChaosReport:
         report.note(f"logs and runs.csv kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps({"chaos_failures": outcome.failures}), flush=True)
     return report
 
 
-__all__ = ["FULL_JOBS", "KINDS", "REPO", "SMOKE_JOBS", "JobSpec", "Outcome", "Plan",
+__all__ = ["FULL_JOBS", "KINDS", "SMOKE_JOBS", "JobSpec", "Outcome", "Plan",
            "run", "run_chaos"]
