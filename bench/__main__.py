@@ -18,6 +18,7 @@ MODULES = {
     "api": "bench.api",
     "throughput": "bench.throughput",
     "chaos": "bench.chaos",
+    "dashboard": "bench.dashboard",
     "metrics": "bench.metrics",
 }
 
@@ -48,10 +49,15 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--concurrency", type=int, help="worker processes (default: cores)")
     g.add_argument("--seconds", type=float, help="api: seconds per create phase (10); "
                    "throughput: measured window (60); chaos: length of the fault plan (300)")
-    g.add_argument("--list-jobs", type=size, help="api: stored jobs for the list/stats (10k)")
+    g.add_argument("--list-jobs", type=size,
+                   help="api, dashboard: stored jobs for the list/stats (10k)")
     g = p.add_argument_group("chaos")
     g.add_argument("--workers", type=int, help="celery workers (3; smoke: 2)")
     g.add_argument("--beats", type=int, help="celery beats (2)")
+    g.add_argument("--faults", nargs="+", choices=["worker", "redis", "beat", "postgres", "api"],
+                   help="kinds of fault in the plan (all)")
+    g.add_argument("--keep", action="store_true",
+                   help="keep the logs and runs.csv also when every check passed")
     g = p.add_argument_group("metrics")
     g.add_argument("--metric-jobs", type=size, help="stored jobs (1M; smoke: 1k)")
     g.add_argument("--metric-runs", type=size, help="stored runs (10M; smoke: 10k)")

@@ -563,7 +563,7 @@ class AppStats:
 
 
 def app_stats(session: Session) -> AppStats:
-    """Kala's /stats/ over all jobs in one aggregate query (KALA-SPEC §12)."""
+    """Kala's /stats/ over all jobs in one aggregate query (docs/kala.md §12)."""
     row = session.execute(
         select(
             func.count(),

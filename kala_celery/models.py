@@ -100,7 +100,7 @@ class Job(Base):
     # skipped by resume_at_next_scheduled_time (Decision 5), after an outage or a long run.
     missed_occurrences: Mapped[int] = mapped_column(BigInteger, default=0)
 
-    # Extensions (DESIGN.md Decisions 3, 6, 7, 11, 17).
+    # Extensions (Decisions 3, 6, 7, 11, 17 in docs/design.md).
     timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     retry_delay: Mapped[str | None] = mapped_column(String(64), nullable=True)
     retry_backoff: Mapped[bool] = mapped_column(Boolean, default=False)

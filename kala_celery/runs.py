@@ -422,7 +422,7 @@ def finish(
 
 
 def _record_on_failure(conn: Connection, job: JobRecord, now: datetime) -> list[str]:
-    """KALA-SPEC §10: after a run that failed all attempts, the on-failure job runs (with its
+    """docs/kala.md §10: after a run that failed all attempts, the on-failure job runs (with its
     own dependents). An unknown or disabled on-failure job is logged and ignored."""
     target = conn.execute(_ON_FAILURE_TARGET, {"p_job": job.on_failure_job}).first()
     if target is None or target.disabled:

@@ -1,8 +1,8 @@
 """Kala schedules and durations: parsing and anchored occurrence maths.
 
 Pure: no I/O, no database, no clock reads. A schedule is ``R<n>/<start>/<interval>``
-(KALA-SPEC §5). Occurrence k is ``start + k * interval`` computed directly (DESIGN
-Decision 3): calendar units (Y, M, W, D) step on the wall clock of the schedule's zone
+(docs/kala.md §5). Occurrence k is ``start + k * interval`` computed directly (Decision 3 in
+docs/design.md): calendar units (Y, M, W, D) step on the wall clock of the schedule's zone
 with month ends clamped, time units (H, M, S) are exact elapsed time.
 """
 

@@ -1,4 +1,4 @@
-"""Kala's JSON on the wire, in and out (KALA-SPEC §1, §4, §9, §12; DESIGN Decisions 2, 13-15).
+"""Kala's JSON in and out (docs/kala.md §1, §4, §9, §12; docs/design.md Decisions 2, 13-15).
 
 Output follows Go's ``encoding/json`` as Kala uses it: compact, HTML-safe escaping, one trailing
 newline, struct fields in declaration order (callers build ordered dicts; Go *maps* are sorted).
@@ -157,7 +157,7 @@ def job_document(
     stats: list[Any] | None,
     include_stats: bool = True,
 ) -> dict[str, Any]:
-    """Kala's Job object (KALA-SPEC §4), plus the extension keys that are not at their default."""
+    """Kala's Job object (docs/kala.md §4) plus the extension keys that are not at their default."""
     headers = job.remote_headers
     if headers is not None:
         headers = {name: list(values) for name, values in sorted(headers.items())}
@@ -199,7 +199,7 @@ def job_document(
         doc["stats"] = [kala_stat(run) for run in stats] if stats else None
     doc["is_done"] = bool(job.is_done)
 
-    # Extensions (DESIGN "Decisions"): only when set, so a plain Kala job keeps Kala's shape.
+    # Extensions (docs/design.md Decisions): only when set, so a plain Kala job keeps Kala's shape.
     timezone_name = getattr(job, "timezone", None)
     if _set(timezone_name):
         doc["timezone"] = timezone_name
@@ -220,7 +220,7 @@ def job_document(
 
 
 def kala_stat(run: Any) -> dict[str, Any]:
-    """Kala's JobStat (KALA-SPEC §9) for one run."""
+    """Kala's JobStat (docs/kala.md §9) for one run."""
     return {
         "job_id": _text(run.job_id),
         "ran_at": format_time(run.started_at or run.created_at),
@@ -242,7 +242,7 @@ _STATUS = {
 
 
 def execution(run: Any) -> dict[str, Any]:
-    """NextKala's run object (KALA-SPEC §3.6) plus our extension keys."""
+    """NextKala's run object (docs/kala.md §3.6) plus our extension keys."""
     state = _text(run.state)
     return {
         "id": _text(run.id),
@@ -270,7 +270,7 @@ def app_stats_document(
     last_attempted_run: datetime | None,
     created: datetime | None,
 ) -> dict[str, Any]:
-    """Kala's ``{"Stats": {...}}`` (KALA-SPEC §2.9, §12)."""
+    """Kala's ``{"Stats": {...}}`` (docs/kala.md §2.9, §12)."""
     return {
         "Stats": {
             "active_jobs": _int(active_jobs),
@@ -900,7 +900,7 @@ _JOB = _index(
         ("remote_properties", "remote_properties", _REMOTE, "job.RemoteProperties"),
         ("stats", "stats", "stats", "[]*job.JobStat"),
         ("is_done", "is_done", "bool", "bool"),
-        # Extensions (DESIGN Decisions 3, 6, 7, 11, 17)
+        # Extensions (Decisions 3, 6, 7, 11, 17 in docs/design.md)
         ("timezone", "timezone", "string", "string"),
         ("retry_delay", "retry_delay", "string", "string"),
         ("retry_backoff", "retry_backoff", "bool", "bool"),
@@ -962,7 +962,7 @@ def _decode_struct(obj: _Obj, index: dict[str, _Field], path: str, out: dict[str
 
 
 def decode_job(body: bytes) -> dict[str, Any]:
-    """Decode a Kala job body as Go's json.Unmarshal into job.Job would (KALA-SPEC §1.5, §4).
+    """Decode a Kala job body as Go's json.Unmarshal into job.Job would (docs/kala.md §1.5, §4).
 
     Returns only the fields that were present and not null, under canonical names (see the
     field table above; "TemplateDelimiters" becomes "template_delimiters"); ``metadata`` and

@@ -8,13 +8,24 @@ have_initdb() {
     command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
 }
 
-if ! command -v redis-server >/dev/null 2>&1 || ! have_initdb; then
+have_chromium() {
+    { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } &&
+        { command -v chromedriver >/dev/null 2>&1 || [ -x /usr/lib/chromium/chromedriver ]; }
+}
+
+# Debian package names of what is missing: the servers the tests start, and the browser the
+# dashboard's tests drive (tests/browser.py).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+have_initdb || missing+=(postgresql)
+have_chromium || missing+=(chromium chromium-driver fonts-dejavu-core)  # fonts: readable screenshots
+
+if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "test.sh: redis-server and PostgreSQL are needed:" \
-             "sudo apt-get install redis-server postgresql" >&2
+        echo "test.sh: these are needed: sudo apt-get install ${missing[*]}" >&2
         exit 1
     fi
-    echo "test.sh: installing redis-server and postgresql with apt-get" >&2
+    echo "test.sh: installing ${missing[*]} with apt-get" >&2
     # The packages' own services are not needed (the tests start their own servers on free
     # ports) and must not fail the install where no init system runs: forbid service starts
     # for the duration of the install unless a policy is already in place.
@@ -29,11 +40,23 @@ if ! command -v redis-server >/dev/null 2>&1 || ! have_initdb; then
     trap remove_policy EXIT
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        redis-server postgresql >/dev/null
+        "${missing[@]}" >/dev/null
     remove_policy
     trap - EXIT
 fi
 
 python3 -m pip install -q -e '.[test]'
-python3 -m ruff check kala_celery tests
-python3 -m pytest -q "$@"
+python3 -m ruff check kala_celery tests bench
+
+# pytest, where "no test selected" (exit 5, e.g. `scripts/test.sh -k something`) is not a failure
+run_pytest() {
+    local status=0
+    python3 -m pytest "$@" || status=$?
+    [ "$status" -eq 0 ] || [ "$status" -eq 5 ]
+}
+
+# Tests independent of timing run on two processes (pytest-xdist, a file per process: each has
+# its own PostgreSQL and Redis); tests that assert timings or bounds of seconds (marked
+# `serial`) run after them, alone.
+run_pytest -q -p xdist -n "${KALA_TEST_PROCESSES:-2}" --dist loadfile -m "not serial" "$@"
+run_pytest -q -m serial "$@"

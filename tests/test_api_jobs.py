@@ -1,4 +1,4 @@
-"""Job routes over real HTTP, on SQLite and PostgreSQL (KALA-SPEC §1, §2, §4; Decisions)."""
+"""Job routes over real HTTP, on SQLite and PostgreSQL (docs/kala.md §1, §2, §4; Decisions)."""
 
 from __future__ import annotations
 

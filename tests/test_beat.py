@@ -13,6 +13,8 @@ from kala_celery.models import Job, Run
 from tests.processes import wait_for
 from tests.test_worker_runs import finished, runs_of
 
+pytestmark = pytest.mark.serial  # asserts timings: runs alone (scripts/test.sh)
+
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
 
@@ -26,8 +28,9 @@ def every_second(repeat: str = "R") -> schedule.Schedule:
     [
         (T0, False, 0, Advance(T0, T0 + S)),  # on time
         (T0 + 0.3 * S, False, 0, Advance(T0, T0 + S)),  # a little late, nothing missed
-        (T0 + 3.5 * S, False, 0, Advance(T0 + 3 * S, T0 + 4 * S)),  # missed: one catch-up run
-        (T0 + 3.5 * S, True, 0, Advance(None, T0 + 4 * S)),  # missed + resume: skip them
+        # missed: one catch-up run for the latest, three counted as missed
+        (T0 + 3.5 * S, False, 0, Advance(T0 + 3 * S, T0 + 4 * S, 3)),
+        (T0 + 3.5 * S, True, 0, Advance(None, T0 + 4 * S, 4)),  # missed + resume: skip all 4
         (T0 + 0.3 * S, True, 0, Advance(T0, T0 + S)),  # late but nothing missed: runs
     ],
 )

@@ -20,6 +20,8 @@ from kala_celery.db import make_engine, make_sessionmaker
 from kala_celery.models import Run
 from tests.processes import Command, wait_for
 
+pytestmark = pytest.mark.serial  # asserts timings: runs alone (scripts/test.sh)
+
 JOBS = 200
 SECONDS = 60
 KILLS = 10

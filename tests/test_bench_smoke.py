@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.serial  # asserts timings: runs alone (scripts/test.sh)
+
 REPO = Path(__file__).resolve().parent.parent
 SUITES = ("beat-scale", "lateness", "api", "throughput")
 DEADLINE = 150.0  # seconds for all four together (≈ 30 s on an idle 2-core machine)

@@ -24,6 +24,7 @@ JOBS = (
     JobSpec("l3", sleep=4, every=3),
     JobSpec("c1", parent="s1"),
     JobSpec("c2", sleep=2, parent="l1", retries=1),
+    JobSpec("m1", manual=True),  # POST /job/start/ every 2 s, also while Redis is down
 )
 
 
@@ -86,7 +87,8 @@ def test_the_checker_tells_a_rerun_after_a_worker_death_from_a_duplicate(tmp_pat
     outcome = check(
         runs, records, [fault], SimpleNamespace(dead_pools={dead_pool}), {"s1": "j1"},
         SimpleNamespace(jobs=[JobSpec("s1", every=1)]), {"created": at},
-        SimpleNamespace(answers=Counter({"200": 3}), errors=[]), [], [], tmp_path)
+        SimpleNamespace(answers=Counter({"GET 200": 3}), errors=[], bad_answers=lambda: 0), [],
+        [], tmp_path)
     once = outcome.check("every (job, scheduled_for) ran at most once")
     assert not once.ok and "1 duplicate executions" in once.detail, once.detail
     assert "1 re-run after a worker death" in once.detail, once.detail

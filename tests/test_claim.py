@@ -58,11 +58,36 @@ def test_concurrent_claims_take_each_due_job_once(db_url) -> None:
     with sessions[0]() as session:
         per_job = Counter(session.scalars(select(Run.job_id)))
         used = set(session.scalars(select(Job.runs_used)))
+        missed = set(session.scalars(select(Job.missed_occurrences)))
         due_left = session.scalar(select(Job.id).where(Job.next_run_at <= now).limit(1))
     assert sum(len(c) for c in claimed) == JOBS
     assert len(per_job) == JOBS and set(per_job.values()) == {1}
-    assert used == {1}
+    assert used == {1} and missed == {0}
     assert due_left is None
     assert sum(1 for c in claimed if c) >= 1
     for engine in engines:
         engine.dispose()
+
+
+def test_a_claim_counts_the_occurrences_it_coalesces_or_skips(db_url) -> None:
+    engine = make_engine(db_url)
+    init_schema(engine)
+    sessions = make_sessionmaker(engine)
+    start = utcnow().replace(microsecond=0) - timedelta(seconds=10)
+    ids = {}
+    with sessions.begin() as session:
+        for name, resume in (("coalesced", False), ("skipped", True)):
+            body = {"name": name, "command": "true", "schedule": f"R/{FAR}/PT1S",
+                    "resume_at_next_scheduled_time": resume}
+            job, _ = jobs.create_job(session, body, jobs.Rules(), utcnow())
+            ids[name] = job.id
+        session.execute(update(Job).values(  # down for 10.5 s: 11 occurrences have passed
+            schedule=f"R/{start:%Y-%m-%dT%H:%M:%SZ}/PT1S", next_run_at=start))
+    with sessions.begin() as session:
+        claim_batch(session, start + timedelta(seconds=10.5), BATCH, "UTC")
+    with sessions() as session:
+        missed = {job.name: job.missed_occurrences for job in session.scalars(select(Job))}
+        runs = session.scalars(select(Run.scheduled_for)).all()
+    assert missed == {"coalesced": 10, "skipped": 11}
+    assert runs == [start + timedelta(seconds=10)]  # one catch-up run, for the latest
+    engine.dispose()

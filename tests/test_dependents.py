@@ -1,4 +1,4 @@
-"""Dependent jobs as Celery chains and on-failure jobs (KALA-SPEC §10), on real workers."""
+"""Dependent jobs as Celery chains and on-failure jobs (docs/kala.md §10), on real workers."""
 
 from __future__ import annotations
 

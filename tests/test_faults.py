@@ -24,7 +24,8 @@ from tests.test_beat import soon
 from tests.test_outages import redis_on
 from tests.test_worker_runs import finished, runs_of
 
-pytestmark = pytest.mark.timeout(240)
+# bounds of 2-3 s on heartbeats: alone, after the parallel part (scripts/test.sh)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.serial]
 
 FAST = {"KALA_WORKER_TIMEOUT": "PT3S", "KALA_REDELIVER_AFTER": "PT2S"}
 

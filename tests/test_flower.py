@@ -104,3 +104,43 @@ def test_flower_shows_a_finished_run_by_job_name(cluster, tmp_path) -> None:
     finally:
         flower.stop()
     assert worker.proc.poll() is None, worker.output()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # Flower never reads the DB
+def test_flower_shows_a_failed_run_as_failure_and_its_skipped_dependent_too(
+    cluster, tmp_path
+) -> None:
+    worker = cluster.worker()
+    flower = Flower(cluster.env, tmp_path / "flower.log")
+    try:
+        flower.wait_ready()
+        flower.wait_worker_seen("w0-")
+        api = cluster.api
+        parent = api.create(name="broken", command="sh -c 'echo disk full >&2; exit 3'",
+                            schedule="R/2099-01-01T00:00:00Z/PT1H")
+        child = api.create(name="after broken", command="true", parent_jobs=[parent])
+        grandchild = api.create(name="after that", command="true", parent_jobs=[child])
+        good = api.create(name="fine", command="true")
+        assert api.http.post(f"/job/start/{parent}/").status_code == 204
+        [failed] = finished(api, parent)
+        [skipped] = finished(api, child)
+        [skipped_too] = finished(api, grandchild)
+        [ok] = finished(api, good)
+        assert (failed["state"], skipped["state"], skipped_too["state"]) == (
+            "failed", "skipped", "skipped")
+
+        info = flower.task(failed["id"], state="FAILURE")
+        assert info["exception"].startswith("RunFailed(") and "exit status 3" in info[
+            "exception"] and "disk full" in info["exception"]
+        info = flower.task(skipped["id"], state="FAILURE")  # visibly not a success
+        assert info["exception"].startswith("RunSkipped(") and "dependent not run" in info[
+            "exception"]
+        flower.task(skipped_too["id"], state="FAILURE")  # the chain went on after a failure
+        flower.task(ok["id"], state="SUCCESS")
+    finally:
+        flower.stop()
+    log = worker.output()
+    assert f"job 'broken' ({parent}) run {failed['id']}: failed in " in log
+    assert "exit status 3" in log
+    assert f"job 'fine' ({good}) run {ok['id']}: success in " in log
+    assert worker.proc.poll() is None, log

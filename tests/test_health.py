@@ -20,7 +20,7 @@ from tests import servers
 from tests.live import LiveServer
 from tests.processes import Command, free_port, port_open, wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.serial]  # bounds of seconds
 FEW_SECONDS = 5.0
 
 
@@ -41,7 +41,7 @@ def timed_get(url: str) -> tuple[httpx.Response, float]:
 def test_health_goes_503_while_postgres_or_redis_is_down_and_200_when_back(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     base = servers.make_base_dir("kala-health-")
-    pg = servers.start_postgres(base)
+    pg = servers.start_postgres(base, durable=True)  # the schema survives the crash
     port = free_port()
     redis = redis_on(port, tmp_path, "redis-a")
     settings = Settings(database_url=pg.url, broker_url=f"redis://127.0.0.1:{port}/0",

@@ -56,8 +56,10 @@ def test_metrics_follow_runs_and_jobs(db_url: str, tmp_path: Path) -> None:
     manual = create("one-off", "true")
     assert client.post(f"/api/v1/job/disable/{off}/").status_code == 204
     with state.sessions() as session:  # a one-off runs at once, and is done once it ran
-        [manual_run] = session.scalars(select(Run.id).where(Run.job_id == manual)).all()
-    execute_run(state.sessions, manual_run, hostname="w@test", settings=settings)
+        [(manual_run, due_at)] = session.execute(
+            select(Run.id, Run.scheduled_for).where(Run.job_id == manual)).all()
+    execute_run(state.sessions, manual_run, hostname="w@test", settings=settings,
+                clock=lambda: due_at + timedelta(seconds=0.2))
 
     # the beat claims the three due jobs at their occurrence; workers start them 0.7 s late
     with state.sessions.begin() as session:
@@ -88,12 +90,14 @@ def test_metrics_follow_runs_and_jobs(db_url: str, tmp_path: Path) -> None:
         "success": 3, "failed": 1, "lost": 0, "skipped": 0}
     assert {state: value(found, "kala_runs_open", state=state)
             for state in ("pending", "sent", "started")} == {"pending": 1, "sent": 0, "started": 0}
-    # the one-off's run was due when it was created, and started at once; the others 0.7 s late
+    # the one-off's run was due when it was created and started 0.2 s later; the others 0.7 s
+    assert value(found, "kala_run_lateness_seconds_bucket", le="0.1") == 0
+    assert value(found, "kala_run_lateness_seconds_bucket", le="0.25") == 1
     assert value(found, "kala_run_lateness_seconds_bucket", le="0.5") == 1
     assert value(found, "kala_run_lateness_seconds_bucket", le="1.0") == 4
     assert value(found, "kala_run_lateness_seconds_bucket", le="+Inf") == 4
     assert value(found, "kala_run_lateness_seconds_count") == 4
-    assert value(found, "kala_run_lateness_seconds_sum") == pytest.approx(2.1, abs=0.4)
+    assert value(found, "kala_run_lateness_seconds_sum") == pytest.approx(2.3, abs=0.01)
     assert value(found, "kala_missed_occurrences_total") == 2
     assert value(found, "kala_beat_last_tick_timestamp_seconds", beat="beat-host/1") == (
         pytest.approx(now.timestamp(), abs=0.01))

@@ -79,7 +79,7 @@ def doc_bytes(job: FakeJob, **kw: Any) -> bytes:
     return wire.dumps(wire.job_document(job, **kw))
 
 
-# KALA-SPEC §4's example of a fresh scheduled job, with next_run_at at the exact instant.
+# docs/kala.md §4's example of a fresh scheduled job, with next_run_at at the exact instant.
 SPEC_FRESH_JOB = (
     b'{"job":{"name":"a","id":"20c7488d-f161-4697-4195-4457999d0114","command":"echo hi",'
     b'"owner":"o@x","disabled":false,"dependent_jobs":null,"parent_jobs":null,'
@@ -557,7 +557,7 @@ def cannot(kind: str, path: str, go_type: str) -> str:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        # the messages quoted in KALA-SPEC §1.5 and the brief
+        # the messages quoted in docs/kala.md §1.5 and the brief
         (b'{"type":"1"}', cannot("string", "Job.type", "job.jobType")),
         (b'{"retries":-1}', cannot("number -1", "Job.retries", "uint")),
         (b'{"retries":1.5}', cannot("number 1.5", "Job.retries", "uint")),

@@ -87,7 +87,7 @@ def test_a_retry_that_then_succeeds(cluster, tmp_path) -> None:
 
 
 def test_epsilon_bounds_the_retry_window(cluster) -> None:
-    """KALA-SPEC §8 TestJobEpsilon: epsilon PT2S, 200 retries, 1 s failing command -> 2 tries."""
+    """docs/kala.md §8 TestJobEpsilon: epsilon PT2S, 200 retries, 1 s failing command -> 2 tries."""
     cluster.worker()
     api = cluster.api
     job_id = api.create(name="eps", command="sh -c 'sleep 1; exit 1'", retries=200,

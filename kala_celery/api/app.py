@@ -23,12 +23,14 @@ def init_kala(
     *,
     url_prefix: str = DEFAULT_PREFIX,
     publish: Publisher | None = None,
+    webui: bool | str = True,
     metrics_path: str | None = None,
     health_path: str | None = None,
 ) -> KalaState:
-    """Connect the job store and register the Kala API blueprint under `url_prefix`; with
-    `metrics_path` / `health_path`, also Prometheus metrics and a health check there
-    (kala_celery/api/ops.py; create_app uses /metrics and /health)."""
+    """Connect the job store and register the Kala API blueprint under `url_prefix`, and the
+    dashboard next to it (`webui`: True = kala_celery.web.webui_prefix, a str = that prefix,
+    False = no dashboard); with `metrics_path` / `health_path`, also Prometheus metrics and a
+    health check there (kala_celery/api/ops.py; create_app uses /metrics and /health)."""
     settings = settings or Settings.from_env()
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
@@ -47,6 +49,10 @@ def init_kala(
         log.warning("the job store is unavailable (%s); answering 503 until it is back", exc)
     app.extensions["kala"] = state
     app.register_blueprint(build_blueprint(), url_prefix=state.url_prefix)
+    if webui is not False:
+        from kala_celery import web
+
+        web.init_webui(app, state, None if webui is True else webui)
     if metrics_path or health_path:
         from kala_celery.api import ops
 
@@ -55,8 +61,12 @@ def init_kala(
 
 
 def create_app(settings: Settings | None = None, **kwargs: object) -> Flask:
-    """The standalone API: Kala's routes under /api/v1, and /metrics and /health."""
+    """The standalone API: Kala's routes under /api/v1, the dashboard, /metrics and /health."""
     app = Flask("kala_celery")
     kwargs = {"metrics_path": "/metrics", "health_path": "/health", **kwargs}
     init_kala(app, settings, **kwargs)  # type: ignore[arg-type]
+    if kwargs.get("webui", True) is not False:
+        from kala_celery import web
+
+        web.redirect_root(app)  # `/` shows the dashboard
     return app

@@ -30,6 +30,7 @@ class Advance:
 
     run_for: datetime | None
     next_run_at: datetime | None
+    missed: int = 0  # passed occurrences without a run of their own (coalesced or skipped)
 
 
 def advance(
@@ -46,16 +47,20 @@ def advance(
     k_next = parsed.index_after(now)
     latest = parsed.occurrence(k_next - 1) if k_next > 0 else due
     run_for: datetime | None = max(latest, due)
-    if resume and latest > due:
-        run_for = None
+    missed = 0
+    if latest > due:  # occurrences k_due .. k_next - 1 have all passed
+        passed = k_next - (parsed.index_after(due) - 1)
+        missed = passed if resume else passed - 1
+        if resume:
+            run_for = None
     used = runs_used + (run_for is not None)
     total = parsed.total_runs
     if total is not None and used >= total:
-        return Advance(run_for, None)
+        return Advance(run_for, None, missed)
     try:
-        return Advance(run_for, parsed.occurrence(k_next))
+        return Advance(run_for, parsed.occurrence(k_next), missed)
     except schedule.ScheduleOverflowError:
-        return Advance(run_for, None)
+        return Advance(run_for, None, missed)
 
 
 def _in_flight():
@@ -123,6 +128,7 @@ _MOVE = (
         next_run_at=bindparam("b_next"),
         disabled=bindparam("b_off"),
         runs_used=Job.__table__.c.runs_used + bindparam("b_used"),
+        missed_occurrences=Job.__table__.c.missed_occurrences + bindparam("b_missed"),
     )
 )
 
@@ -137,6 +143,7 @@ def _move_all(steps: list[dict]):
             "b_next": ([p["b_next"] for p in steps], table.c.next_run_at.type),
             "b_off": ([p["b_off"] for p in steps], table.c.disabled.type),
             "b_used": ([p["b_used"] for p in steps], table.c.runs_used.type),
+            "b_missed": ([p["b_missed"] for p in steps], table.c.missed_occurrences.type),
         }
     )
     return (
@@ -146,6 +153,7 @@ def _move_all(steps: list[dict]):
             next_run_at=moves.c.b_next,
             disabled=moves.c.b_off,
             runs_used=table.c.runs_used + moves.c.b_used,
+            missed_occurrences=table.c.missed_occurrences + moves.c.b_missed,
         )
     )
 
@@ -165,6 +173,7 @@ def _move(session: Session, steps: list[tuple[str, datetime, Advance, bool]]) ->
             "b_next": step.next_run_at,
             "b_off": off,
             "b_used": int(step.run_for is not None),
+            "b_missed": step.missed,
         }
         for job_id, old, step, off in steps
     ]

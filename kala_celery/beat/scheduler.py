@@ -229,7 +229,9 @@ class KalaScheduler(Scheduler):
             for job in unarmed:
                 try:
                     rearm(job, rules, now)
-                    log.info("beat: job %s had no next run; now %s", job.id, job.next_run_at)
+                    if job.next_run_at is not None:  # not a one-off or a finished schedule
+                        log.info("beat: job %s had no next run; now %s", job.id,
+                                 job.next_run_at)
                 except ScheduleError as exc:
                     log.error(
                         "beat: job %s: unusable schedule %r (%s); disabled it",

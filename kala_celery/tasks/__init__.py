@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
-from celery import shared_task
+from celery import shared_task, signature
 
 from kala_celery.celery_app import RUN_TASK, settings_of
 from kala_celery.db import DatabaseAway, store_for
@@ -14,9 +15,25 @@ from kala_celery.runs import worker_id
 from kala_celery.tasks import heartbeat
 from kala_celery.tasks.runner import execute_run
 
-__all__ = ["run_job"]
+__all__ = ["RunFailed", "RunSkipped", "run_job"]
+
+log = logging.getLogger(__name__)
 
 DATABASE_RETRY_MAX = 30.0  # seconds between deliveries while the database is away
+
+
+class RunFailed(Exception):
+    """The run failed all its attempts, or was lost: its Celery task ends in FAILURE with the
+    run's error (exit status and output tail, or HTTP status), for Flower, result backends
+    and the task_failure signal."""
+
+
+class RunSkipped(Exception):
+    """The run was not executed (its parent run failed, its job is disabled, its epsilon
+    window had closed): visibly not a success."""
+
+
+ENDED_BADLY = {"failed": RunFailed, "lost": RunFailed, "skipped": RunSkipped}
 
 
 @shared_task(
@@ -26,6 +43,7 @@ DATABASE_RETRY_MAX = 30.0  # seconds between deliveries while the database is aw
     reject_on_worker_lost=True,
     ignore_result=True,
     max_retries=None,
+    throws=(RunFailed, RunSkipped),  # expected outcomes: logged without a trace back
 )
 def run_job(self, run_id: str, job_id: str | None = None) -> None:
     """Run one run of a job (task id = run id); job_id is there for Flower and logs."""
@@ -47,3 +65,21 @@ def run_job(self, run_id: str, job_id: str | None = None) -> None:
         CeleryPublisher(self.app, store.sessions).publish_ids(delivery.publish)
     if delivery.retry_in is not None:
         raise self.retry(countdown=delivery.retry_in)
+    failure = ENDED_BADLY.get(delivery.ended or "")
+    if failure is not None:
+        _continue_chain(self)  # a failed task ends its chain; a dependent decides for itself
+        raise failure(delivery.error or delivery.ended)
+
+
+def _continue_chain(task) -> None:
+    """Send the next link of this run's chain now, as Celery does after a success: each
+    dependent run reads its parent's recorded state and skips itself when that failed."""
+    chain, task.request.chain = task.request.chain, None
+    if not chain:
+        return
+    try:
+        signature(chain[-1], app=task.app).apply_async(
+            chain=chain[:-1], parent_id=task.request.id, root_id=task.request.root_id
+        )
+    except Exception as exc:  # the broker is away: the beat's sweep sends it later
+        log.warning("run %s: the next run of its chain was not sent (%s)", task.request.id, exc)

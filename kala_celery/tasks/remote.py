@@ -1,4 +1,4 @@
-"""Remote (type 1) jobs: one HTTP request per attempt (DESIGN Decision 12, KALA-SPEC §7.2).
+"""Remote (type 1) jobs: one HTTP call per attempt (docs/design.md Decision 12, docs/kala.md §7.2).
 
 As Kala: the method is upper-cased (empty = GET), every header value is sent, a missing
 Content-Type becomes ``application/json``, redirects are followed (at most 10), proxies come

@@ -117,10 +117,12 @@ class Delivery:
     retry_in: float | None = None
     publish: tuple[str, ...] = ()
     owned: bool = False
+    ended: str | None = None  # the state this delivery ended the run in
+    error: str | None = None  # and why, when it is not a success
 
 
 def _parent_failed(run: RunInfo, parent_state: str | None) -> str | None:
-    """A dependent run executes only after its parent run succeeded (KALA-SPEC §10)."""
+    """A dependent run executes only after its parent run succeeded (docs/kala.md §10)."""
     if run.trigger != "parent" or parent_state == "success":
         return None
     return f"parent run {run.parent_run_id} ended {parent_state or 'deleted'}; dependent not run"
@@ -161,9 +163,14 @@ def execute_run(
                 )
 
         follow = durably(write)
-        if follow is None:
-            return Delivery()  # the run was taken from us meanwhile
-        return Delivery(publish=tuple(follow), owned=True)
+        if follow is None:  # the sweep took it from us, or its job was deleted, meanwhile
+            log.warning("job %r (%s) run %s: %s not recorded: the run is no longer this "
+                        "worker's", job.name, job.id, run.id, state)
+            return Delivery()
+        seconds = (clock() - (run.started_at or clock())).total_seconds()
+        log.info("job %r (%s) run %s: %s in %.3f s%s", job.name, job.id, run.id, state,
+                 seconds, f": {outcome.error}" if outcome.error else "")
+        return Delivery(publish=tuple(follow), owned=True, ended=state, error=outcome.error)
 
     counted = run.attempts  # the claim counted the attempt it expects to start
     reason = "job is disabled" if job.disabled else _parent_failed(run, parent_state)

@@ -1,5 +1,5 @@
-"""Local (type 0) jobs: split the command into argv and run it without a shell (DESIGN
-Decision 11, KALA-SPEC §7.1).
+"""Local (type 0) jobs: split the command into argv and run it without a shell (Decision
+11 (docs/design.md), docs/kala.md §7.1).
 
 Splitting follows the word rules of ``shlex.split`` (POSIX mode): quotes and backslash escapes
 group words; ``#`` is an ordinary character. On top of that, ``$VAR`` and ``${VAR}`` expand

@@ -1,4 +1,4 @@
-"""The subset of Go's text/template that Kala jobs use (KALA-SPEC §7.1, §7.2).
+"""The subset of Go's text/template that Kala jobs use (docs/kala.md §7.1, §7.2).
 
 Kala renders a job's command (and a remote job's URL and body) as a Go template whose data is
 the Job itself, when ``TemplateDelimiters`` is set. Real jobs only ever print fields:

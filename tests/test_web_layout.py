@@ -1,0 +1,122 @@
+"""The dashboard's layout in a real browser with 10,000 jobs, very long names and output, and a
+phone-sized window: the page itself never scrolls sideways, and every page is screenshotted
+(tests/browser.SHOTS) to be looked at. The app runs in-process on SQLite (no worker needed:
+nothing here runs a job)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kala_celery.api import create_app
+from kala_celery.config import Settings
+from tests.browser import SHOTS, Browser, start_browser
+from tests.live import LiveServer
+from tests.test_api_jobs import future
+from tests.webdata import insert_jobs, insert_runs
+
+LONG_NAME = "nightly-" + "very-long-unbroken-job-name-" * 8 + "end"
+LONG_OWNER = "someone.with.a.really.long.address." * 3 + "@example.com"
+NARROW = 390
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    tmp: Path = tmp_path_factory.mktemp("layout")
+    published: list = []
+    app = create_app(Settings(data_dir=tmp), publish=published.extend)
+    state = app.extensions["kala"]
+    insert_jobs(state.engine, 10_000)
+    server = LiveServer(app)
+    api = f"{server.url}/api/v1"
+    parent = httpx.post(f"{api}/job/", json={
+        "name": LONG_NAME, "owner": LONG_OWNER, "command": "bash -c 'for i in $(seq 1 200); "
+        "do echo line $i of a long output; done'", "schedule": f"R/{future()}/PT15M",
+        "timezone": "America/New_York", "epsilon": "PT1M", "retries": 2,
+        "retry_delay": "PT30S", "retry_backoff": True, "run_timeout": "PT10M",
+        "queue": "long-running"}).json()["id"]
+    child = httpx.post(f"{api}/job/", json={
+        "name": "a dependent job with a long name " * 3, "command": "true",
+        "parent_jobs": [parent]}).json()["id"]
+    remote = httpx.post(f"{api}/job/", json={
+        "name": "remote hook", "type": 1, "schedule": f"R5/{future()}/P1D",
+        "remote_properties": {"url": "https://example.com/" + "a-long-path/" * 12,
+                              "method": "POST", "body": '{"x": 1}',
+                              "headers": {"X-Token": ["abc"]},
+                              "expected_response_codes": [200, 202]}}).json()["id"]
+    output = "\n".join(f"line {i} of a long output " + "x" * 150 for i in range(200))
+    insert_runs(state.engine, parent, 45, output=output)
+    yield {"url": server.url, "parent": parent, "child": child, "remote": remote}
+    server.stop()
+    state.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser(site: dict) -> Iterator[Browser]:
+    browser = start_browser(site["url"])
+    yield browser
+    browser.close()
+
+
+def _narrow(b: Browser, name: str) -> None:
+    b.driver.set_window_size(NARROW, 844)
+    assert b.overflows() <= 0, f"{name}: the page scrolls sideways at {NARROW} px"
+    b.driver.save_screenshot(str(SHOTS / f"{name}-narrow-top.png"))  # what a phone shows first
+    b.shot(f"{name}-narrow", width=NARROW)
+
+
+def test_the_list_of_10k_jobs_pages_searches_and_filters(browser: Browser) -> None:
+    b = browser
+    b.open("/webui/")
+    body = b.text()
+    assert "1\u201350 of 10,003 jobs" in body and "Page 1 of 201" in body
+    b.shot("layout-jobs-10k")
+    _narrow(b, "layout-jobs-10k")
+    b.driver.set_window_size(1366, 900)
+    b.follow("Next")
+    assert "51\u2013100 of 10,003 jobs" in b.text()
+    b.fill("Search", "very-long-unbroken")
+    b.click("Filter")
+    assert "1\u20131 of 1 job" in b.text()
+    b.shot("layout-jobs-long-name")
+    _narrow(b, "layout-jobs-long-name")
+    b.driver.set_window_size(1366, 900)
+    b.open("/webui/?state=failing")
+    assert "of 909 jobs" in b.text()  # i % 11 == 5 of the 10,000
+    b.open("/webui/?state=disabled&q=billing")
+    assert "billing" in b.text() and "disabled" in b.text()
+
+
+def test_a_job_with_long_everything(browser: Browser, site: dict) -> None:
+    b = browser
+    b.open(f"/webui/job/{site['parent']}/")
+    body = b.text()
+    assert "every 15 minutes from" in body and "America/New_York" in body
+    assert "45 in all, newest first" in body and "Page 1 of 3" in body
+    assert "a dependent job with a long name" in body  # the dependent, as a link
+    b.shot("layout-job-long")
+    _narrow(b, "layout-job-long")
+    b.driver.set_window_size(1366, 900)
+    b.open(f"/webui/job/{site['child']}/")
+    assert "after its parent job" in b.text()
+    b.follow(LONG_NAME)  # the parent, as a link
+    assert b.path == f"/webui/job/{site['parent']}/"
+    b.open(f"/webui/job/{site['remote']}/")
+    assert "every day from" in b.text() and "6 runs left" in b.text()
+    b.shot("layout-job-remote")
+
+
+def test_the_forms_and_stats_on_a_narrow_window(browser: Browser, site: dict) -> None:
+    b = browser
+    b.open(f"/webui/job/{site['remote']}/edit")
+    assert b.field("URL").get_attribute("value").startswith("https://example.com/a-long-path/")
+    assert b.field("Expected response codes").get_attribute("value") == "200, 202"
+    b.shot("layout-form-edit-remote")
+    _narrow(b, "layout-form-edit-remote")
+    b.driver.set_window_size(1366, 900)
+    b.open("/webui/stats")
+    assert "10,003" in b.text()
+    _narrow(b, "layout-stats")
