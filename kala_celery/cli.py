@@ -94,7 +94,12 @@ def _serve_api(
         check_bind(interface, settings.api_token, insecure)
     except BindError as exc:
         raise click.UsageError(str(exc)) from None
-    app = create_app(settings)
+    from kala_celery.schema import SchemaError
+
+    try:
+        app = create_app(settings)
+    except SchemaError as exc:  # behind head: `kala-celery db upgrade`
+        raise click.ClickException(str(exc)) from None
     click.echo(startup_line(settings, interface, number), err=True)
     if not with_companions:
         serve_api(app, interface, number, workers=workers, access_log=access_log)

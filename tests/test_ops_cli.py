@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,6 +36,28 @@ def test_api_prints_where_it_listens_and_what_it_uses_without_passwords(tmp_path
                     f"postgresql+psycopg://kala:***@127.0.0.1:{dead}/kala · broker "
                     f"redis://:***@127.0.0.1:{dead}/0")
     assert "s3cret" not in api.output() and "hunter2" not in api.output()
+
+
+def test_api_on_a_database_behind_refuses_with_the_command(postgres_server,
+                                                          tmp_path: Path) -> None:
+    from sqlalchemy import create_engine
+
+    from tests import schema_0_1_0 as old
+
+    name = f"kala_old_{uuid.uuid4().hex[:8]}"
+    url = postgres_server.create_database(name)
+    try:
+        engine = create_engine(url)
+        old.Base.metadata.create_all(engine)
+        engine.dispose()
+        done = subprocess.run([sys.executable, "-m", "kala_celery", "api", "-p", str(free_port()),
+                               "--db", url], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        assert "is at schema revision 0001" in done.stderr
+        assert "run `kala-celery db upgrade`" in done.stderr
+    finally:
+        postgres_server.drop_database(name)
 
 
 def test_health_worker_reads_this_hosts_heartbeats(tmp_path: Path) -> None:
