@@ -185,7 +185,8 @@ def test_retries_count_every_failed_attempt_then_the_on_failure_job_runs(
     # a retry that succeeds
     flaky = create(store, schedule=FOREVER, retries=3, on_failure_job=handler)
     flaky_run = record(store, flaky)
-    assert deliver(store, settings, flaky_run, Attempts(BAD, OK)) == Delivery(owned=True, ended="success")
+    delivery = deliver(store, settings, flaky_run, Attempts(BAD, OK))
+    assert delivery == Delivery(owned=True, ended="success")
     assert run_row(store, flaky_run).attempts == 2
     job = job_row(store, flaky)
     assert (job.error_count, job.success_count, job.number_of_finished_runs) == (1, 1, 1)
