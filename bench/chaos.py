@@ -497,6 +497,7 @@ class Topology:
             if pgid != proc.pid:
                 sigkill_group(pgid)
         self.dead_pools.update(pools)
+        time.sleep(0.3)  # a command forked just before the kill writes its start line
         records.refresh()
         running_ids = {ex.run_id for ex in records.executions
                        if ex.ppid in pools and ex.end is None}
