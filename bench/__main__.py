@@ -54,8 +54,9 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("chaos")
     g.add_argument("--workers", type=int, help="celery workers (3; smoke: 2)")
     g.add_argument("--beats", type=int, help="celery beats (2)")
-    g.add_argument("--faults", nargs="+", choices=["worker", "redis", "beat", "postgres", "api"],
-                   help="kinds of fault in the plan (all)")
+    g.add_argument("--faults", nargs="+",
+                   choices=["worker", "redis", "beat", "postgres", "api", "postgres-down"],
+                   help="kinds of fault in the plan (all but postgres-down: stopped for 10 s)")
     g.add_argument("--keep", action="store_true",
                    help="keep the logs and runs.csv also when every check passed")
     g = p.add_argument_group("metrics")

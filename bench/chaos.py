@@ -66,7 +66,9 @@ from bench.common import (
     wait_until,
 )
 
-KINDS = ("worker", "redis", "beat", "postgres", "api")
+KINDS = ("worker", "redis", "beat", "postgres", "api")  # the default plan
+EXTRA_KINDS = ("postgres-down",)  # only with --faults: PostgreSQL stopped for 10 s
+POSTGRES_DOWN = 10.0
 OPEN_STATES = ("pending", "sent", "started")
 LATENESS_BOUND = 60.0  # seconds: issue 11's bound after any single fault
 DEFAULT_REDELIVER_AFTER = "PT30S"
@@ -495,6 +497,7 @@ class Topology:
             if pgid != proc.pid:
                 sigkill_group(pgid)
         self.dead_pools.update(pools)
+        time.sleep(0.3)  # a command forked just before the kill writes its start line
         records.refresh()
         running_ids = {ex.run_id for ex in records.executions
                        if ex.ppid in pools and ex.end is None}
@@ -544,6 +547,27 @@ class Topology:
         res = _pg_run(args, self.pg.as_root, timeout=90)
         if res.returncode:
             raise RuntimeError(f"pg_ctl restart failed: {res.stdout}{res.stderr}")
+        wait_until(lambda: postgres_answers(self.pg), 60, "PostgreSQL back", 0.05)
+        fault.back = time.time()
+        return fault
+
+    def postgres_outage(self, down: float) -> Fault:
+        """`pg_ctl stop -m immediate`, `down` seconds away, `pg_ctl start` on the same port."""
+        from tests.servers import _pg_run, find_pg_binary
+
+        fault = Fault("postgres-down", 0, time.time(),
+                      detail=f"pg_ctl stop -m immediate, down {down:g} s")
+        pg_ctl = find_pg_binary("pg_ctl")
+        res = _pg_run([pg_ctl, "stop", "-D", str(self.pg.data_dir), "-m", "immediate", "-w",
+                       "-t", "60"], self.pg.as_root, timeout=90)
+        if res.returncode:
+            raise RuntimeError(f"pg_ctl stop failed: {res.stdout}{res.stderr}")
+        self.sleep(max(0.0, fault.at + down - time.time()))
+        res = _pg_run([pg_ctl, "start", "-D", str(self.pg.data_dir), "-l", str(self.pg.log_file),
+                       "-w", "-t", "60", "-o", f"-p {self.pg.port}"], self.pg.as_root,
+                      timeout=90)
+        if res.returncode:
+            raise RuntimeError(f"pg_ctl start failed: {res.stdout}{res.stderr}")
         wait_until(lambda: postgres_answers(self.pg), 60, "PostgreSQL back", 0.05)
         fault.back = time.time()
         return fault
@@ -755,6 +779,8 @@ def run_chaos(pg: Any, db_url: str, plan: Plan, workdir: Path | None = None,
                 fault = top.kill_beat()
             elif kind == "postgres":
                 fault = top.restart_postgres()
+            elif kind == "postgres-down":
+                fault = top.postgres_outage(POSTGRES_DOWN)
             elif kind == "api":
                 fault = top.kill_api()
             else:

@@ -58,5 +58,8 @@ run_pytest() {
 # Tests independent of timing run on two processes (pytest-xdist, a file per process: each has
 # its own PostgreSQL and Redis); tests that assert timings or bounds of seconds (marked
 # `serial`) run after them, alone.
-run_pytest -q -p xdist -n "${KALA_TEST_PROCESSES:-2}" --dist loadfile -m "not serial" "$@"
-run_pytest -q -m serial "$@"
+failed=0
+run_pytest -q -p xdist -n "${KALA_TEST_PROCESSES:-2}" --dist loadfile -m "not serial" "$@" ||
+    failed=1
+run_pytest -q -m serial "$@" || failed=1
+exit "$failed"

@@ -266,3 +266,35 @@ def test_a_worker_rides_out_the_broker_dying_under_a_long_run(make_api, db_url, 
     finally:
         for command in (worker, broker):
             command.stop(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_chain_whose_hand_off_meets_a_broker_outage_goes_on_when_it_is_back(
+    make_api, db_url, tmp_path
+) -> None:
+    port = free_port()
+    broker = redis_on(port, tmp_path, "redis-a")
+    url = f"redis://127.0.0.1:{port}/0"
+    env = {"KALA_DATABASE_URL": db_url, "KALA_BROKER_URL": url, "KALA_DATA_DIR": str(tmp_path)}
+    api = make_api(broker_url=url)
+    worker = Command(["python", "-m", "celery", "-A", "kala_celery", "worker", "-c", "2", "-l",
+                      "info", "--without-gossip", "--without-mingle"], tmp_path / "worker.log", env)
+    beat = Command(["python", "-m", "celery", "-A", "kala_celery", "beat", "-S", "kala", "-l",
+                    "info", "--pidfile="], tmp_path / "beat.log", env)
+    try:
+        # the parent's own command takes the broker down just before its run ends
+        parent = api.create(name="parent", command=f"kill -9 {broker.proc.pid}",
+                            schedule=f"R/{soon(3600)}/PT1H")
+        child = api.create(name="child", command="true", parent_jobs=[parent])
+        api.http.post(f"/job/start/{parent}/?wait=false")
+        [run] = finished(api, parent, timeout=60)
+        assert run["state"] == "success"
+        wait_for(lambda: "the next run of its chain was not sent" in worker.output(), 60,
+                 "the hand-off to fail")
+        assert [r["state"] for r in runs_of(api, child)] == ["pending"]  # the beat's now
+        broker = redis_on(port, tmp_path, "redis-b")
+        [run] = finished(api, child, timeout=60)
+        assert run["state"] == "success"
+    finally:
+        for command in (beat, worker, broker):
+            command.stop(signal.SIGTERM)

@@ -97,7 +97,7 @@ def test_a_successful_run_is_four_statements_and_a_duplicate_changes_nothing(
     job_id = create(store, schedule=FOREVER)
     run_id = record(store, job_id)
     statements.clear()
-    assert deliver(store, settings, run_id, Attempts(OK)) == Delivery(owned=True)
+    assert deliver(store, settings, run_id, Attempts(OK)) == Delivery(owned=True, ended="success")
     assert len(statements) == 4, statements  # claim: 2 UPDATEs; finish: 2 UPDATEs
     run = run_row(store, run_id)
     assert (run.state, run.attempts, run.output, run.exit_code) == ("success", 1, "fine", 0)
@@ -178,13 +178,15 @@ def test_retries_count_every_failed_attempt_then_the_on_failure_job_runs(
     assert (job.error_count, job.success_count, job.number_of_finished_runs) == (3, 0, 1)
     assert job.last_error is not None
     [follow] = delivery.publish
+    assert (delivery.ended, delivery.error) == ("failed", "exit status 3: broken")  # the task
     follow_run = run_row(store, follow)
     assert (follow_run.job_id, follow_run.trigger, follow_run.state) == (
         handler, "on_failure", "pending")
     # a retry that succeeds
     flaky = create(store, schedule=FOREVER, retries=3, on_failure_job=handler)
     flaky_run = record(store, flaky)
-    assert deliver(store, settings, flaky_run, Attempts(BAD, OK)) == Delivery(owned=True)
+    delivery = deliver(store, settings, flaky_run, Attempts(BAD, OK))
+    assert delivery == Delivery(owned=True, ended="success")
     assert run_row(store, flaky_run).attempts == 2
     job = job_row(store, flaky)
     assert (job.error_count, job.success_count, job.number_of_finished_runs) == (1, 1, 1)
@@ -200,7 +202,7 @@ def test_a_retry_delay_releases_the_run_and_the_redelivery_makes_the_next_attemp
     assert (run.state, run.attempts, run.error) == ("sent", 1, "exit status 3: broken")
     assert job_row(store, job_id).error_count == 1
     assert deliver(store, settings, run_id, Attempts(BAD)) == Delivery(retry_in=20.0, owned=True)
-    assert deliver(store, settings, run_id, Attempts(OK)) == Delivery(owned=True)
+    assert deliver(store, settings, run_id, Attempts(OK)) == Delivery(owned=True, ended="success")
     run = run_row(store, run_id)
     assert (run.state, run.attempts) == ("success", 3)
     job = job_row(store, job_id)

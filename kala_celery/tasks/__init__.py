@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 
 from celery import shared_task, signature
+from sqlalchemy import Engine
 
 from kala_celery.celery_app import RUN_TASK, settings_of
 from kala_celery.db import DatabaseAway, store_for
+from kala_celery.models import utcnow
 from kala_celery.publish import CeleryPublisher
-from kala_celery.runs import worker_id
+from kala_celery.runs import reopen, worker_id
 from kala_celery.tasks import heartbeat
 from kala_celery.tasks.runner import execute_run
 
@@ -65,21 +68,35 @@ def run_job(self, run_id: str, job_id: str | None = None) -> None:
         CeleryPublisher(self.app, store.sessions).publish_ids(delivery.publish)
     if delivery.retry_in is not None:
         raise self.retry(countdown=delivery.retry_in)
+    _continue_chain(self, store.engine)
     failure = ENDED_BADLY.get(delivery.ended or "")
     if failure is not None:
-        _continue_chain(self)  # a failed task ends its chain; a dependent decides for itself
         raise failure(delivery.error or delivery.ended)
 
 
-def _continue_chain(task) -> None:
-    """Send the next link of this run's chain now, as Celery does after a success: each
-    dependent run reads its parent's recorded state and skips itself when that failed."""
+CHAIN_RETRY = {"max_retries": 5, "interval_start": 0.5, "interval_step": 1, "interval_max": 3}
+
+
+def _continue_chain(task, engine: Engine) -> None:
+    """Send the next link of this run's chain ourselves, after a failure as after a success
+    (Celery would end the chain on a failure, and a publish error of its own would mark a
+    good run's task failed). Each dependent run reads its parent's recorded state and skips
+    itself when that failed. If the broker stays away, the next run goes back to `pending`,
+    which the beat's sweep publishes (with the rest of the chain) when it is back."""
     chain, task.request.chain = task.request.chain, None
     if not chain:
         return
+    link = signature(chain[-1], app=task.app)
     try:
-        signature(chain[-1], app=task.app).apply_async(
-            chain=chain[:-1], parent_id=task.request.id, root_id=task.request.root_id
+        link.apply_async(
+            chain=chain[:-1],
+            parent_id=task.request.id,
+            root_id=task.request.root_id,
+            retry=True,
+            retry_policy=CHAIN_RETRY,
         )
-    except Exception as exc:  # the broker is away: the beat's sweep sends it later
-        log.warning("run %s: the next run of its chain was not sent (%s)", task.request.id, exc)
+    except Exception as exc:
+        log.warning("run %s: the next run of its chain was not sent (%s); the beat sends it",
+                    task.request.id, exc)
+        with contextlib.suppress(*DatabaseAway):
+            reopen(engine, utcnow(), [link.options["task_id"]])
