@@ -10,12 +10,13 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kala_celery.db import init_schema, make_engine
 from kala_celery.models import utcnow
 from kala_celery.runs import record_heartbeat
-from tests.processes import Command, free_port, wait_for
+from tests.processes import Command, free_port, port_open, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,3 +82,32 @@ def test_health_worker_reads_this_hosts_heartbeats(tmp_path: Path) -> None:
         record_heartbeat(conn, f"celery@{host}/3", utcnow(), [])
     assert health() == 0
     engine.dispose()
+
+
+def test_every_api_process_reports_the_same_metrics(tmp_path: Path) -> None:
+    """Two gunicorn processes, jobs created through either: each scrape (a new connection,
+    so either process) counts them all, since the figures come from SQL."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.test_api_jobs import future
+
+    port = free_port()
+    api = Command.kala("api", "-p", str(port), "-w", "2", "--data-dir", str(tmp_path / "data"),
+                       log=tmp_path / "api.log")
+    base = f"http://127.0.0.1:{port}"
+
+    def active() -> float:
+        body = httpx.get(f"{base}/metrics", timeout=10).text
+        [family] = [f for f in text_string_to_metric_families(body) if f.name == "kala_jobs"]
+        return next(s.value for s in family.samples if s.labels["state"] == "active")
+
+    try:
+        wait_for(lambda: port_open(port) and httpx.get(f"{base}/health", timeout=10)
+                 .status_code == 200, 60, "the API")
+        for n in range(6):
+            created = httpx.post(f"{base}/api/v1/job/", json={
+                "name": f"j{n}", "command": "true", "schedule": f"R/{future()}/PT1H"})
+            assert created.status_code == 201, created.text
+        assert [active() for _ in range(8)] == [6.0] * 8
+    finally:
+        assert api.stop() == 0, api.output()
