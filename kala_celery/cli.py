@@ -233,6 +233,8 @@ def db_current(db: str | None, broker: str | None, data_dir: str | None) -> None
         return
     if revision is None:
         click.echo(f"empty (head is {schema.head()}; any kala-celery process creates it)")
+    elif not schema.known(revision):
+        click.echo(f"{revision} (newer than this kala-celery, whose head is {schema.head()})")
     else:
         click.echo(f"{revision} (behind head {schema.head()}: run `{schema.UPGRADE_COMMAND}`)")
     raise SystemExit(1)

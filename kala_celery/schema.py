@@ -74,7 +74,8 @@ def current(connection: Connection) -> str | None:
     return revision
 
 
-def _known(revision: str) -> bool:
+def known(revision: str) -> bool:
+    """Whether this code has migration `revision`."""
     try:
         return script().get_revision(revision) is not None
     except Exception:  # alembic raises several kinds for an unknown id
@@ -117,7 +118,7 @@ def ensure(engine: Engine, *, upgrade: bool | None = None) -> str:
             if revision == head():
                 connection.rollback()
                 return revision
-            if revision is not None and not _known(revision):
+            if revision is not None and not known(revision):
                 raise SchemaAhead(f"{_describe(url, revision)}, which does not know "
                                   f"{revision}: upgrade kala-celery on this machine")
             if revision is not None and not upgrade:

@@ -186,6 +186,8 @@ def test_a_database_from_a_newer_version_is_refused(db_url: str) -> None:
             conn.execute(text("UPDATE alembic_version SET version_num = '0999'"))
         with pytest.raises(schema.SchemaAhead, match="0999"):
             schema.ensure(engine, upgrade=True)
+        done = kala("db", "current", "--db", db_url)
+        assert done.returncode == 1 and "0999 (newer than this kala-celery" in done.stdout
     finally:
         engine.dispose()
 
