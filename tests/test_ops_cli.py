@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from kala_celery.db import init_schema, make_engine
 from kala_celery.models import utcnow
@@ -111,3 +113,29 @@ def test_every_api_process_reports_the_same_metrics(tmp_path: Path) -> None:
         assert [active() for _ in range(8)] == [6.0] * 8
     finally:
         assert api.stop() == 0, api.output()
+
+
+def test_an_idle_worker_is_healthy_from_its_start(tmp_path: Path, redis_url: str) -> None:
+    """Each pool process writes its heartbeat when it starts, before any run."""
+    url = f"sqlite:///{tmp_path / 'kala.db'}"
+    env = {"KALA_DATABASE_URL": url, "KALA_BROKER_URL": redis_url,
+           "KALA_DATA_DIR": str(tmp_path)}
+    worker = Command([sys.executable, "-m", "celery", "-A", "kala_celery", "worker", "-c", "2",
+                      "-l", "info", "-n", "idle@%h", "--without-gossip", "--without-mingle"],
+                     tmp_path / "worker.log", env)
+    engine = make_engine(url)
+    init_schema(engine)
+    try:
+        def pool_heartbeats() -> list[str]:
+            with engine.connect() as conn:
+                return [name for (name,) in conn.execute(text("SELECT name FROM workers"))]
+
+        names = wait_for(lambda: len(pool_heartbeats()) >= 2 and pool_heartbeats(), 60,
+                         "a heartbeat from each pool process")
+        assert all(name.startswith(f"idle@{socket.gethostname()}/") for name in names)
+        health = subprocess.run([sys.executable, "-m", "kala_celery", "health", "worker",
+                                 "--db", url], capture_output=True, timeout=30)
+        assert health.returncode == 0, health
+    finally:
+        worker.stop(signal.SIGTERM)
+        engine.dispose()

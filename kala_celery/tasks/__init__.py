@@ -7,7 +7,7 @@ import contextlib
 import logging
 import socket
 
-from celery import shared_task, signature
+from celery import current_app, shared_task, signals, signature
 from sqlalchemy import Engine
 
 from kala_celery.celery_app import RUN_TASK, settings_of
@@ -37,6 +37,37 @@ class RunSkipped(Exception):
 
 
 ENDED_BADLY = {"failed": RunFailed, "lost": RunFailed, "skipped": RunSkipped}
+
+
+def _start_heartbeat(hostname: str) -> None:
+    """This worker process is alive from its start, not only from its first run (so
+    `kala-celery health worker` passes for an idle worker)."""
+    try:
+        settings = settings_of(current_app)
+        heartbeat.ensure(
+            store_for(settings.db_url).engine,
+            worker_id(hostname),
+            settings.worker_silence.total_seconds() / 6,
+        )
+    except Exception as exc:  # the database away: the first run starts it
+        log.warning("heartbeat not started (%s); it starts with the first run", exc)
+
+
+@signals.worker_process_init.connect(weak=False)
+def _pool_process_started(sender: str | None = None, **_kwargs: object) -> None:
+    """A prefork pool process (the one that executes runs) is up."""
+    if sender:
+        _start_heartbeat(sender)
+
+
+@signals.worker_ready.connect(weak=False)
+def _worker_ready(sender: object = None, **_kwargs: object) -> None:
+    """The solo and threads pools execute runs in the worker's own process."""
+    from celery.concurrency.prefork import TaskPool
+
+    hostname = getattr(sender, "hostname", None)
+    if hostname and not isinstance(getattr(sender, "pool", None), TaskPool):
+        _start_heartbeat(hostname)
 
 
 @shared_task(
