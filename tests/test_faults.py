@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,17 @@ from tests.test_worker_runs import finished, runs_of
 pytestmark = [pytest.mark.timeout(240), pytest.mark.serial]
 
 FAST = {"KALA_WORKER_TIMEOUT": "PT3S", "KALA_REDELIVER_AFTER": "PT2S"}
+
+
+def celery_worker(env: dict[str, str], tmp_path: Path) -> Command:
+    return Command([sys.executable, "-m", "celery", "-A", "kala_celery", "worker", "-c", "2",
+                    "-l", "info", "--without-gossip", "--without-mingle"],
+                   tmp_path / "worker.log", env)
+
+
+def celery_beat(env: dict[str, str], tmp_path: Path) -> Command:
+    return Command([sys.executable, "-m", "celery", "-A", "kala_celery", "beat", "-S", "kala",
+                    "-l", "info", "--pidfile="], tmp_path / "beat.log", env)
 
 
 def record_attempt(path: Path, then: str = "true") -> str:
@@ -95,10 +107,8 @@ def test_messages_lost_in_an_empty_broker_restart_are_sent_again(
     broker.stop(signal.SIGKILL)
     broker = redis_on(port, tmp_path, "redis-b")  # back, empty: the three messages are gone
     processes = [
-        Command(["python", "-m", "celery", "-A", "kala_celery", "beat", "-S", "kala", "-l",
-                 "info", "--pidfile="], tmp_path / "beat.log", env),
-        Command(["python", "-m", "celery", "-A", "kala_celery", "worker", "-c", "2", "-l",
-                 "info", "--without-gossip", "--without-mingle"], tmp_path / "worker.log", env),
+        celery_beat(env, tmp_path),
+        celery_worker(env, tmp_path),
     ]
     try:
         for job_id in (parent, child, one_off):
@@ -120,8 +130,7 @@ def test_with_the_broker_down_occurrences_are_kept_and_start_answers_202(
     url = f"redis://127.0.0.1:{port}/0"
     env = {"KALA_DATABASE_URL": db_url, "KALA_BROKER_URL": url, "KALA_DATA_DIR": str(tmp_path)}
     api = make_api(broker_url=url, start_wait=30)
-    beat = Command(["python", "-m", "celery", "-A", "kala_celery", "beat", "-S", "kala", "-l",
-                    "info", "--pidfile="], tmp_path / "beat.log", env)
+    beat = celery_beat(env, tmp_path)
     worker = None
     try:
         steady = api.create(name="steady", command="true", allow_overlap=True,
@@ -138,9 +147,7 @@ def test_with_the_broker_down_occurrences_are_kept_and_start_answers_202(
         wait_for(lambda: len(runs_of(api, steady)) >= outage + 4, 30,
                  "occurrences recorded during the outage")
         broker = redis_on(port, tmp_path, "redis-b")
-        worker = Command(["python", "-m", "celery", "-A", "kala_celery", "worker", "-c", "2",
-                          "-l", "info", "--without-gossip", "--without-mingle"],
-                         tmp_path / "worker.log", env)
+        worker = celery_worker(env, tmp_path)
         [run] = finished(api, manual, timeout=60)
         assert run["state"] == "success"
 
@@ -214,10 +221,8 @@ def test_an_outcome_finished_while_postgresql_restarts_is_recorded(
            **FAST}
     api = api_on(db, broker_url=redis_url)
     processes = [
-        Command(["python", "-m", "celery", "-A", "kala_celery", "worker", "-c", "2", "-l",
-                 "info", "--without-gossip", "--without-mingle"], tmp_path / "worker.log", env),
-        Command(["python", "-m", "celery", "-A", "kala_celery", "beat", "-S", "kala", "-l",
-                 "info", "--pidfile="], tmp_path / "beat.log", env),
+        celery_worker(env, tmp_path),
+        celery_beat(env, tmp_path),
     ]
     worker = processes[0]
     trace = tmp_path / "attempts.log"
@@ -249,8 +254,7 @@ def test_a_worker_rides_out_the_broker_dying_under_a_long_run(make_api, db_url, 
     url = f"redis://127.0.0.1:{port}/0"
     env = {"KALA_DATABASE_URL": db_url, "KALA_BROKER_URL": url, "KALA_DATA_DIR": str(tmp_path)}
     api = make_api(broker_url=url)
-    worker = Command(["python", "-m", "celery", "-A", "kala_celery", "worker", "-c", "2", "-l",
-                      "info", "--without-gossip", "--without-mingle"], tmp_path / "worker.log", env)
+    worker = celery_worker(env, tmp_path)
     trace = tmp_path / "attempts.log"
     try:
         slow = api.create(name="slow", command=record_attempt(trace, "sleep 3"))
@@ -277,10 +281,8 @@ def test_a_chain_whose_hand_off_meets_a_broker_outage_goes_on_when_it_is_back(
     url = f"redis://127.0.0.1:{port}/0"
     env = {"KALA_DATABASE_URL": db_url, "KALA_BROKER_URL": url, "KALA_DATA_DIR": str(tmp_path)}
     api = make_api(broker_url=url)
-    worker = Command(["python", "-m", "celery", "-A", "kala_celery", "worker", "-c", "2", "-l",
-                      "info", "--without-gossip", "--without-mingle"], tmp_path / "worker.log", env)
-    beat = Command(["python", "-m", "celery", "-A", "kala_celery", "beat", "-S", "kala", "-l",
-                    "info", "--pidfile="], tmp_path / "beat.log", env)
+    worker = celery_worker(env, tmp_path)
+    beat = celery_beat(env, tmp_path)
     try:
         # the parent's own command takes the broker down just before its run ends
         parent = api.create(name="parent", command=f"kill -9 {broker.proc.pid}",
