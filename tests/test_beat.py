@@ -47,8 +47,11 @@ def test_advance_stops_when_runs_are_used_up() -> None:
 
 
 def soon(seconds: float = 2) -> str:
+    """A whole second at least `seconds` from now (rounded up: a start in the past is a 400)."""
     t = datetime.now(UTC) + timedelta(seconds=seconds)
-    return t.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if t.microsecond:
+        t = t.replace(microsecond=0) + timedelta(seconds=1)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def scheduled_times(api, job_id: str) -> list[datetime]:

@@ -134,7 +134,7 @@ def test_with_the_broker_down_occurrences_are_kept_and_start_answers_202(
     worker = None
     try:
         steady = api.create(name="steady", command="true", allow_overlap=True,
-                            schedule=f"R/{soon(1)}/PT1S")
+                            schedule=f"R/{soon(3)}/PT1S")
         manual = api.create(name="manual", command="true", schedule=f"R/{soon(3600)}/PT1H")
         wait_for(lambda: runs_of(api, steady), 30, "the first occurrence")
         broker.stop(signal.SIGKILL)
@@ -227,7 +227,7 @@ def test_an_outcome_finished_while_postgresql_restarts_is_recorded(
     worker = processes[0]
     trace = tmp_path / "attempts.log"
     try:
-        steady = api.create(name="steady", command="true", schedule=f"R/{soon(1)}/PT1S")
+        steady = api.create(name="steady", command="true", schedule=f"R/{soon(3)}/PT1S")
         finished(api, steady, count=2, timeout=60)
         slow = api.create(name="slow", command=record_attempt(trace, "sleep 2"))
         wait_for(lambda: executions(trace), 30, "the slow command started")
