@@ -65,6 +65,7 @@ from bench.common import (
     secs,
     wait_until,
 )
+from tests.servers import redis_ping
 
 KINDS = ("worker", "redis", "beat", "postgres", "api")  # the default plan
 EXTRA_KINDS = ("postgres-down",)  # only with --faults: PostgreSQL stopped for 10 s
@@ -580,17 +581,6 @@ class Topology:
         for proc in reversed(self.all):
             with contextlib.suppress(Exception):
                 proc.stop(signal.SIGTERM, timeout=15)
-
-
-def redis_ping(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def postgres_answers(pg: Any) -> bool:

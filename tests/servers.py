@@ -360,7 +360,8 @@ class RedisServer:
             _live.remove(self)
 
 
-def _redis_ping(port: int) -> bool:
+def redis_ping(port: int) -> bool:
+    """A Redis server on 127.0.0.1:`port` answers PING."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
             s.sendall(b"PING\r\n")
@@ -407,7 +408,7 @@ def start_redis(base_dir: Path) -> RedisServer:
                     preexec_fn=_pdeathsig,
                 )
             deadline = time.monotonic() + START_TIMEOUT
-            while server.process.poll() is None and not _redis_ping(server.port):
+            while server.process.poll() is None and not redis_ping(server.port):
                 if time.monotonic() > deadline:
                     raise ServerStartError(
                         f"redis-server on port {server.port} did not answer PING within "

@@ -31,6 +31,15 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.serial]
 FAST = {"KALA_WORKER_TIMEOUT": "PT3S", "KALA_REDELIVER_AFTER": "PT2S"}
 
 
+def own_broker(db_url: str, tmp_path: Path) -> tuple[int, Command, str, dict[str, str]]:
+    """A redis-server of the test's own (to kill and start again on the same port), its URL,
+    and the KALA_* environment of processes using it and `db_url`."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    env = {"KALA_DATABASE_URL": db_url, "KALA_BROKER_URL": url, "KALA_DATA_DIR": str(tmp_path)}
+    return port, redis_on(port, tmp_path, "redis-a"), url, env
+
+
 def celery_worker(env: dict[str, str], tmp_path: Path) -> Command:
     return Command([sys.executable, "-m", "celery", "-A", "kala_celery", "worker", "-c", "2",
                     "-l", "info", "--without-gossip", "--without-mingle"],
@@ -88,11 +97,8 @@ def test_a_worker_killed_with_its_pool_has_its_runs_retried_or_lost(cluster, tmp
 def test_messages_lost_in_an_empty_broker_restart_are_sent_again(
     make_api, db_url, tmp_path
 ) -> None:
-    port = free_port()
-    broker = redis_on(port, tmp_path, "redis-a")
-    url = f"redis://127.0.0.1:{port}/0"
-    env = {"KALA_DATABASE_URL": db_url, "KALA_BROKER_URL": url, "KALA_DATA_DIR": str(tmp_path),
-           **FAST}
+    port, broker, url, env = own_broker(db_url, tmp_path)
+    env = {**env, **FAST}
     api = make_api(broker_url=url)
     trace = tmp_path / "attempts.log"
     parent = api.create(name="parent", command=record_attempt(trace),
@@ -125,10 +131,7 @@ def test_messages_lost_in_an_empty_broker_restart_are_sent_again(
 def test_with_the_broker_down_occurrences_are_kept_and_start_answers_202(
     make_api, db_url, tmp_path
 ) -> None:
-    port = free_port()
-    broker = redis_on(port, tmp_path, "redis-a")
-    url = f"redis://127.0.0.1:{port}/0"
-    env = {"KALA_DATABASE_URL": db_url, "KALA_BROKER_URL": url, "KALA_DATA_DIR": str(tmp_path)}
+    port, broker, url, env = own_broker(db_url, tmp_path)
     api = make_api(broker_url=url, start_wait=30)
     beat = celery_beat(env, tmp_path)
     worker = None
@@ -249,10 +252,7 @@ def test_an_outcome_finished_while_postgresql_restarts_is_recorded(
 
 
 def test_a_worker_rides_out_the_broker_dying_under_a_long_run(make_api, db_url, tmp_path) -> None:
-    port = free_port()
-    broker = redis_on(port, tmp_path, "redis-a")
-    url = f"redis://127.0.0.1:{port}/0"
-    env = {"KALA_DATABASE_URL": db_url, "KALA_BROKER_URL": url, "KALA_DATA_DIR": str(tmp_path)}
+    port, broker, url, env = own_broker(db_url, tmp_path)
     api = make_api(broker_url=url)
     worker = celery_worker(env, tmp_path)
     trace = tmp_path / "attempts.log"
@@ -276,10 +276,7 @@ def test_a_worker_rides_out_the_broker_dying_under_a_long_run(make_api, db_url, 
 def test_a_chain_whose_hand_off_meets_a_broker_outage_goes_on_when_it_is_back(
     make_api, db_url, tmp_path
 ) -> None:
-    port = free_port()
-    broker = redis_on(port, tmp_path, "redis-a")
-    url = f"redis://127.0.0.1:{port}/0"
-    env = {"KALA_DATABASE_URL": db_url, "KALA_BROKER_URL": url, "KALA_DATA_DIR": str(tmp_path)}
+    port, broker, url, env = own_broker(db_url, tmp_path)
     api = make_api(broker_url=url)
     worker = celery_worker(env, tmp_path)
     beat = celery_beat(env, tmp_path)
