@@ -46,6 +46,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 python3 -m pip install -q -e '.[test]'
+
+# The real Kala, for the differential tests (tests/kala_reference.py): used when it sits beside
+# the repository; those tests skip where it does not.
+if [ -z "${KALA_REFERENCE_BIN:-}" ] && [ -x ../shared/reference/kala ]; then
+    KALA_REFERENCE_BIN="$(cd ../shared/reference && pwd)/kala"
+    export KALA_REFERENCE_BIN
+fi
 python3 -m ruff check kala_celery tests bench
 
 # pytest, where "no test selected" (exit 5, e.g. `scripts/test.sh -k something`) is not a failure
