@@ -584,3 +584,41 @@ def app_stats(session: Session) -> AppStats:
         next_run_at=next_run,
         last_attempted_run=last_attempt,
     )
+
+
+# ---------------------------------------------------------------- import
+
+
+def import_job(
+    session: Session,
+    data: dict[str, Any],
+    rules: Rules,
+    now: datetime,
+    *,
+    runs_used: int,
+    is_done: bool,
+    next_run_at: datetime | None,
+) -> Job:
+    """Create a job moved from a Kala (`kala-celery import`; docs/design.md, "Importing from
+    Kala"): create_job's checks, fields, metadata and parent links, but the job keeps its
+    progress instead of starting over. `runs_used`, `is_done` and `next_run_at` (the
+    anchored occurrence the importer worked out) are given, so a start already past is not
+    refused, and no run is recorded. The id is kept; one already here is a Conflict."""
+    _validate(data, rules)
+    parents = _unique(data.get("parent_jobs") or [])
+    _validate_schedule(data, rules, bool(parents))
+    job_id = data["id"]
+    _check_id(job_id)
+    if session.get(Job, job_id) is not None:
+        raise Conflict(f"a job with id {job_id!r} already exists")
+    job = Job(id=job_id, created_at=now, runs_used=runs_used, missed_occurrences=0,
+              is_done=is_done)
+    _apply_fields(job, data, rules)
+    _apply_metadata(job, data.get("metadata"))
+    armed = job.schedule and not (job.disabled or is_done or parents)
+    job.next_run_at = next_run_at if armed else None
+    session.add(job)
+    session.flush()
+    if parents:
+        _set_links(session, job_id, parents, None)
+    return job

@@ -1,0 +1,349 @@
+"""`kala-celery import`: the jobs of a running Kala or NextKala (or a saved
+`GET /api/v1/job/` body) written into our job store (docs/design.md, "Importing from Kala").
+
+Every job goes through `jobs.import_job`, the create path's own checks, so what the API
+refuses the import refuses too, and says which Decision refuses it. Parents come before their
+dependents; ids, Kala fields, metadata counters and links are kept; the schedule keeps its
+anchor and the job its progress (`progress`). A job already here is left alone, so a second
+import adds nothing. Nothing is run or published: the beat picks the jobs up.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from kala_celery import bulk, jobs, schedule, wire
+from kala_celery.errors import Conflict, Forbidden, InvalidJob
+from kala_celery.models import Job
+
+IMPORTED, HERE, REFUSED = "imported", "already here", "refused"
+PLANNED = "to import"  # what a dry run says instead of "imported"
+
+
+class SourceError(Exception):
+    """The jobs could not be read (Kala away, not a job listing)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the import did with one job: `result` is IMPORTED (or PLANNED), HERE or REFUSED;
+    `detail` says where the job stands here, or why it was refused (naming the Decision)."""
+
+    job_id: str
+    name: str
+    result: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where an imported job stands on its schedule here."""
+
+    runs_used: int
+    is_done: bool
+    next_run_at: datetime | None
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_url(url: str, timeout: float = 30.0) -> bytes:
+    """`GET <url>/api/v1/job/` of a running Kala or NextKala (`url` with or without
+    `/api/v1`)."""
+    base = url.rstrip("/")
+    if not base.endswith("/api/v1"):
+        base += "/api/v1"
+    try:
+        response = httpx.get(f"{base}/job/", timeout=timeout, follow_redirects=True)
+    except httpx.HTTPError as exc:
+        raise SourceError(f"cannot read {base}/job/: {exc}") from None
+    if response.status_code != 200:
+        raise SourceError(
+            f"{base}/job/ answered {response.status_code}: {response.text[:200]!r}"
+        )
+    return response.content
+
+
+def read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def parse_listing(body: bytes) -> tuple[dict[str, dict[str, Any]], list[Outcome]]:
+    """A `{"jobs": {id: job}}` body as jobs decoded like the API decodes a job body
+    (`wire.decode_job`), by id, and the refusals of entries that do not decode."""
+    try:
+        listing = json.loads(body)
+    except ValueError as exc:
+        raise SourceError(f"not JSON: {exc}") from None
+    entries = listing.get("jobs") if isinstance(listing, dict) else None
+    if entries is None and isinstance(listing, dict) and "jobs" in listing:
+        entries = {}  # NextKala answers {"jobs": null} when it has none
+    if not isinstance(entries, dict):
+        raise SourceError('not a Kala job listing: expected {"jobs": {"<id>": {...}}}')
+    decoded: dict[str, dict[str, Any]] = {}
+    refused: list[Outcome] = []
+    for key, entry in entries.items():
+        name = entry.get("name", "") if isinstance(entry, dict) else ""
+        try:
+            data = wire.decode_job(json.dumps(entry).encode())
+        except wire.WireError as exc:
+            refused.append(Outcome(key, str(name), REFUSED, f"{exc} ({_cite(23)})"))
+            continue
+        data["id"] = data.get("id") or key
+        decoded[data["id"]] = data
+    return decoded, refused
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def parents_of(jobs_by_id: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Each job's parents: those it names in `parent_jobs`, then the jobs that list it in
+    `dependent_jobs` (what Kala runs it after), each once. Unknown ids stay, so the create
+    path refuses them (Decision 9)."""
+    parents: dict[str, list[str]] = {job_id: [] for job_id in jobs_by_id}
+    for job_id, data in jobs_by_id.items():
+        parents[job_id] += data.get("parent_jobs") or []
+    for job_id, data in jobs_by_id.items():
+        for child in data.get("dependent_jobs") or []:
+            if child in parents:
+                parents[child].append(job_id)
+    return {job_id: list(dict.fromkeys(ids)) for job_id, ids in parents.items()}
+
+
+def order(jobs_by_id: dict[str, dict[str, Any]],
+          parents: dict[str, list[str]]) -> tuple[list[str], set[str]]:
+    """The import order: every job after its parents, and otherwise in Kala's run order (depth
+    first along `dependent_jobs`), so each parent's children keep Kala's order. Returns the
+    order and the jobs left out because their links form a cycle."""
+    children: dict[str, list[str]] = {job_id: [] for job_id in jobs_by_id}
+    for child, ids in parents.items():
+        for parent in ids:
+            if parent in children:
+                children[parent].append(child)
+    for job_id, data in jobs_by_id.items():  # Kala's order first, then the rest
+        listed = [c for c in data.get("dependent_jobs") or [] if c in children[job_id]]
+        children[job_id] = list(dict.fromkeys(listed + children[job_id]))
+    rank: dict[str, int] = {}
+
+    def visit(job_id: str) -> None:
+        stack = [job_id]
+        while stack:
+            node = stack.pop()
+            if node not in rank:
+                rank[node] = len(rank)
+                stack.extend(reversed(children[node]))
+
+    for job_id in sorted(jobs_by_id, key=lambda j: (bool(parents[j]), j)):
+        visit(job_id)
+    waiting = {j: sum(p in jobs_by_id for p in parents[j]) for j in jobs_by_id}
+    ready = [(rank[j], j) for j, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    planned: list[str] = []
+    while ready:
+        _, job_id = heapq.heappop(ready)
+        planned.append(job_id)
+        for child in children[job_id]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, (rank[child], child))
+    return planned, set(jobs_by_id) - set(planned)
+
+
+def _time(value: Any) -> datetime | None:
+    return None if value is None or wire.is_zero_time(value) else value
+
+
+def progress(data: dict[str, Any], parsed: schedule.Schedule | None,
+             now: datetime) -> Progress:
+    """Where a Kala job stands, as our schedule state (Decisions 3-5).
+
+    Runs used: Kala counts its stats, NextKala `number_of_finished_runs`; the larger is taken
+    (Kala's pruned stats would otherwise give runs back). `parsed` is None for a one-off or a
+    child, which is never armed on its own here; it is done once it ran. A scheduled job's next
+    run is the anchored occurrence (start + k * interval) nearest to Kala's `next_run_at`,
+    the occurrence Kala's timer stands for (Kala's own timer drifts by its latency each run).
+    When Kala's `last_attempted_run` is at or after that time, Kala is running it right now:
+    it counts as used and the next one is due here. An occurrence that passed while Kala
+    could not fire it (stopped before its `next_run_at`) is still owed: the beat runs it at
+    once, coalesced by Decision 5.
+    """
+    meta = data.get("metadata") or {}
+    used = max(len(data.get("stats") or []), meta.get("number_of_finished_runs", 0))
+    if parsed is None:
+        return Progress(used, bool(data.get("is_done")) or used > 0, None)
+    kala_next = _time(data.get("next_run_at"))
+    last = _time(meta.get("last_attempted_run"))
+    in_flight = kala_next is not None and last is not None and last >= kala_next
+    used += in_flight
+    total = parsed.total_runs
+    if total is not None and used >= total:
+        return Progress(used, True, None)
+    if parsed.interval is None:  # R0 whose one run is still owed
+        return Progress(used, False, parsed.start)
+    if kala_next is None:  # never armed by Kala: the next occurrence from now
+        k = parsed.index_at_or_after(now)
+    else:
+        half = timedelta(seconds=parsed.interval.approx_seconds() / 2)
+        k = parsed.index_at_or_after(kala_next - half) + in_flight
+    try:
+        return Progress(used, False, parsed.occurrence(k))
+    except schedule.ScheduleOverflowError:  # nothing left before year 9999
+        return Progress(used, True, None)
+
+
+# ---------------------------------------------------------------- refusals
+
+
+# Which Decision (docs/design.md) stands behind a refusal, by the reason's wording.
+_DECISIONS: tuple[tuple[re.Pattern[str], int], ...] = (
+    (re.compile(r"parent|dependen|cycle|levels deep|runs per run"), 9),
+    (re.compile(r"remote_properties|remote job"), 12),
+    (re.compile(r"^id "), 14),
+    (re.compile(r"local jobs are disabled"), 16),
+    (re.compile(r"^type "), 19),
+    (re.compile(r"^queue "), 17),
+    (re.compile(r"retry_delay|retry_backoff"), 7),
+    (re.compile(r"run_timeout"), 11),
+    (re.compile(r"zone"), 3),
+)
+
+
+def _cite(number: int) -> str:
+    return f"Decision {number}, docs/design.md"
+
+
+def decision_for(reason: str) -> int:
+    """The Decision behind a refusal's reason; 23 (accept what Kala accepts, refuse for
+    safety) covers the schedule and field checks."""
+    for pattern, number in _DECISIONS:
+        if pattern.search(reason):
+            return number
+    return 23
+
+
+def _refusal(job_id: str, name: str, reason: str, number: int | None = None) -> Outcome:
+    return Outcome(job_id, name, REFUSED, f"{reason} ({_cite(number or decision_for(reason))})")
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _where(job: Job, parents: list[str]) -> str:
+    if parents:
+        return "runs after " + ", ".join(parents)
+    if job.disabled:
+        return "disabled"
+    if job.is_done:
+        return "done"
+    if job.next_run_at is not None:
+        return f"next run {wire.format_time(job.next_run_at)}"
+    return "one-off, not run again"
+
+
+def _import_one(session: Session, data: dict[str, Any], parents: list[str],
+                rules: jobs.Rules, now: datetime) -> Outcome:
+    job_id, name = data["id"], data.get("name", "")
+    data = {**data, "parent_jobs": parents}
+    data.pop("dependent_jobs", None)  # each child links itself, in import order
+    parsed = None
+    if data.get("schedule") and not parents:
+        try:
+            zone = schedule.resolve_zone(data.get("timezone"), rules.default_timezone)
+            parsed = schedule.parse_schedule(data["schedule"], zone)
+        except schedule.ScheduleError:
+            pass  # import_job refuses it, with the create path's message
+    state = progress(data, parsed, now)
+    try:
+        with session.begin_nested():
+            job = jobs.import_job(session, data, rules, now, runs_used=state.runs_used,
+                                  is_done=state.is_done, next_run_at=state.next_run_at)
+    except InvalidJob as exc:
+        return _refusal(job_id, name, exc.reason)
+    except Forbidden as exc:
+        return _refusal(job_id, name, str(exc))
+    except Conflict:  # written here meanwhile (by the API, or another import)
+        return Outcome(job_id, name, HERE)
+    return Outcome(job_id, name, IMPORTED, _where(job, parents))
+
+
+def import_jobs(sessions: sessionmaker[Session], jobs_by_id: dict[str, dict[str, Any]],
+                rules: jobs.Rules, now: datetime, *, dry_run: bool = False) -> list[Outcome]:
+    """Write the jobs into the store in one transaction (rolled back for a dry run), parents
+    first; each refused job is left out (with everything that depends on it) and the rest go
+    on. Returns one outcome per job, in import order."""
+    parents = parents_of(jobs_by_id)
+    planned, cyclic = order(jobs_by_id, parents)
+    outcomes: dict[str, Outcome] = {}
+    session = sessions()
+    try:
+        # SQLite: BEGIN IMMEDIATE now, so each job's SAVEPOINT nests in this transaction
+        # (pysqlite begins none for a SAVEPOINT, whose RELEASE would then commit).
+        bulk.lock_for_write(session)
+        ids = list(jobs_by_id)
+        here = set(session.scalars(select(Job.id).where(Job.id.in_(ids)))) if ids else set()
+        for job_id in planned:
+            data = jobs_by_id[job_id]
+            name = data.get("name", "")
+            refused = [p for p in parents[job_id]
+                       if p in outcomes and outcomes[p].result == REFUSED]
+            if job_id in here:
+                outcomes[job_id] = Outcome(job_id, name, HERE)
+            elif refused:
+                outcomes[job_id] = _refusal(job_id, name,
+                                            f"its parent job {refused[0]!r} was refused", 9)
+            else:
+                outcomes[job_id] = _import_one(session, data, parents[job_id], rules, now)
+        for job_id in sorted(cyclic):
+            data = jobs_by_id[job_id]
+            outcomes[job_id] = (
+                Outcome(job_id, data.get("name", ""), HERE) if job_id in here else
+                _refusal(job_id, data.get("name", ""),
+                         "its dependent jobs form a cycle (or depend on one)", 9))
+        if dry_run:
+            session.rollback()
+        else:
+            session.commit()
+    finally:
+        session.close()
+    result = [outcomes[j] for j in [*planned, *sorted(cyclic)]]
+    if dry_run:
+        result = [Outcome(o.job_id, o.name, PLANNED, o.detail) if o.result == IMPORTED else o
+                  for o in result]
+    return result
+
+
+# ---------------------------------------------------------------- the report
+
+
+def table(outcomes: Iterable[Outcome], *, dry_run: bool = False) -> str:
+    """The outcomes as a text table, with a count of each result under it."""
+    outcomes = list(outcomes)
+    rows = [("id", "name", "result", "detail")]
+    rows += [(o.job_id, o.name, o.result, o.detail) for o in outcomes]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[3]])
+             .rstrip() for row in rows]
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.result] = counts.get(o.result, 0) + 1
+    verb = PLANNED if dry_run else IMPORTED
+    lines.append(f"{len(outcomes)} jobs: {counts.get(verb, 0)} {verb}, "
+                 f"{counts.get(HERE, 0)} {HERE}, {counts.get(REFUSED, 0)} {REFUSED}"
+                 + (" (dry run: nothing written)" if dry_run else ""))
+    return "\n".join(lines)
+
