@@ -114,7 +114,7 @@ def parse_listing(body: bytes) -> tuple[dict[str, dict[str, Any]], list[Outcome]
 def parents_of(jobs_by_id: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     """Each job's parents: those it names in `parent_jobs`, then the jobs that list it in
     `dependent_jobs` (what Kala runs it after), each once. Unknown ids stay, so the create
-    path refuses them (Decision 9)."""
+    path refuses them (docs/design.md Decision 9)."""
     parents: dict[str, list[str]] = {job_id: [] for job_id in jobs_by_id}
     for job_id, data in jobs_by_id.items():
         parents[job_id] += data.get("parent_jobs") or []
@@ -170,7 +170,7 @@ def _time(value: Any) -> datetime | None:
 
 def progress(data: dict[str, Any], parsed: schedule.Schedule | None,
              now: datetime) -> Progress:
-    """Where a Kala job stands, as our schedule state (Decisions 3-5).
+    """Where a Kala job stands, as our schedule state (docs/design.md Decisions 3-5).
 
     Runs used: Kala counts its stats, NextKala `number_of_finished_runs`; the larger is taken
     (Kala's pruned stats would otherwise give runs back). `parsed` is None for a one-off or a
@@ -180,7 +180,7 @@ def progress(data: dict[str, Any], parsed: schedule.Schedule | None,
     When Kala's `last_attempted_run` is at or after that time, Kala is running it right now:
     it counts as used and the next one is due here. An occurrence that passed while Kala
     could not fire it (stopped before its `next_run_at`) is still owed: the beat runs it at
-    once, coalesced by Decision 5.
+    once, coalesced by docs/design.md Decision 5.
     """
     meta = data.get("metadata") or {}
     used = max(len(data.get("stats") or []), meta.get("number_of_finished_runs", 0))

@@ -335,7 +335,7 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
 
 
 def _validate_schedule(data: dict[str, Any], rules: Rules, is_child: bool) -> None:
-    """A child's schedule is stored as given and not used (Decision 9)."""
+    """A child's schedule is stored as given and not used (docs/design.md Decision 9)."""
     if is_child or not data.get("schedule"):
         return
     try:
@@ -514,8 +514,8 @@ def disable_job(session: Session, job_id: str) -> Job:
 def enable_job(
     session: Session, job_id: str, rules: Rules, now: datetime
 ) -> tuple[Job, Run | None]:
-    """Enable: a scheduled job gets its next occurrence at or after now (Decision 8); a one-off
-    that never ran runs now."""
+    """Enable: a scheduled job gets its next occurrence at or after now (docs/design.md
+    Decision 8); a one-off that never ran runs now."""
     job = get_job(session, job_id)
     if not job.disabled:
         return job, None
@@ -534,7 +534,8 @@ def enable_job(
 
 
 def start_job(session: Session, job_id: str, rules: Rules, now: datetime) -> Run:
-    """A manual start: record a run now. It counts as one of the schedule's runs (Decision 4)."""
+    """A manual start: record a run now. It counts as one of the schedule's runs
+    (docs/design.md Decision 4)."""
     job = get_job(session, job_id)
     if job.disabled:
         raise Conflict("the job is disabled; enable it to start it")

@@ -63,7 +63,8 @@ HOURLY = "R9/2030-01-01T09:00:00Z/PT1H"  # 10 runs, at 09:00 ... 18:00
         # Kala is running the 14:00 occurrence now (attempted at or after its timer): used
         (dict(next_run_at=T0 + timedelta(hours=5), last=T0 + timedelta(hours=5, seconds=1),
               finished_runs=5, stats=5), (6, False, T0 + timedelta(hours=6))),
-        # Kala stopped before it fired 14:00: still owed (the beat runs it, Decision 5)
+        # Kala stopped before it fired 14:00: still owed (the beat runs it at once:
+        # docs/design.md Decision 5)
         (dict(next_run_at=T0 + timedelta(hours=4), last=T0 + timedelta(hours=3),
               finished_runs=4), (4, False, T0 + timedelta(hours=4))),
         # pruned stats never give runs back; NextKala has no stats at all
@@ -86,7 +87,7 @@ def test_a_repeating_job_resumes_at_the_occurrence_kala_would_fire(case, expecte
 def test_a_forever_job_and_calendar_steps_keep_their_anchor() -> None:
     data, parsed = job("R/2030-01-31T09:00:00Z/P1M",
                        next_run_at=datetime(2030, 4, 30, 9, 0, 1, tzinfo=UTC), finished_runs=3)
-    # month ends clamp (Decision 3): Jan 31, Feb 28, Mar 31, Apr 30
+    # month ends clamp (docs/design.md Decision 3): Jan 31, Feb 28, Mar 31, Apr 30
     assert importer.progress(data, parsed, NOW) == importer.Progress(
         3, False, datetime(2030, 4, 30, 9, tzinfo=UTC))
     data, parsed = job("R/9999-12-31T00:00:00Z/P1Y", next_run_at=datetime(
@@ -218,7 +219,8 @@ COMPARED_AS_IS = ("name", "id", "command", "owner", "disabled", "dependent_jobs"
 
 
 def micro(value: object) -> object:
-    """Kala's times at our precision (microseconds, fraction trimmed: Decision 13)."""
+    """Kala's times at our precision: microseconds, the fraction trimmed (docs/design.md
+    Decision 13)."""
     if isinstance(value, dict):
         return {key: micro(item) for key, item in value.items()}
     if isinstance(value, str):
@@ -263,7 +265,8 @@ def test_import_moves_a_real_kala_with_its_ids_fields_links_and_counters(
     for name in ("handler", "local", "remote", "parent"):
         assert ours[ids[name]]["next_run_at"] == FAR
         assert before[ids[name]]["next_run_at"].startswith(FAR[:-1])
-    for name in ("off", "child", "once"):  # disabled (Decision 8), child, one-off: none
+    # disabled (docs/design.md Decision 8), child, one-off: nothing scheduled
+    for name in ("off", "child", "once"):
         assert ours[ids[name]]["next_run_at"] == wire.ZERO_TIME
 
     again = run_import("--from-file", str(saved), "--db", db_url)
