@@ -285,11 +285,11 @@ def import_command(source: str | None, from_file: Path | None, dry_run: bool, db
     from kala_celery.models import utcnow
     from kala_celery.schema import SchemaError, ensure
 
-    if (source is None) == (from_file is None):
+    if bool(source) == (from_file is not None):
         raise click.UsageError("give one of --from URL and --from-file FILE")
     settings = _settings(db, broker, data_dir, None)
     try:
-        body = importer.read_url(source) if source else importer.read_file(from_file)
+        body = importer.read_file(from_file) if from_file else importer.read_url(source or "")
         found, undecodable = importer.parse_listing(body)
     except importer.SourceError as exc:
         raise click.ClickException(str(exc)) from None
@@ -300,7 +300,7 @@ def import_command(source: str | None, from_file: Path | None, dry_run: bool, db
         ensure(engine)
         outcomes = importer.import_jobs(make_sessionmaker(engine), found, rules, utcnow(),
                                         dry_run=dry_run)
-    except (DatabaseAway, SchemaError) as exc:
+    except (*DatabaseAway, SchemaError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         engine.dispose()

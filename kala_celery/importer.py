@@ -66,7 +66,7 @@ def read_url(url: str, timeout: float = 30.0) -> bytes:
         base += "/api/v1"
     try:
         response = httpx.get(f"{base}/job/", timeout=timeout, follow_redirects=True)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise SourceError(f"cannot read {base}/job/: {exc}") from None
     if response.status_code != 200:
         raise SourceError(

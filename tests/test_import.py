@@ -15,7 +15,7 @@ import pytest
 from kala_celery import importer, schedule, wire
 from tests.kala_reference import Kala
 from tests.kala_reference import kala as kala  # the fixture
-from tests.processes import wait_for
+from tests.processes import free_port, wait_for
 from tests.test_beat import soon
 from tests.test_worker_runs import finished
 
@@ -166,6 +166,14 @@ def test_a_source_that_is_not_a_job_listing_is_refused_with_the_reason(tmp_path:
     assert missing.returncode == 1 and "cannot read" in missing.stderr
     both = run_import("--from", "http://x", "--from-file", "f")
     assert both.returncode == 2 and "one of --from URL and --from-file FILE" in both.stderr
+    away = run_import("--from", f"http://127.0.0.1:{free_port()}", "--db", "sqlite://")
+    assert away.returncode == 1 and "cannot read http://127.0.0.1:" in away.stderr
+    listing = tmp_path / "empty.json"
+    listing.write_text('{"jobs": {}}')
+    no_store = run_import("--from-file", str(listing), "--db",
+                          f"postgresql+psycopg://kala@127.0.0.1:{free_port()}/kala")
+    assert no_store.returncode == 1 and "Traceback" not in no_store.stderr
+    assert "connection" in no_store.stderr
 
 
 # ---------------------------------------------------------------- against the real Kala
