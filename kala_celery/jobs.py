@@ -618,8 +618,7 @@ def import_job(
     _apply_metadata(job, data.get("metadata"))
     armed = job.schedule and not (job.disabled or is_done or parents)
     job.next_run_at = next_run_at if armed else None
-    session.add(job)
-    session.flush()
+    _insert(session, job)
     if parents:
         _set_links(session, job_id, parents, None)
     return job
