@@ -281,50 +281,54 @@ def _import_one(session: Session, data: dict[str, Any], parents: list[str],
     return Outcome(job_id, name, IMPORTED, _where(job, parents))
 
 
+BATCH = 200  # jobs per transaction: SQLite's write lock is held for one batch at a time
+
+
 def import_jobs(sessions: sessionmaker[Session], jobs_by_id: dict[str, dict[str, Any]],
                 rules: jobs.Rules, now: datetime, *, dry_run: bool = False) -> list[Outcome]:
-    """Write the jobs into the store in one transaction (rolled back for a dry run), parents
-    first; each refused job is left out (with everything that depends on it) and the rest go
-    on. Returns one outcome per job, in import order."""
+    """Write the jobs into the store, parents first, BATCH jobs per transaction (a dry run:
+    all in one, rolled back). Each refused job is left out, with everything that depends on
+    it, and the rest go on; an interrupted import leaves whole jobs, and running it again
+    finishes it. Returns one outcome per job, in import order."""
     parents = parents_of(jobs_by_id)
     planned, cyclic = order(jobs_by_id, parents)
-    outcomes: dict[str, Outcome] = {}
-    session = sessions()
-    try:
-        # SQLite: BEGIN IMMEDIATE now, so each job's SAVEPOINT nests in this transaction
-        # (pysqlite begins none for a SAVEPOINT, whose RELEASE would then commit).
-        bulk.lock_for_write(session)
+    with sessions() as session:
         ids = list(jobs_by_id)
         here = set(session.scalars(select(Job.id).where(Job.id.in_(ids)))) if ids else set()
-        for job_id in planned:
-            data = jobs_by_id[job_id]
-            name = data.get("name", "")
-            refused = [p for p in parents[job_id]
-                       if p in outcomes and outcomes[p].result == REFUSED]
-            if job_id in here:
-                outcomes[job_id] = Outcome(job_id, name, HERE)
-            elif refused:
-                outcomes[job_id] = _refusal(job_id, name,
-                                            f"its parent job {refused[0]!r} was refused", 9)
+    outcomes: dict[str, Outcome] = {}
+    for job_id in sorted(cyclic):
+        name = jobs_by_id[job_id].get("name", "")
+        outcomes[job_id] = Outcome(job_id, name, HERE) if job_id in here else _refusal(
+            job_id, name, "its dependent jobs form a cycle (or depend on one)", 9)
+    size = len(planned) if dry_run else BATCH
+    for first in range(0, len(planned), size):
+        with sessions() as session:
+            # SQLite: BEGIN IMMEDIATE now, so each job's SAVEPOINT nests in this transaction
+            # (pysqlite begins none for a SAVEPOINT, whose RELEASE would then commit).
+            bulk.lock_for_write(session)
+            for job_id in planned[first:first + size]:
+                outcomes[job_id] = _plan_one(session, jobs_by_id[job_id], parents[job_id],
+                                             here, outcomes, rules, now)
+            if dry_run:
+                session.rollback()
             else:
-                outcomes[job_id] = _import_one(session, data, parents[job_id], rules, now)
-        for job_id in sorted(cyclic):
-            data = jobs_by_id[job_id]
-            outcomes[job_id] = (
-                Outcome(job_id, data.get("name", ""), HERE) if job_id in here else
-                _refusal(job_id, data.get("name", ""),
-                         "its dependent jobs form a cycle (or depend on one)", 9))
-        if dry_run:
-            session.rollback()
-        else:
-            session.commit()
-    finally:
-        session.close()
+                session.commit()
     result = [outcomes[j] for j in [*planned, *sorted(cyclic)]]
     if dry_run:
         result = [Outcome(o.job_id, o.name, PLANNED, o.detail) if o.result == IMPORTED else o
                   for o in result]
     return result
+
+
+def _plan_one(session: Session, data: dict[str, Any], parents: list[str], here: set[str],
+              outcomes: dict[str, Outcome], rules: jobs.Rules, now: datetime) -> Outcome:
+    job_id, name = data["id"], data.get("name", "")
+    if job_id in here:
+        return Outcome(job_id, name, HERE)
+    refused = [p for p in parents if p in outcomes and outcomes[p].result == REFUSED]
+    if refused:
+        return _refusal(job_id, name, f"its parent job {refused[0]!r} was refused", 9)
+    return _import_one(session, data, parents, rules, now)
 
 
 # ---------------------------------------------------------------- the report

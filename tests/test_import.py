@@ -4,6 +4,7 @@ progress, the import order, the Decision behind a refusal) directly."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -11,8 +12,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
-from kala_celery import importer, schedule, wire
+from kala_celery import db, importer, schedule, wire
+from kala_celery import jobs as jobs_module
+from kala_celery.models import Job
 from tests.kala_reference import Kala
 from tests.kala_reference import kala as kala  # the fixture
 from tests.processes import free_port, wait_for
@@ -174,6 +178,54 @@ def test_a_source_that_is_not_a_job_listing_is_refused_with_the_reason(tmp_path:
                           f"postgresql+psycopg://kala@127.0.0.1:{free_port()}/kala")
     assert no_store.returncode == 1 and "Traceback" not in no_store.stderr
     assert "connection" in no_store.stderr
+
+
+def listing_body(**jobs: dict) -> bytes:
+    """A Kala `GET /api/v1/job/` body of the given jobs (by id), Kala's defaults filled in."""
+    full = {job_id: {"name": job_id, "id": job_id, "command": "true", **body}
+            for job_id, body in jobs.items()}
+    return json.dumps({"jobs": full}).encode()
+
+
+def test_batches_keep_chains_refusals_and_order_across_transactions(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importer, "BATCH", 2)  # every two jobs commit
+    start = wire.format_time(NOW + timedelta(days=1))
+    body = listing_body(
+        p={"schedule": f"R/{start}/PT1H", "next_run_at": start,
+           "dependent_jobs": ["c2", "c1"]},
+        c1={"parent_jobs": ["p"]}, c2={"parent_jobs": ["p"], "dependent_jobs": ["g"]},
+        g={"parent_jobs": ["c2"]},
+        bad={"schedule": f"R/{start}/PT0S"}, d={"parent_jobs": ["bad"]},
+        x={"dependent_jobs": ["y"]}, y={"dependent_jobs": ["x"]},
+    )
+    found, undecodable = importer.parse_listing(body)
+    assert undecodable == []
+    sessions = db.store_for(db_url).sessions
+    rules = jobs_module.Rules()
+    planned = importer.import_jobs(sessions, found, rules, NOW, dry_run=True)
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0  # nothing written
+    outcomes = importer.import_jobs(sessions, found, rules, NOW)
+    results = {o.job_id: o.result for o in outcomes}
+    assert [o.result for o in planned] == [
+        importer.PLANNED if o.result == importer.IMPORTED else o.result for o in outcomes]
+    assert [o.job_id for o in outcomes] == ["bad", "d", "p", "c2", "g", "c1", "x", "y"]
+    assert results == {"p": "imported", "c1": "imported", "c2": "imported", "g": "imported",
+                       "bad": "refused", "d": "refused", "x": "refused", "y": "refused"}
+    details = {o.job_id: o.detail for o in outcomes}
+    assert details["d"] == "its parent job 'bad' was refused (Decision 9, docs/design.md)"
+    assert "cycle" in details["x"] and "Decision 9" in details["x"]
+    with sessions() as session:
+        parents, children = jobs_module.links_of(session)
+        assert parents == {"c1": ["p"], "c2": ["p"], "g": ["c2"]}
+        assert children == {"p": ["c2", "c1"], "c2": ["g"]}  # Kala's order of children
+        assert session.get(Job, "p").next_run_at == NOW + timedelta(days=1)
+    again = importer.import_jobs(sessions, found, rules, NOW)
+    assert {o.job_id: o.result for o in again} == {
+        **results, "p": "already here", "c1": "already here", "c2": "already here",
+        "g": "already here"}
 
 
 # ---------------------------------------------------------------- against the real Kala
