@@ -293,8 +293,8 @@ def import_command(source: str | None, from_file: Path | None, dry_run: bool, db
         found, undecodable = importer.parse_listing(body)
     except importer.SourceError as exc:
         raise click.ClickException(str(exc)) from None
-    rules = Rules(allow_shell=settings.allow_shell, default_timezone=settings.timezone,
-                  default_owner=settings.default_owner)
+    # A Kala job's owner is kept as Kala stored it: KALA_DEFAULT_OWNER is for new jobs.
+    rules = Rules(allow_shell=settings.allow_shell, default_timezone=settings.timezone)
     engine = make_engine(settings.db_url)
     try:
         ensure(engine)

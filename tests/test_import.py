@@ -168,6 +168,9 @@ def test_a_source_that_is_not_a_job_listing_is_refused_with_the_reason(tmp_path:
     missing = run_import("--from-file", str(tmp_path / "none.json"), "--db",
                          f"sqlite:///{tmp_path / 'kala.db'}")
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+    helped = subprocess.run([sys.executable, "-m", "kala_celery", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert "  import " in helped.stdout
     both = run_import("--from", "http://x", "--from-file", "f")
     assert both.returncode == 2 and "one of --from URL and --from-file FILE" in both.stderr
     away = run_import("--from", f"http://127.0.0.1:{free_port()}", "--db", "sqlite://")
