@@ -8,14 +8,17 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from kala_celery import db, importer, schedule, wire
 from kala_celery import jobs as jobs_module
+from kala_celery.cli import main
 from kala_celery.models import Job
 from tests.kala_reference import Kala
 from tests.kala_reference import kala as kala  # the fixture
@@ -27,9 +30,27 @@ T0 = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=5, minutes=20)
 
 
-def run_import(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kala_celery", "import", *args],
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_import(*args: str) -> Ran:
+    """`kala-celery import ARGS` in this process: the real command through click's runner,
+    its output captured (no interpreter start-up per call)."""
+    result = CliRunner().invoke(main, ["import", *args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Ran(result.exit_code, result.stdout, result.stderr)
+
+
+def run_import_process(*args: str) -> Ran:
+    """`python -m kala_celery import ARGS` as its own process (the installed entry point)."""
+    done = subprocess.run([sys.executable, "-m", "kala_celery", "import", *args],
                           capture_output=True, text=True, timeout=120)
+    return Ran(done.returncode, done.stdout, done.stderr)
 
 
 # ---------------------------------------------------------------- progress (pure)
@@ -168,9 +189,7 @@ def test_a_source_that_is_not_a_job_listing_is_refused_with_the_reason(tmp_path:
     missing = run_import("--from-file", str(tmp_path / "none.json"), "--db",
                          f"sqlite:///{tmp_path / 'kala.db'}")
     assert missing.returncode == 1 and "cannot read" in missing.stderr
-    helped = subprocess.run([sys.executable, "-m", "kala_celery", "--help"],
-                            capture_output=True, text=True, timeout=60)
-    assert "  import " in helped.stdout
+    assert "  import " in CliRunner().invoke(main, ["--help"]).stdout
     both = run_import("--from", "http://x", "--from-file", "f")
     assert both.returncode == 2 and "one of --from URL and --from-file FILE" in both.stderr
     away = run_import("--from", f"http://127.0.0.1:{free_port()}", "--db", "sqlite://")
@@ -307,7 +326,7 @@ def test_import_moves_a_real_kala_with_its_ids_fields_links_and_counters(
     assert api.http.get("/job/").json()["jobs"] == {}  # a dry run writes nothing
     assert "9 to import, 0 already here, 2 refused (dry run: nothing written)" in planned.stdout
 
-    done = run_import("--from", kala.url, "--db", db_url)
+    done = run_import_process("--from", kala.url, "--db", db_url)
     assert done.returncode == 1, done.stderr
     assert "11 jobs: 9 imported, 0 already here, 2 refused" in done.stdout
     rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:-1]}
