@@ -177,8 +177,9 @@ def progress(data: dict[str, Any], parsed: schedule.Schedule | None,
     child, which is never armed on its own here; it is done once it ran. A scheduled job's next
     run is the anchored occurrence (start + k * interval) nearest to Kala's `next_run_at`,
     the occurrence Kala's timer stands for (Kala's own timer drifts by its latency each run).
-    When Kala's `last_attempted_run` is at or after that time, Kala is running it right now:
-    it counts as used and the next one is due here. An occurrence that passed while Kala
+    When Kala's `last_attempted_run` is at or after that time (and the job is enabled: a
+    disabled one's timer fires a refused run), Kala is running it right now: it counts as used
+    and the next one is due here. An occurrence that passed while Kala
     could not fire it (stopped before its `next_run_at`) is still owed: the beat runs it at
     once, coalesced by docs/design.md Decision 5.
     """
@@ -186,11 +187,15 @@ def progress(data: dict[str, Any], parsed: schedule.Schedule | None,
     used = max(len(data.get("stats") or []), meta.get("number_of_finished_runs", 0))
     if parsed is None:
         return Progress(used, bool(data.get("is_done")) or used > 0, None)
+    total = parsed.total_runs
+    if total is not None and used >= total:  # Kala re-arms no more: its next_run_at is stale
+        return Progress(used, True, None)
     kala_next = _time(data.get("next_run_at"))
     last = _time(meta.get("last_attempted_run"))
-    in_flight = kala_next is not None and last is not None and last >= kala_next
+    # A disabled job's timer fires a refused run that only sets last_attempted_run (Kala §9).
+    in_flight = (not data.get("disabled") and kala_next is not None and last is not None
+                 and last >= kala_next)
     used += in_flight
-    total = parsed.total_runs
     if total is not None and used >= total:
         return Progress(used, True, None)
     if parsed.interval is None:  # R0 whose one run is still owed

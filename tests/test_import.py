@@ -58,8 +58,10 @@ def run_import_process(*args: str) -> Ran:
 
 def job(schedule_text: str = "", *, next_run_at: datetime | None = None,
         last: datetime | None = None, finished_runs: int = 0, stats: int = 0,
-        is_done: bool = False) -> tuple[dict, schedule.Schedule | None]:
+        is_done: bool = False, disabled: bool = False
+        ) -> tuple[dict, schedule.Schedule | None]:
     data = {
+        "disabled": disabled,
         "schedule": schedule_text,
         "next_run_at": next_run_at or wire.ZERO_DATETIME,
         "metadata": {"last_attempted_run": last or wire.ZERO_DATETIME,
@@ -100,6 +102,12 @@ HOURLY = "R9/2030-01-01T09:00:00Z/PT1H"  # 10 runs, at 09:00 ... 18:00
         (dict(next_run_at=T0 + timedelta(hours=10), finished_runs=10), (10, True, None)),
         (dict(next_run_at=T0 + timedelta(hours=9), last=T0 + timedelta(hours=9),
               finished_runs=9), (10, True, None)),
+        # done: Kala's stale next_run_at is not a run in flight
+        (dict(next_run_at=T0 + timedelta(hours=9), last=T0 + timedelta(hours=9),
+              finished_runs=10), (10, True, None)),
+        # disabled: the refused run of Kala's timer (last_attempted_run only) used nothing
+        (dict(next_run_at=T0 + timedelta(hours=5), last=T0 + timedelta(hours=5),
+              finished_runs=5, disabled=True), (5, False, T0 + timedelta(hours=5))),
         # Kala never armed it: the next occurrence from now
         (dict(finished_runs=0), (0, False, T0 + timedelta(hours=6))),
     ],
