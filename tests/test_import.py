@@ -287,13 +287,17 @@ def populate(kala: Kala) -> dict[str, str]:
         post(name="sibling", command="true", parent_jobs=[ids["parent"]])
         post(name="zero", command="true", schedule=f"R/{FAR}/PT0S")  # a busy loop: refused
         post(name="once", command="true")  # a one-off: runs at once
+        post(name="fails", command="false", on_failure_job=ids["handler"])  # and so does this
         orphan = http.post("/job/", json={"name": "orphan", "command": "true",
                                           "parent_jobs": ["nope"]})
         assert orphan.status_code == 400  # ...but Kala stored it (docs/kala.md §2.1)
         listing = http.get("/job/").json()["jobs"]
         ids["orphan"] = next(j for j, d in listing.items() if d["name"] == "orphan")
-        wait_for(lambda: http.get(f"/job/{ids['once']}/").json()["job"]["is_done"], 20,
-                 "Kala's one-off to run")
+        for name in ("once", "fails"):
+            wait_for(lambda name=name: http.get(f"/job/{ids[name]}/").json()["job"]["is_done"],
+                     20, f"Kala's one-off {name} to run")
+        wait_for(lambda: http.get(f"/job/{ids['handler']}/").json()["job"]["metadata"][
+            "success_count"] == 1, 20, "Kala's on-failure job to run")
     return ids
 
 
@@ -332,16 +336,16 @@ def test_import_moves_a_real_kala_with_its_ids_fields_links_and_counters(
     assert planned.returncode == 1, planned.stderr  # two refusals
     api = make_api()
     assert api.http.get("/job/").json()["jobs"] == {}  # a dry run writes nothing
-    assert "9 to import, 0 already here, 2 refused (dry run: nothing written)" in planned.stdout
+    assert "10 to import, 0 already here, 2 refused (dry run: nothing written)" in planned.stdout
 
     done = run_import_process("--from", kala.url, "--db", db_url)
     assert done.returncode == 1, done.stderr
-    assert "11 jobs: 9 imported, 0 already here, 2 refused" in done.stdout
+    assert "12 jobs: 10 imported, 0 already here, 2 refused" in done.stdout
     rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:-1]}
     assert rows.keys() == set(ids.values())
     assert "refused" in rows[ids["zero"]] and "(Decision 23, docs/design.md)" in rows[ids["zero"]]
     assert "parent job 'nope' does not exist (Decision 9" in rows[ids["orphan"]]
-    assert planned.stdout.count(" to import ") == 9
+    assert planned.stdout.count(" to import ") == 10
 
     ours = api.http.get("/job/").json()["jobs"]
     assert set(ours) == set(ids.values()) - {ids["zero"], ids["orphan"]}
@@ -351,16 +355,19 @@ def test_import_moves_a_real_kala_with_its_ids_fields_links_and_counters(
             assert mine[key] == micro(theirs[key]), (theirs["name"], key)
     assert ours[ids["parent"]]["dependent_jobs"] == [ids["child"], ids["sibling"]]
     assert ours[ids["once"]]["metadata"]["success_count"] == 1
+    failed = ours[ids["fails"]]["metadata"]
+    assert (failed["error_count"], failed["number_of_finished_runs"]) == (1, 1)
+    assert ours[ids["handler"]]["metadata"]["number_of_finished_runs"] == 1
     # The next run is Kala's, on the anchor (Kala's own lands microseconds later)
     for name in ("handler", "local", "remote", "parent"):
         assert ours[ids[name]]["next_run_at"] == FAR
         assert before[ids[name]]["next_run_at"].startswith(FAR[:-1])
     # disabled (docs/design.md Decision 8), child, one-off: nothing scheduled
-    for name in ("off", "child", "once"):
+    for name in ("off", "child", "once", "fails"):
         assert ours[ids[name]]["next_run_at"] == wire.ZERO_TIME
 
     again = run_import("--from-file", str(saved), "--db", db_url)
-    assert "11 jobs: 0 imported, 9 already here, 2 refused" in again.stdout
+    assert "12 jobs: 0 imported, 10 already here, 2 refused" in again.stdout
     assert api.http.get("/job/").json()["jobs"] == ours  # a second import adds nothing
 
 
