@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import bulk, jobs, schedule, wire
@@ -283,6 +284,10 @@ def _import_one(session: Session, data: dict[str, Any], parents: list[str],
         return _refusal(job_id, name, str(exc))
     except Conflict:  # written here meanwhile (by the API, or another import)
         return Outcome(job_id, name, HERE)
+    except (OverflowError, DataError) as exc:  # Kala's uint counters beyond our BIGINT
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return _refusal(job_id, name, f"a number in it does not fit the job store's 64-bit "
+                        f"integers ({reason})", 23)
     return Outcome(job_id, name, IMPORTED, _where(job, parents))
 
 

@@ -229,6 +229,7 @@ def test_batches_keep_chains_refusals_and_order_across_transactions(
         g={"parent_jobs": ["c2"]},
         bad={"schedule": f"R/{start}/PT0S"}, d={"parent_jobs": ["bad"]},
         x={"dependent_jobs": ["y"]}, y={"dependent_jobs": ["x"]},
+        big={"metadata": {"success_count": 2**64 - 1}},  # a Go uint beyond our BIGINT
     )
     found, undecodable = importer.parse_listing(body)
     assert undecodable == []
@@ -241,12 +242,14 @@ def test_batches_keep_chains_refusals_and_order_across_transactions(
     results = {o.job_id: o.result for o in outcomes}
     assert [o.result for o in planned] == [
         importer.PLANNED if o.result == importer.IMPORTED else o.result for o in outcomes]
-    assert [o.job_id for o in outcomes] == ["bad", "d", "p", "c2", "g", "c1", "x", "y"]
+    assert [o.job_id for o in outcomes] == ["bad", "d", "big", "p", "c2", "g", "c1", "x", "y"]
     assert results == {"p": "imported", "c1": "imported", "c2": "imported", "g": "imported",
-                       "bad": "refused", "d": "refused", "x": "refused", "y": "refused"}
+                       "bad": "refused", "d": "refused", "x": "refused", "y": "refused",
+                       "big": "refused"}
     details = {o.job_id: o.detail for o in outcomes}
     assert details["d"] == "its parent job 'bad' was refused (Decision 9, docs/design.md)"
     assert "cycle" in details["x"] and "Decision 9" in details["x"]
+    assert details["big"].startswith("a number in it does not fit the job store's 64-bit")
     with sessions() as session:
         parents, children = jobs_module.links_of(session)
         assert parents == {"c1": ["p"], "c2": ["p"], "g": ["c2"]}
