@@ -283,6 +283,7 @@ def import_command(source: str | None, from_file: Path | None, dry_run: bool, db
     from kala_celery.db import DatabaseAway, make_engine, make_sessionmaker
     from kala_celery.jobs import Rules
     from kala_celery.models import utcnow
+    from kala_celery.schedule import parse_plain_duration
     from kala_celery.schema import SchemaError, ensure
 
     if bool(source) == (from_file is not None):
@@ -295,11 +296,13 @@ def import_command(source: str | None, from_file: Path | None, dry_run: bool, db
         raise click.ClickException(str(exc)) from None
     # A Kala job's owner is kept as Kala stored it: KALA_DEFAULT_OWNER is for new jobs.
     rules = Rules(allow_shell=settings.allow_shell, default_timezone=settings.timezone)
+    now = utcnow()
+    keep_since = now - parse_plain_duration(settings.run_retention)
     engine = make_engine(settings.db_url)
     try:
         ensure(engine)
-        outcomes = importer.import_jobs(make_sessionmaker(engine), found, rules, utcnow(),
-                                        dry_run=dry_run)
+        outcomes = importer.import_jobs(make_sessionmaker(engine), found, rules, now,
+                                        dry_run=dry_run, keep_since=keep_since)
     except (*DatabaseAway, SchemaError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:

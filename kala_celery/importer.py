@@ -3,9 +3,10 @@
 
 Every job goes through `jobs.import_job`, the create path's own checks, so what the API
 refuses the import refuses too, and says which Decision refuses it. Parents come before their
-dependents; ids, Kala fields, metadata counters and links are kept; the schedule keeps its
-anchor and the job its progress (`progress`). A job already here is left alone, so a second
-import adds nothing. Nothing is run or published: the beat picks the jobs up.
+dependents; ids, Kala fields, metadata counters, links and Kala's per-run stats (as finished
+runs) are kept; the schedule keeps its anchor and the job its progress (`progress`). A job
+already here is left alone, so a second import adds nothing. Nothing is run or published:
+the beat picks the jobs up.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import heapq
 import json
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import bulk, jobs, schedule, wire
 from kala_celery.errors import Conflict, Forbidden, InvalidJob
-from kala_celery.models import Job
+from kala_celery.models import Job, Run
 
 IMPORTED, HERE, REFUSED = "imported", "already here", "refused"
 PLANNED = "to import"  # what a dry run says instead of "imported"
@@ -212,6 +214,35 @@ def progress(data: dict[str, Any], parsed: schedule.Schedule | None,
         return Progress(used, True, None)
 
 
+def history(job_id: str, stats: list[Any] | None, trigger: str,
+            keep_since: datetime | None) -> list[dict[str, Any]]:
+    """Kala's per-run stats of a job as finished runs here (docs/kala.md §9 -> the `runs`
+    rows of Decision 15), so its `stats` and `/job/stats/{id}/` go on where Kala's stopped.
+    Runs older than `keep_since` (KALA_RUN_RETENTION) are left out, as the beat would prune
+    them; a stat without a readable `ran_at` is left out (its run still counts as used)."""
+    rows: list[dict[str, Any]] = []
+    seen: set[datetime] = set()
+    for stat in stats or []:
+        try:
+            ran_at = schedule.parse_start(stat["ran_at"])
+            duration = int(stat.get("execution_duration") or 0)
+            attempts = int(stat.get("number_of_retries") or 0) + 1
+        except (KeyError, TypeError, ValueError, schedule.ScheduleError):
+            continue
+        if ran_at in seen or (keep_since is not None and ran_at < keep_since):
+            continue
+        seen.add(ran_at)
+        ok = stat.get("success") is True
+        rows.append({
+            "id": str(uuid.uuid4()), "job_id": job_id, "scheduled_for": ran_at,
+            "trigger": trigger, "seq": 0, "state": "success" if ok else "failed",
+            "attempts": attempts, "created_at": ran_at, "started_at": ran_at,
+            "attempt_at": ran_at, "finished_at": ran_at + timedelta(microseconds=duration // 1000),
+            "duration_ns": duration, "error": None if ok else "failed in Kala (imported)",
+        })
+    return rows
+
+
 # ---------------------------------------------------------------- refusals
 
 
@@ -262,7 +293,7 @@ def _where(job: Job, parents: list[str]) -> str:
 
 
 def _import_one(session: Session, data: dict[str, Any], parents: list[str],
-                rules: jobs.Rules, now: datetime) -> Outcome:
+                rules: jobs.Rules, now: datetime, keep_since: datetime | None) -> Outcome:
     job_id, name = data["id"], data.get("name", "")
     data = {**data, "parent_jobs": parents}
     data.pop("dependent_jobs", None)  # each child links itself, in import order
@@ -278,6 +309,10 @@ def _import_one(session: Session, data: dict[str, Any], parents: list[str],
         with session.begin_nested():
             job = jobs.import_job(session, data, rules, now, runs_used=state.runs_used,
                                   is_done=state.is_done, next_run_at=state.next_run_at)
+            runs = history(job_id, data.get("stats"), "parent" if parents else "schedule",
+                           keep_since)
+            if runs:
+                session.execute(insert(Run), runs)
     except InvalidJob as exc:
         return _refusal(job_id, name, exc.reason)
     except Forbidden as exc:
@@ -295,7 +330,8 @@ BATCH = 200  # jobs per transaction: SQLite's write lock is held for one batch a
 
 
 def import_jobs(sessions: sessionmaker[Session], jobs_by_id: dict[str, dict[str, Any]],
-                rules: jobs.Rules, now: datetime, *, dry_run: bool = False) -> list[Outcome]:
+                rules: jobs.Rules, now: datetime, *, dry_run: bool = False,
+                keep_since: datetime | None = None) -> list[Outcome]:
     """Write the jobs into the store, parents first, BATCH jobs per transaction (a dry run:
     all in one, rolled back). Each refused job is left out, with everything that depends on
     it, and the rest go on; an interrupted import leaves whole jobs, and running it again
@@ -318,7 +354,7 @@ def import_jobs(sessions: sessionmaker[Session], jobs_by_id: dict[str, dict[str,
             bulk.lock_for_write(session)
             for job_id in planned[first:first + size]:
                 outcomes[job_id] = _plan_one(session, jobs_by_id[job_id], parents[job_id],
-                                             here, outcomes, rules, now)
+                                             here, outcomes, rules, now, keep_since)
             if dry_run:
                 session.rollback()
             else:
@@ -331,14 +367,15 @@ def import_jobs(sessions: sessionmaker[Session], jobs_by_id: dict[str, dict[str,
 
 
 def _plan_one(session: Session, data: dict[str, Any], parents: list[str], here: set[str],
-              outcomes: dict[str, Outcome], rules: jobs.Rules, now: datetime) -> Outcome:
+              outcomes: dict[str, Outcome], rules: jobs.Rules, now: datetime,
+              keep_since: datetime | None) -> Outcome:
     job_id, name = data["id"], data.get("name", "")
     if job_id in here:
         return Outcome(job_id, name, HERE)
     refused = [p for p in parents if p in outcomes and outcomes[p].result == REFUSED]
     if refused:
         return _refusal(job_id, name, f"its parent job {refused[0]!r} was refused", 9)
-    return _import_one(session, data, parents, rules, now)
+    return _import_one(session, data, parents, rules, now, keep_since)
 
 
 # ---------------------------------------------------------------- the report

@@ -146,6 +146,28 @@ def test_one_offs_and_children_are_never_armed_and_done_once_they_ran() -> None:
     assert importer.progress(child, None, NOW) == importer.Progress(2, True, None)
 
 
+def test_kalas_stats_become_finished_runs_within_the_retention() -> None:
+    stats = [
+        {"job_id": "j", "ran_at": "2030-01-01T09:00:00.123456789Z", "number_of_retries": 2,
+         "success": False, "execution_duration": 1_500_000_000},
+        {"job_id": "j", "ran_at": "2030-01-01T09:00:00.123456789Z", "success": True},  # twice
+        {"job_id": "j", "ran_at": "2029-01-01T09:00:00Z", "success": True},  # too old
+        {"job_id": "j", "ran_at": "yesterday", "success": True},  # unreadable
+        {"job_id": "j", "success": True},
+        {"job_id": "j", "ran_at": "2030-01-01T10:00:00Z", "success": True,
+         "execution_duration": 999},
+    ]
+    rows = importer.history("j", stats, "parent", T0 - timedelta(days=30))
+    assert [(r["state"], r["attempts"], r["trigger"], r["job_id"]) for r in rows] == [
+        ("failed", 3, "parent", "j"), ("success", 1, "parent", "j")]
+    first, second = rows
+    assert first["started_at"] == first["scheduled_for"] == T0 + timedelta(microseconds=123456)
+    assert first["finished_at"] == first["started_at"] + timedelta(seconds=1.5)
+    assert (first["duration_ns"], second["duration_ns"]) == (1_500_000_000, 999)
+    assert first["id"] != second["id"] and second["error"] is None
+    assert importer.history("j", None, "schedule", None) == []
+
+
 # ---------------------------------------------------------------- order and refusals (pure)
 
 
@@ -312,7 +334,7 @@ def kala_jobs(kala: Kala) -> dict[str, dict]:
 COMPARED_AS_IS = ("name", "id", "command", "owner", "disabled", "dependent_jobs", "parent_jobs",
                   "on_failure_job", "schedule", "retries", "epsilon", "TemplateDelimiters",
                   "resume_at_next_scheduled_time", "metadata", "type", "remote_properties",
-                  "is_done")
+                  "stats", "is_done")
 
 
 def micro(value: object) -> object:
@@ -320,6 +342,8 @@ def micro(value: object) -> object:
     Decision 13)."""
     if isinstance(value, dict):
         return {key: micro(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [micro(item) for item in value]
     if isinstance(value, str):
         return re.sub(r"\.(\d{1,6})\d*Z$",
                       lambda m: ("." + m[1].rstrip("0")).rstrip(".") + "Z", value)
@@ -393,7 +417,9 @@ def test_an_imported_repeating_job_goes_on_running_here_on_its_anchored_occurren
 
     done = run_import("--from-file", str(saved), "--db", cluster.env["KALA_DATABASE_URL"])
     assert done.returncode == 0, done.stdout + done.stderr
-    [run] = finished(api, job_id, timeout=60)
+    kalas, run = finished(api, job_id, count=2, timeout=60)  # Kala's run came with the job
+    assert kalas["ran_at"] == micro(json.loads(saved.read_text())["jobs"][job_id]["stats"][0][
+        "ran_at"])
     anchored = datetime.fromisoformat(start) + timedelta(seconds=6)
     assert (run["state"], run["trigger"]) == ("success", "schedule")
     assert datetime.fromisoformat(run["scheduled_for"]) == anchored  # not run twice or skipped
