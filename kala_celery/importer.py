@@ -216,8 +216,8 @@ def progress(data: dict[str, Any], parsed: schedule.Schedule | None,
 
 def history(job_id: str, stats: list[Any] | None, trigger: str,
             keep_since: datetime | None) -> list[dict[str, Any]]:
-    """Kala's per-run stats of a job as finished runs here (docs/kala.md §9 -> the `runs`
-    rows of Decision 15), so its `stats` and `/job/stats/{id}/` go on where Kala's stopped.
+    """Kala's per-run stats of a job (docs/kala.md §9) as finished runs here, the `runs` rows
+    of docs/design.md Decision 15, so its `stats` and `/job/stats/{id}/` go on from Kala's.
     Runs older than `keep_since` (KALA_RUN_RETENTION) are left out, as the beat would prune
     them; a stat without a readable `ran_at` is left out (its run still counts as used)."""
     rows: list[dict[str, Any]] = []
