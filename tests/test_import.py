@@ -311,6 +311,10 @@ def populate(kala: Kala) -> dict[str, str]:
         post(name="grandchild", command="true", parent_jobs=[ids["child"]])
         post(name="sibling", command="true", parent_jobs=[ids["parent"]])
         post(name="zero", command="true", schedule=f"R/{FAR}/PT0S")  # a busy loop: refused
+        post(name="templated", command="echo {{.Name}}", TemplateDelimiters="{{ }}",
+             schedule=f"R3/{FAR}/PT1H")
+        started = http.post(f"/job/start/{ids['templated']}/")  # a manual start uses a run
+        assert started.status_code == 204
         post(name="once", command="true")  # a one-off: runs at once
         post(name="fails", command="false", on_failure_job=ids["handler"])  # and so does this
         orphan = http.post("/job/", json={"name": "orphan", "command": "true",
@@ -363,16 +367,16 @@ def test_import_moves_a_real_kala_with_its_ids_fields_links_and_counters(
     assert planned.returncode == 1, planned.stderr  # two refusals
     api = make_api()
     assert api.http.get("/job/").json()["jobs"] == {}  # a dry run writes nothing
-    assert "10 to import, 0 already here, 2 refused (dry run: nothing written)" in planned.stdout
+    assert "11 to import, 0 already here, 2 refused (dry run: nothing written)" in planned.stdout
 
     done = run_import_process("--from", kala.url, "--db", db_url)
     assert done.returncode == 1, done.stderr
-    assert "12 jobs: 10 imported, 0 already here, 2 refused" in done.stdout
+    assert "13 jobs: 11 imported, 0 already here, 2 refused" in done.stdout
     rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:-1]}
     assert rows.keys() == set(ids.values())
     assert "refused" in rows[ids["zero"]] and "(Decision 23, docs/design.md)" in rows[ids["zero"]]
     assert "parent job 'nope' does not exist (Decision 9" in rows[ids["orphan"]]
-    assert planned.stdout.count(" to import ") == 10
+    assert planned.stdout.count(" to import ") == 11
 
     ours = api.http.get("/job/").json()["jobs"]
     assert set(ours) == set(ids.values()) - {ids["zero"], ids["orphan"]}
@@ -385,8 +389,10 @@ def test_import_moves_a_real_kala_with_its_ids_fields_links_and_counters(
     failed = ours[ids["fails"]]["metadata"]
     assert (failed["error_count"], failed["number_of_finished_runs"]) == (1, 1)
     assert ours[ids["handler"]]["metadata"]["number_of_finished_runs"] == 1
+    with api.state.sessions() as session:  # R3 with one manual start in Kala: 3 runs left
+        assert session.get(Job, ids["templated"]).runs_used == 1
     # The next run is Kala's, on the anchor (Kala's own lands microseconds later)
-    for name in ("handler", "local", "remote", "parent"):
+    for name in ("handler", "local", "remote", "parent", "templated"):
         assert ours[ids[name]]["next_run_at"] == FAR
         assert before[ids[name]]["next_run_at"].startswith(FAR[:-1])
     # disabled (docs/design.md Decision 8), child, one-off: nothing scheduled
@@ -394,7 +400,7 @@ def test_import_moves_a_real_kala_with_its_ids_fields_links_and_counters(
         assert ours[ids[name]]["next_run_at"] == wire.ZERO_TIME
 
     again = run_import("--from-file", str(saved), "--db", db_url)
-    assert "12 jobs: 0 imported, 10 already here, 2 refused" in again.stdout
+    assert "13 jobs: 0 imported, 11 already here, 2 refused" in again.stdout
     assert api.http.get("/job/").json()["jobs"] == ours  # a second import adds nothing
 
 
