@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from kala_celery import dispatch, schedule, wire
@@ -604,21 +605,23 @@ def import_job(
     Kala"): create_job's checks, fields, metadata and parent links, but the job keeps its
     progress instead of starting over. `runs_used`, `is_done` and `next_run_at` (the
     anchored occurrence the importer worked out) are given, so a start already past is not
-    refused, and no run is recorded. The id is kept; one already here is a Conflict."""
+    refused, and no run is recorded. The id is kept; one already here is a Conflict (call it
+    in a savepoint)."""
     _validate(data, rules)
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
     job_id = data["id"]
     _check_id(job_id)
-    if session.get(Job, job_id) is not None:
-        raise Conflict(f"a job with id {job_id!r} already exists")
     job = Job(id=job_id, created_at=now, runs_used=runs_used, missed_occurrences=0,
               is_done=is_done)
     _apply_fields(job, data, rules)
     _apply_metadata(job, data.get("metadata"))
     armed = job.schedule and not (job.disabled or is_done or parents)
     job.next_run_at = next_run_at if armed else None
-    _insert(session, job)
+    try:  # in the caller's savepoint, whose rollback undoes the refused INSERT
+        _insert(session, job)
+    except IntegrityError:  # the primary key: a job with this id is here already
+        raise Conflict(f"a job with id {job_id!r} already exists") from None
     if parents:
         _set_links(session, job_id, parents, None)
     return job

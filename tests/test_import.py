@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from kala_celery import db, importer, schedule, wire
 from kala_celery import jobs as jobs_module
 from kala_celery.cli import main
+from kala_celery.errors import Conflict
 from kala_celery.models import Job
 from tests.kala_reference import Kala
 from tests.kala_reference import kala as kala  # the fixture
@@ -277,6 +278,11 @@ def test_batches_keep_chains_refusals_and_order_across_transactions(
         assert parents == {"c1": ["p"], "c2": ["p"], "g": ["c2"]}
         assert children == {"p": ["c2", "c1"], "c2": ["g"]}  # Kala's order of children
         assert session.get(Job, "p").next_run_at == NOW + timedelta(days=1)
+    with sessions() as session:  # written meanwhile (after the importer looked): a Conflict
+        with pytest.raises(Conflict), session.begin_nested():
+            jobs_module.import_job(session, {**found["c1"], "parent_jobs": ["p"]}, rules, NOW,
+                                   runs_used=0, is_done=False, next_run_at=None)
+        assert jobs_module.parent_ids(session, "c1") == ["p"]  # the savepoint undid nothing else
     again = importer.import_jobs(sessions, found, rules, NOW)
     assert {o.job_id: o.result for o in again} == {
         **results, "p": "already here", "c1": "already here", "c2": "already here",
