@@ -15,6 +15,7 @@ import heapq
 import json
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -182,9 +183,9 @@ def progress(data: dict[str, Any], parsed: schedule.Schedule | None,
     the occurrence Kala's timer stands for (Kala's own timer drifts by its latency each run).
     When Kala's `last_attempted_run` is at or after that time (and the job is enabled: a
     disabled one's timer fires a refused run), Kala is running it right now: it counts as used
-    and the next one is due here. An occurrence that passed while Kala
-    could not fire it (stopped before its `next_run_at`) is still owed: the beat runs it at
-    once, coalesced by docs/design.md Decision 5.
+    and the next one is due here. An occurrence that passed while Kala could not fire it
+    (stopped before its `next_run_at`) is still owed: the beat runs it at once, coalesced by
+    docs/design.md Decision 5.
     """
     meta = data.get("metadata") or {}
     used = max(len(data.get("stats") or []), meta.get("number_of_finished_runs", 0))
@@ -389,12 +390,10 @@ def table(outcomes: Iterable[Outcome], *, dry_run: bool = False) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[3]])
              .rstrip() for row in rows]
-    counts: dict[str, int] = {}
-    for o in outcomes:
-        counts[o.result] = counts.get(o.result, 0) + 1
+    counts = Counter(o.result for o in outcomes)
     verb = PLANNED if dry_run else IMPORTED
-    lines.append(f"{len(outcomes)} jobs: {counts.get(verb, 0)} {verb}, "
-                 f"{counts.get(HERE, 0)} {HERE}, {counts.get(REFUSED, 0)} {REFUSED}"
+    lines.append(f"{len(outcomes)} jobs: {counts[verb]} {verb}, "
+                 f"{counts[HERE]} {HERE}, {counts[REFUSED]} {REFUSED}"
                  + (" (dry run: nothing written)" if dry_run else ""))
     return "\n".join(lines)
 
