@@ -356,8 +356,7 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
         job.is_done = True
         return False
     if fresh:
-        if parsed.start < now:
-            raise InvalidJob(f"schedule {job.schedule!r}: the start time is in the past")
+        _check_start(job.schedule, parsed, now)
         job.next_run_at = parsed.start
     elif parsed.interval is None:
         job.next_run_at = parsed.start  # R0 that never ran: its one run is still owed
@@ -382,6 +381,28 @@ def _validate_schedule(data: dict[str, Any], rules: Rules, is_child: bool) -> No
                           rules.default_timezone)
     except schedule.ScheduleError as exc:
         raise schedule_refused(data, exc) from None
+
+
+def _check_start(text: str, parsed: schedule.Schedule, now: datetime) -> None:
+    if parsed.start < now:
+        raise InvalidJob(f"schedule {text!r}: the start time is in the past")
+
+
+def validate_timing(data: dict[str, Any], rules: Rules, now: datetime) -> occurrences.Parsed:
+    """The checks a create makes of a body's `schedule`, `cron` and `timezone`, in its order
+    and with its messages (the preview route, Decision 24); returns the parsed schedule."""
+    try:
+        schedule.resolve_zone(data.get("timezone"), rules.default_timezone)
+    except schedule.ScheduleError as exc:
+        raise InvalidJob(str(exc)) from None
+    if not (data.get("schedule") or data.get("cron")):
+        raise InvalidJob("give a schedule or a cron expression")
+    _validate_schedule(data, rules, is_child=False)
+    parsed = occurrences.parse(data.get("schedule"), data.get("cron"), data.get("timezone"),
+                               rules.default_timezone)
+    if isinstance(parsed, schedule.Schedule):
+        _check_start(data["schedule"], parsed, now)
+    return parsed
 
 
 _JOB_COLUMNS = tuple(column.key for column in Job.__table__.columns)
