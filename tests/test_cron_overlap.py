@@ -119,7 +119,7 @@ def test_claim_by_overlap_policy(api) -> None:
                                                         (skip, start + 4 * S)])
 
 
-@pytest.mark.parametrize(("given", "shown"), [
+OVERLAP_KEYS = [
     ({}, {}),
     ({"overlap": "buffer"}, {}),
     ({"overlap": "skip"}, {"overlap": "skip"}),
@@ -127,29 +127,36 @@ def test_claim_by_overlap_policy(api) -> None:
     ({"allow_overlap": True}, {"allow_overlap": True, "overlap": "allow"}),
     ({"allow_overlap": True, "overlap": "allow"}, {"allow_overlap": True, "overlap": "allow"}),
     ({"allow_overlap": False, "overlap": "skip"}, {"overlap": "skip"}),
-])
-def test_overlap_and_its_alias_in_the_job_document(api, given: dict, shown: dict) -> None:
-    job_id = api.create(name="o", command="true", cron="0 9 * * *", **given)
-    doc = api.job(job_id)
-    keys = list(doc)
-    assert {k: doc[k] for k in ("allow_overlap", "overlap") if k in doc} == shown
-    # allow_overlap where it always was, cron and overlap after the older extension keys
-    expected = ["allow_overlap"] * ("allow_overlap" in shown) + ["cron"] + ["overlap"] * bool(shown)
-    assert keys[keys.index("is_done") + 1:] == expected
-    assert api.http.get("/job/").json()["jobs"][job_id] == doc  # the fast list agrees
+]
 
 
-@pytest.mark.parametrize(("body", "reason"), [
+def test_overlap_and_its_alias_in_the_job_document(api) -> None:
+    for given, shown in OVERLAP_KEYS:
+        job_id = api.create(name="o", command="true", cron="0 9 * * *", **given)
+        doc = api.job(job_id)
+        keys = list(doc)
+        assert {k: doc[k] for k in ("allow_overlap", "overlap") if k in doc} == shown, given
+        # allow_overlap where it always was, cron and overlap after the older extension keys
+        expected = (["allow_overlap"] * ("allow_overlap" in shown) + ["cron"]
+                    + ["overlap"] * bool(shown))
+        assert keys[keys.index("is_done") + 1:] == expected
+        assert api.http.get("/job/").json()["jobs"][job_id] == doc  # the fast list agrees
+
+
+REFUSED = [
     ({"overlap": "never"}, 'overlap \'never\' must be "buffer", "skip" or "allow"'),
     ({"overlap": "skip", "allow_overlap": True}, "allow_overlap: true contradicts overlap"),
     ({"cron": "0 9 * * *", "schedule": "R/2030-01-01T00:00:00Z/PT1H"},
      "a job has either a schedule or a cron expression, not both"),
     ({"cron": "0 9 * * * *"}, "invalid cron '0 9 * * * *': expected five fields"),
     ({"cron": "0 9 * * SUN-FUN"}, "invalid cron '0 9 * * SUN-FUN': Bad day-of-week"),
-])
-def test_refused_cron_and_overlap_bodies(api, body: dict, reason: str) -> None:
-    got = api.http.post("/job/", json={"name": "x", "command": "true", **body})
-    assert got.status_code == 400 and reason in got.json()["error"], got.text
+]
+
+
+def test_refused_cron_and_overlap_bodies(api) -> None:
+    for body, reason in REFUSED:
+        got = api.http.post("/job/", json={"name": "x", "command": "true", **body})
+        assert got.status_code == 400 and reason in got.json()["error"], got.text
     assert api.http.get("/job/").json()["jobs"] == {}
 
 
