@@ -74,7 +74,7 @@ def make_0_1_0_database(url: str) -> dict[str, str]:
                             created_at=now, success_count=1, number_of_finished_runs=1))
         session.add(old.Job(id=ids["child"], name="after", command="true", created_at=now))
         session.add(old.Job(id=ids["off"], name="off", command="true", disabled=True,
-                            schedule=f"R2/{start}/PT1H", created_at=now))
+                            schedule=f"R2/{start}/PT1H", created_at=now, allow_overlap=True))
         session.flush()
         session.add(old.JobLink(parent_id=ids["due"], child_id=ids["child"], position=0))
         session.add(old.Run(id=str(uuid.uuid4()), job_id=ids["due"], trigger="schedule",
@@ -123,6 +123,9 @@ def test_a_0_1_0_database_upgrades_and_its_jobs_still_run(db_url: str, tmp_path:
     assert jobs[ids["due"]]["metadata"]["success_count"] == 1
     assert jobs[ids["due"]]["dependent_jobs"] == [ids["child"]]
     assert jobs[ids["off"]]["disabled"] is True
+    # 0003: allow_overlap became the overlap policy "allow", and stays as its alias
+    assert (jobs[ids["off"]]["allow_overlap"], jobs[ids["off"]]["overlap"]) == (True, "allow")
+    assert "overlap" not in jobs[ids["due"]] and "cron" not in jobs[ids["due"]]
     body = client.get("/metrics").get_data(as_text=True)  # seeded from the old rows
     assert metric(body, "kala_jobs", state="active") == 2
     assert metric(body, "kala_jobs", state="disabled") == 1
