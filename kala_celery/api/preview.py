@@ -4,6 +4,7 @@ job exists, computed by kala_celery/occurrences.py as the beat's claim advances 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from flask import Response, request
@@ -68,15 +69,19 @@ def _preview_body(body: bytes) -> tuple[dict[str, str], Any]:
     return data, value.get("count")
 
 
+def schedule_times(data: dict[str, str], rules: jobs.Rules, now: datetime,
+                   count: int) -> list[datetime]:
+    """The first `count` occurrences of a job created now with `data`'s schedule or cron and
+    timezone (the dashboard's form preview too). Raises InvalidJob with the create's message."""
+    parsed = jobs.validate_timing(data, rules, now)
+    return occurrences.upcoming(parsed, occurrences.first(parsed, now), 0, count)
+
+
 def schedule_preview() -> Response:
     """POST /schedule/preview/ {"schedule" | "cron", "timezone", "count"}: the first `count`
     occurrences a job created now with that schedule would fire at. An unusable schedule is
     refused with the message a create would give."""
     data, count = _preview_body(read_body())
-    count = _count(count)
-    now = utcnow()
-    parsed = jobs.validate_timing(data, kala().rules, now)
-    first = occurrences.first(parsed, now)
-    return _answer(occurrences.upcoming(parsed, first, 0, count))
+    return _answer(schedule_times(data, kala().rules, utcnow(), _count(count)))
 
 
