@@ -80,6 +80,9 @@ def advance(
 def _advance_cron(parsed: cron.CronSchedule, due: datetime, now: datetime,
                   resume: bool) -> Advance:
     """advance() for a cron job: the same coalescing, and no end (Decision 18)."""
+    following = parsed.next_after(due)
+    if following is None or following > now:  # on time: nothing else has passed
+        return Advance(due, following)
     latest = parsed.latest_at_or_before(now)
     run_for: datetime | None = due if latest is None else max(latest, due)
     missed = 0
