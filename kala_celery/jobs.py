@@ -18,7 +18,7 @@ import httpx
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from kala_celery import dispatch, schedule, wire
+from kala_celery import cron, dispatch, occurrences, schedule, wire
 from kala_celery.errors import Conflict, Forbidden, InvalidJob, NotFound
 from kala_celery.models import ID_LENGTH, JOB_LOCAL, JOB_REMOTE, Job, JobLink, Run
 
@@ -29,6 +29,7 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
 MAX_DEPTH = 32  # levels of dependent jobs below any job
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OVERLAP_POLICIES = ("buffer", "skip", "allow")  # Decision 21
 _METADATA_FIELDS = (
     "success_count",
     "last_success",
@@ -113,6 +114,23 @@ def _check_extensions(data: dict[str, Any], rules: Rules) -> None:
         )
 
 
+def _check_overlap(data: dict[str, Any]) -> None:
+    """Decision 21: `overlap` is one of the policies; `allow_overlap: true` is "allow"."""
+    policy = data.get("overlap")
+    if policy is not None and policy not in OVERLAP_POLICIES:
+        raise InvalidJob(f'overlap {policy!r} must be "buffer", "skip" or "allow"')
+    if data.get("allow_overlap") and policy not in (None, "allow"):
+        raise InvalidJob(
+            f'allow_overlap: true contradicts overlap {policy!r} (allow_overlap is "allow")'
+        )
+
+
+def overlap_policy(data: dict[str, Any]) -> str | None:
+    """The stored policy of a validated body: None (buffer), "skip" or "allow"."""
+    policy = data.get("overlap") or ("allow" if data.get("allow_overlap") else None)
+    return None if policy == "buffer" else policy
+
+
 def _validate(data: dict[str, Any], rules: Rules) -> None:
     job_type = data.get("type", JOB_LOCAL)
     if job_type not in (JOB_LOCAL, JOB_REMOTE):
@@ -133,12 +151,24 @@ def _validate(data: dict[str, Any], rules: Rules) -> None:
         except schedule.ScheduleError as exc:
             raise InvalidJob(f"epsilon {data['epsilon']!r}: {exc}") from None
     _check_extensions(data, rules)
+    _check_overlap(data)
 
 
-def parse_job_schedule(job: Job, default_timezone: str) -> schedule.Schedule:
-    """The parsed schedule of a scheduled (non-child, non-one-off) job."""
-    zone = schedule.resolve_zone(job.timezone, default_timezone)
-    return schedule.parse_schedule(job.schedule, zone)
+def parse_job_schedule(job: Job, default_timezone: str) -> occurrences.Parsed:
+    """The parsed schedule (ISO or cron) of a scheduled (non-child, non-one-off) job."""
+    return occurrences.parse(job.schedule, job.cron, job.timezone, default_timezone)
+
+
+def is_scheduled(job: Job) -> bool:
+    """The job has a schedule or a cron expression (else it is a one-off)."""
+    return bool(job.schedule or job.cron)
+
+
+def schedule_refused(data: dict[str, Any], exc: schedule.ScheduleError) -> InvalidJob:
+    """The 400 for a body's unusable `schedule` or `cron` (create, replace and preview)."""
+    if data.get("cron"):
+        return InvalidJob(str(exc))
+    return InvalidJob(f"schedule {data.get('schedule', '')!r}: {exc}")
 
 
 # ---------------------------------------------------------------- links
@@ -286,8 +316,10 @@ def _apply_fields(job: Job, data: dict[str, Any], rules: Rules) -> None:
     job.retry_delay = data.get("retry_delay") or None
     job.retry_backoff = data.get("retry_backoff", False)
     job.run_timeout = data.get("run_timeout") or None
-    job.allow_overlap = data.get("allow_overlap", False)
+    job.overlap = overlap_policy(data)
+    job.allow_overlap = job.overlap == "allow"
     job.queue = data.get("queue") or None
+    job.cron = data.get("cron") or None
 
 
 def _apply_metadata(job: Job, metadata: dict[str, Any] | None) -> None:
@@ -309,19 +341,22 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
     job.next_run_at = None
     if job.disabled or job.is_done:
         return False
-    if not job.schedule:
+    if not is_scheduled(job):
         return fresh  # one-off: runs once right away
     try:
         parsed = parse_job_schedule(job, rules.default_timezone)
     except schedule.ScheduleError as exc:
-        raise InvalidJob(f"schedule {job.schedule!r}: {exc}") from None
+        raise schedule_refused({"schedule": job.schedule, "cron": job.cron}, exc) from None
+    if isinstance(parsed, cron.CronSchedule):
+        job.next_run_at = parsed.first_at_or_after(now)
+        job.is_done = job.next_run_at is None  # no occurrence left before year 9999
+        return False
     total = parsed.total_runs
     if total is not None and job.runs_used >= total:
         job.is_done = True
         return False
     if fresh:
-        if parsed.start < now:
-            raise InvalidJob(f"schedule {job.schedule!r}: the start time is in the past")
+        _check_start(job.schedule, parsed, now)
         job.next_run_at = parsed.start
     elif parsed.interval is None:
         job.next_run_at = parsed.start  # R0 that never ran: its one run is still owed
@@ -335,14 +370,39 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
 
 
 def _validate_schedule(data: dict[str, Any], rules: Rules, is_child: bool) -> None:
-    """A child's schedule is stored as given and not used (Decision 9)."""
-    if is_child or not data.get("schedule"):
+    """A child's schedule is stored as given and not used (Decision 9); its cron is checked
+    (a new key: no Kala body has one) but not used either. Never both (Decision 18)."""
+    if data.get("cron") and data.get("schedule"):
+        raise InvalidJob("a job has either a schedule or a cron expression, not both")
+    if not (data.get("cron") or (data.get("schedule") and not is_child)):
         return
     try:
-        zone = schedule.resolve_zone(data.get("timezone"), rules.default_timezone)
-        schedule.parse_schedule(data["schedule"], zone)
+        occurrences.parse(data.get("schedule"), data.get("cron"), data.get("timezone"),
+                          rules.default_timezone)
     except schedule.ScheduleError as exc:
-        raise InvalidJob(f"schedule {data['schedule']!r}: {exc}") from None
+        raise schedule_refused(data, exc) from None
+
+
+def _check_start(text: str, parsed: schedule.Schedule, now: datetime) -> None:
+    if parsed.start < now:
+        raise InvalidJob(f"schedule {text!r}: the start time is in the past")
+
+
+def validate_timing(data: dict[str, Any], rules: Rules, now: datetime) -> occurrences.Parsed:
+    """The checks a create makes of a body's `schedule`, `cron` and `timezone`, in its order
+    and with its messages (the preview route, Decision 24); returns the parsed schedule."""
+    try:
+        schedule.resolve_zone(data.get("timezone"), rules.default_timezone)
+    except schedule.ScheduleError as exc:
+        raise InvalidJob(str(exc)) from None
+    if not (data.get("schedule") or data.get("cron")):
+        raise InvalidJob("give a schedule or a cron expression")
+    _validate_schedule(data, rules, is_child=False)
+    parsed = occurrences.parse(data.get("schedule"), data.get("cron"), data.get("timezone"),
+                               rules.default_timezone)
+    if isinstance(parsed, schedule.Schedule):
+        _check_start(data["schedule"], parsed, now)
+    return parsed
 
 
 _JOB_COLUMNS = tuple(column.key for column in Job.__table__.columns)
@@ -371,7 +431,8 @@ def create_job(
         _check_id(job_id)
         if session.get(Job, job_id) is not None:
             raise Conflict(f"a job with id {job_id!r} already exists")
-    job = Job(id=job_id, created_at=now, runs_used=0, missed_occurrences=0, is_done=False)
+    job = Job(id=job_id, created_at=now, runs_used=0, missed_occurrences=0, is_done=False,
+              overlap_skipped=0)
     _apply_fields(job, data, rules)
     _apply_metadata(job, data.get("metadata"))
     children = data.get("dependent_jobs")
@@ -415,7 +476,7 @@ def replace_job(
     _validate(data, rules)
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
-    old_schedule = (job.schedule, job.timezone, bool(parent_ids(session, job_id)))
+    old_schedule = (job.schedule, job.cron, job.timezone, bool(parent_ids(session, job_id)))
     was_disabled = job.disabled
     _apply_fields(job, data, rules)
     if "metadata" in data:
@@ -425,7 +486,7 @@ def replace_job(
     if parents:
         job.next_run_at = None
         return job, None
-    if (job.schedule, job.timezone, False) != old_schedule:
+    if (job.schedule, job.cron, job.timezone, False) != old_schedule:
         job.runs_used = 0
         job.is_done = False
         return job, _start_if_due(session, job, rules, now, fresh=True)
@@ -522,7 +583,7 @@ def enable_job(
     job.disabled = False
     if parent_ids(session, job_id):
         return job, None
-    if not job.schedule:
+    if not is_scheduled(job):
         ran = session.scalar(select(func.count()).select_from(Run).where(Run.job_id == job_id))
         if ran or job.is_done:
             return job, None
@@ -541,7 +602,7 @@ def start_job(session: Session, job_id: str, rules: Rules, now: datetime) -> Run
     run = dispatch.record_tree(session, job, trigger="manual", scheduled_for=now, now=now)
     session.flush()
     session.refresh(job, ["runs_used"])
-    if job.schedule and job.next_run_at is not None:
+    if is_scheduled(job) and job.next_run_at is not None:
         total = parse_job_schedule(job, rules.default_timezone).total_runs
         if total is not None and job.runs_used >= total:
             job.next_run_at = None

@@ -100,13 +100,20 @@ class Job(Base):
     # skipped by resume_at_next_scheduled_time (Decision 5), after an outage or a long run.
     missed_occurrences: Mapped[int] = mapped_column(BigInteger, default=0)
 
-    # Extensions (Decisions 3, 6, 7, 11, 17 in docs/design.md).
+    # Extensions (Decisions 3, 6, 7, 11, 17, 18, 21 in docs/design.md).
     timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     retry_delay: Mapped[str | None] = mapped_column(String(64), nullable=True)
     retry_backoff: Mapped[bool] = mapped_column(Boolean, default=False)
     run_timeout: Mapped[str | None] = mapped_column(String(64), nullable=True)
     allow_overlap: Mapped[bool] = mapped_column(Boolean, default=False)
     queue: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # Decision 18: a cron expression instead of `schedule` (NULL: none).
+    cron: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Decision 21: "skip" or "allow" (NULL: buffer, Decision 6); allow_overlap is true exactly
+    # when this is "allow" (the older key, kept as an alias).
+    overlap: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Occurrences dropped by overlap "skip" because a run was in flight (kala_overlap_skipped).
+    overlap_skipped: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -227,7 +234,8 @@ class MetricCount(Base):
     sees the same figures and a scrape reads a few hundred rows whatever the size of the
     tables. `series`: "runs" (runs that reached the end state `label`), "lateness" (scheduled
     runs that started within the bucket `label` seconds of being due; `total` sums the
-    seconds), "missed" (occurrences coalesced or skipped), "jobs" (jobs now in state
+    seconds), "missed" (occurrences coalesced or skipped), "overlap_skipped" (occurrences
+    dropped by overlap "skip", migration 0003), "jobs" (jobs now in state
     `label`). On PostgreSQL a series is spread over 16 `shard` rows (by a hash of the row's
     id), so concurrent transactions rarely wait on the same row."""
 

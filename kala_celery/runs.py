@@ -101,7 +101,7 @@ class RetryPolicy:
     @classmethod
     def of(cls, job: JobRecord, run: Run | RunInfo, settings: Settings) -> RetryPolicy:
         deadline = None
-        if run.trigger == "schedule" and job.schedule and job.epsilon:
+        if run.trigger == "schedule" and (job.schedule or job.cron) and job.epsilon:
             zone = schedule.resolve_zone(job.timezone, settings.timezone)
             epsilon = schedule.parse_epsilon(job.epsilon)
             if epsilon is not None:
@@ -410,8 +410,8 @@ def finish(
     if ended.rowcount != 1:
         return None  # someone else ended it (status callback, sweep)
     done, total = "yes", None
-    if job.schedule:
-        total = _total_runs(job.schedule, job.timezone, settings.timezone)
+    if job.schedule or job.cron:  # a cron job repeats until disabled (Decision 18)
+        total = None if job.cron else _total_runs(job.schedule, job.timezone, settings.timezone)
         done = "child" if total is None else "total"
     conn.execute(
         _counters(state, failed_attempt, done), {"p_job": job.id, "p_now": now, "p_total": total}

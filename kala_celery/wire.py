@@ -216,6 +216,12 @@ def job_document(
     queue = getattr(job, "queue", None)
     if _set(queue):
         doc["queue"] = queue
+    cron = getattr(job, "cron", None)
+    if _set(cron):
+        doc["cron"] = cron
+    overlap = getattr(job, "overlap", None)
+    if _set(overlap):  # "skip" or "allow" (with allow_overlap: true above); buffer is unset
+        doc["overlap"] = overlap
     return doc
 
 
@@ -907,6 +913,8 @@ _JOB = _index(
         ("run_timeout", "run_timeout", "string", "string"),
         ("allow_overlap", "allow_overlap", "bool", "bool"),
         ("queue", "queue", "string", "string"),
+        ("cron", "cron", "string", "string"),  # Decision 18
+        ("overlap", "overlap", "string", "string"),  # Decision 21
     ]
 )
 

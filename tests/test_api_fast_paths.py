@@ -126,6 +126,8 @@ fake_jobs = st.builds(
     run_timeout=optional_texts,
     allow_overlap=st.booleans(),
     queue=optional_texts,
+    cron=optional_texts,
+    overlap=st.none() | st.sampled_from(["skip", "allow"]),
 )
 id_lists = st.none() | st.lists(texts, max_size=3)
 

@@ -56,6 +56,8 @@ FIELDS = (
     "run_timeout",
     "allow_overlap",
     "queue",
+    "cron",
+    "overlap",
 )
 
 _quote = json.encoder.encode_basestring  # the C encoder json.dumps(ensure_ascii=False) uses
@@ -159,7 +161,8 @@ def _remote(url: Any, method: Any, body: Any, headers: Any, timeout: Any, codes:
 
 
 def _extensions(
-    timezone: Any, delay: Any, backoff: Any, timeout: Any, overlap: Any, queue: Any
+    timezone: Any, delay: Any, backoff: Any, timeout: Any, overlap: Any, queue: Any,
+    cron: Any, policy: Any,
 ) -> str:
     """The extension keys that are not at their default (as wire.job_document)."""
     out = ""
@@ -175,6 +178,10 @@ def _extensions(
         out += ',"allow_overlap":true'
     if queue is not None and queue != "":
         out += f',"queue":{_text(queue)}'
+    if cron is not None and cron != "":
+        out += f',"cron":{_text(cron)}'
+    if policy is not None and policy != "":
+        out += f',"overlap":{_text(policy)}'
     return out
 
 

@@ -222,7 +222,7 @@ class KalaScheduler(Scheduler):
         with self._store.sessions.begin() as session:
             unarmed = session.scalars(
                 select(Job)
-                .where(text(UNARMED), Job.schedule != "")
+                .where(text(UNARMED), (Job.schedule != "") | Job.cron.is_not(None))
                 .where(~select(JobLink.id).where(JobLink.child_id == Job.id).exists())
                 .limit(BATCH)
             ).all()

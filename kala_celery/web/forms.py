@@ -38,8 +38,10 @@ FIELDS = (
     Field("owner", "Owner", placeholder="ops@example.com"),
     Field("schedule", "Schedule", hint="R<n>/<start>/<interval>: R = forever, R0 = once, "
           "R5 = 6 runs; empty = once, now", placeholder="R/2026-12-01T09:00:00Z/PT1H"),
-    Field("timezone", "Time zone", hint="IANA name for calendar steps (days, months); "
-          "empty = the server's zone", placeholder="Europe/Berlin"),
+    Field("cron", "Cron", hint="instead of a schedule: minute hour day month weekday, "
+          "repeats until disabled", placeholder="0 9 * * MON-FRI"),
+    Field("timezone", "Time zone", hint="IANA name for calendar steps (days, months) and "
+          "cron; empty = the server's zone", placeholder="Europe/Berlin"),
     Field("command", "Command", "textarea", "local", "split into words like a POSIX shell, "
           "run without a shell (bash -c '...' for pipes)", "echo hello"),
     Field("url", "URL", "text", "remote", placeholder="https://example.com/hook", wide=True),
@@ -57,6 +59,8 @@ FIELDS = (
     Field("retry_backoff", "Retry backoff", "checkbox", "advanced", "double the delay each time"),
     Field("run_timeout", "Run timeout", "text", "advanced", "ISO 8601 duration", "PT10M"),
     Field("allow_overlap", "Allow overlap", "checkbox", "advanced"),
+    Field("skip_overlap", "Skip while running", "checkbox", "advanced",
+          "drop occurrences that fall due while a run is in flight (overlap: skip)"),
     Field("resume", "Resume at next scheduled time", "checkbox", "advanced",
           "skip missed occurrences instead of one catch-up run"),
     Field("queue", "Queue", "text", "advanced", "Celery queue name; empty = default"),
@@ -111,6 +115,8 @@ def body_from_form(form: Mapping[str, str], *, new: bool) -> bytes:
     job_type = _number(text("type") or "0")
     doc["type"] = job_type
     doc["schedule"] = text("schedule").strip()
+    if text("cron").strip():
+        doc["cron"] = text("cron").strip()
     if text("timezone").strip():
         doc["timezone"] = text("timezone").strip()
     if job_type == JOB_REMOTE:
@@ -138,6 +144,8 @@ def body_from_form(form: Mapping[str, str], *, new: bool) -> bytes:
         doc["TemplateDelimiters"] = text("template_delimiters").strip()
     doc["retry_backoff"] = checked("retry_backoff")
     doc["allow_overlap"] = checked("allow_overlap")
+    if checked("skip_overlap"):
+        doc["overlap"] = "skip"
     doc["resume_at_next_scheduled_time"] = checked("resume")
     doc["disabled"] = checked("disabled")
     doc["parent_jobs"] = _ids(text("parents"))
@@ -170,6 +178,8 @@ def values_of(job: Job, parents: list[str], children: list[str]) -> dict[str, st
         "retry_backoff": "on" if job.retry_backoff else "",
         "run_timeout": job.run_timeout or "",
         "allow_overlap": "on" if job.allow_overlap else "",
+        "skip_overlap": "on" if job.overlap == "skip" else "",
+        "cron": job.cron or "",
         "resume": "on" if job.resume_at_next_scheduled_time else "",
         "queue": job.queue or "",
         "parents": ", ".join(parents),
@@ -197,6 +207,8 @@ _NAMED = (
     ("expected_response_codes", "expected_codes"),
     ("Job.retries", "retries"),
     ("schedule '", "schedule"),
+    ("cron", "cron"),
+    ("overlap", "skip_overlap"),
     ("epsilon", "epsilon"),
     ("time zone", "timezone"),
     ("queue", "queue"),

@@ -114,7 +114,7 @@ def _list_row(row: Any, last: Any, state: KalaState, now: Any) -> dict[str, Any]
     zone = state.settings.timezone
     words = describe.schedule_words(
         row.schedule, row.timezone, zone, runs_used=row.runs_used, is_child=row.has_parent,
-        now=now,
+        now=now, cron=row.cron,
     )
     if last is not None:
         last_state, last_at = last.state, last.finished_at or last.started_at or last.created_at
@@ -169,7 +169,7 @@ def job_page(job_id: str) -> str:
         )
         words = describe.schedule_words(
             job.schedule, job.timezone, state.settings.timezone, runs_used=job.runs_used,
-            is_child=bool(parents), now=now,
+            is_child=bool(parents), now=now, cron=job.cron,
         )
         in_flight = any(run.state in queries.IN_FLIGHT for run in runs)
         zone = describe.zone_or_utc(job.timezone, state.settings.timezone)
@@ -200,7 +200,7 @@ def _form_page(values: dict[str, str], *, job_id: str | None, error: str = "",
                status: int = 200) -> tuple[str, int]:
     shown = describe.preview(
         values.get("schedule", ""), values.get("timezone", ""), kala().settings.timezone,
-        now=utcnow(),
+        now=utcnow(), cron=values.get("cron", ""),
     )
     return render_template(
         "kala_webui/form.html",
@@ -261,6 +261,7 @@ def preview() -> Response:
         request.args.get("timezone", ""),
         kala().settings.timezone,
         now=utcnow(),
+        cron=request.args.get("cron", ""),
     )
     return jsonify(result)
 
