@@ -46,7 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from kala_celery import dispatch, schedule
+from kala_celery import dispatch, parents, schedule
 from kala_celery.config import Settings
 from kala_celery.db import engine_of
 from kala_celery.models import (
@@ -431,6 +431,8 @@ def finish(
     conn.execute(
         _counters(state, failed_attempt, done), {"p_job": job.id, "p_now": now, "p_total": total}
     )
+    if state == "success":
+        return parents.after_success(conn, job.id, run.id, now)
     if state in ("failed", "lost") and job.on_failure_job:
         return _record_on_failure(conn, job, now)
     return []

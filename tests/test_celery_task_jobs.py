@@ -1,0 +1,138 @@
+"""Celery-task jobs (type 2, Decision 19): the API's checks, and runs of a team's own tasks on
+its own `celery worker` (tests/own_celery_app.py, its own queue) next to ours on the default
+queue, dispatched by a real beat, with unknown task names and queues nobody serves."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from kala_celery.models import Run
+from tests.live import Api
+from tests.test_api_jobs import future
+from tests.test_beat import soon
+from tests.test_worker_runs import finished, runs_of
+
+pytestmark = pytest.mark.timeout(240)
+
+ADD = {"name": "tests.own_celery_app.add", "args": [2, 3], "kwargs": {"scale": 10}}
+
+
+def task_job(**extra: object) -> dict:
+    return {"name": "report", "type": 2, "celery_task": ADD, "schedule": f"R/{future()}/PT1H",
+            **extra}
+
+
+def refused(api: Api, body: dict | bytes) -> str:
+    if isinstance(body, bytes):
+        response = api.http.post("/job/", content=body)
+    else:
+        response = api.http.post("/job/", json=body)
+    assert response.status_code == 400, response.text
+    with api.state.sessions() as session:
+        assert session.scalars(select(Run)).all() == []
+    return response.json()["error"]
+
+
+def test_a_celery_task_job_round_trips_and_bad_ones_are_refused(api: Api) -> None:
+    job_id = api.create(**task_job(queue="theirs", parents_mode="any"))
+    job = api.job(job_id)
+    assert (job["type"], job["celery_task"], job["queue"]) == (2, ADD, "theirs")
+    assert "parents_mode" not in job  # the default is not shown
+    bare = api.job(api.create(**task_job(celery_task={"name": "x.y"})))
+    assert bare["celery_task"] == {"name": "x.y", "args": [], "kwargs": {}}
+    assert "celery_task" not in api.job(api.create(name="plain", command="true",
+                                                   schedule=f"R/{future()}/PT1H"))
+
+    assert "needs celery_task.name" in refused(api, task_job(celery_task={"args": []}))
+    assert "needs celery_task.name" in refused(api, {"name": "n", "type": 2})
+    assert "of type []interface {}" in refused(api, task_job(celery_task={**ADD, "args": {}}))
+    assert "map[string]interface {}" in refused(api, task_job(celery_task={**ADD, "kwargs": [1]}))
+    assert "celery_task.name" in refused(api, task_job(celery_task={**ADD, "name": 7}))
+    body = json.dumps(task_job()).replace('"args": [2, 3]', '"args": [1e999]').encode()
+    assert "1e999 does not fit" in refused(api, body)
+    assert "is not a task name" in refused(api, task_job(celery_task={"name": "a b"}))
+    assert "kala-celery's own tasks" in refused(api, task_job(celery_task={"name": "kala.run"}))
+    assert "run_timeout does not apply" in refused(api, task_job(run_timeout="PT5S"))
+    assert "for Celery-task jobs (type 2)" in refused(
+        api, {"name": "n", "command": "true", "celery_task": ADD})
+    assert "type must be 0" in refused(api, task_job(type=3))
+    assert 'parents_mode must be "any"' in refused(api, task_job(parents_mode="both"))
+
+    # a replace keeps the rules too: a refused one changes nothing
+    response = api.http.put(f"/job/{job_id}/", json=task_job(celery_task={"args": [1]}))
+    assert response.status_code == 400
+    assert api.job(job_id)["celery_task"] == ADD
+
+
+def start(api: Api, job_id: str) -> None:
+    assert api.http.post(f"/job/start/{job_id}/?wait=false").status_code == 202
+
+
+def redeliveries(api: Api, job_id: str) -> list[int]:
+    with api.state.sessions() as session:
+        return list(session.scalars(select(Run.redeliveries).where(Run.job_id == job_id)))
+
+
+def test_celery_task_jobs_on_their_own_workers(cluster) -> None:
+    cluster.worker()  # ours, on the default queue: it knows kala.run and none of their tasks
+    cluster.worker("-Q", "theirs", app="tests.own_celery_app",
+                   extra_env={"THEIR_WORKER": "theirs"})
+    cluster.worker("-Q", "plain", app="tests.plain_celery_app")  # knows no kala.run
+    cluster.beat(extra_env={"KALA_REDELIVER_AFTER": "PT2S"})
+    api = cluster.api
+    fine = api.create(id="fine", name="fine", type=2, celery_task=ADD, queue="theirs",
+                      schedule=f"R0/{soon(2)}/")
+    api.create(id="after", name="after", command="echo after", parent_jobs=["fine"])
+    api.create(id="cleanup", name="cleanup", command="true", schedule=f"R/{future()}/PT1H")
+    boom = api.create(name="boom", type=2, queue="theirs", retries=1, on_failure_job="cleanup",
+                      celery_task={"name": "tests.own_celery_app.explode", "args": ["boom!"]},
+                      schedule=f"R/{future()}/PT1H")
+    unknown = api.create(name="unknown", type=2, queue="theirs",
+                         celery_task={"name": "tests.own_celery_app.nope"},
+                         schedule=f"R/{future()}/PT1H")
+    default = api.create(name="default", type=2, celery_task=ADD, schedule=f"R/{future()}/PT1H")
+    nobody = api.create(name="nobody", type=2, celery_task=ADD, queue="nobody",
+                        schedule=f"R/{future()}/PT1H")
+    plain = api.create(name="plain", type=2, celery_task=ADD, queue="plain",
+                       schedule=f"R/{future()}/PT1H")
+    for job_id in (boom, unknown, default, nobody, plain):
+        start(api, job_id)
+
+    [run] = finished(api, fine)  # fired by the beat, run by their worker
+    assert (run["state"], run["trigger"]) == ("success", "schedule")
+    assert json.loads(run["output"]) == {"sum": 50, "worker": "theirs"}
+    assert api.job(fine)["metadata"]["success_count"] == 1
+    [child] = finished(api, "after")  # a dependent runs after it, on our worker
+    assert (child["state"], child["output"]) == ("success", "after")
+
+    [run] = finished(api, boom)
+    assert (run["state"], run["error"], run["number_of_retries"]) == (
+        "failed", "ValueError: boom!", 1)
+    assert "Traceback" in run["output"] and "boom!" in run["output"]
+    assert api.job(boom)["metadata"]["error_count"] == 2
+    [cleanup] = finished(api, "cleanup")
+    assert cleanup["trigger"] == "on_failure"
+
+    [run] = finished(api, unknown)
+    assert run["state"] == "failed"
+    assert "task 'tests.own_celery_app.nope' is not registered on worker w1-" in run["error"]
+    [run] = finished(api, default)  # no queue: the default queue, where our worker is
+    assert run["state"] == "failed"
+    assert "'tests.own_celery_app.add' is not registered on worker w0-" in run["error"]
+
+    # Nobody consumes "nobody": the message waits there, is not sent again, and the run fails.
+    [run] = finished(api, nobody, timeout=90)
+    assert run["state"] == "failed"
+    assert "no worker took this run from queue 'nobody' within" in run["error"]
+    assert redeliveries(api, nobody) == [0]
+    # Their plain worker drops kala.run (unregistered): sent once more, then failed.
+    [run] = finished(api, plain, timeout=90)
+    assert run["state"] == "failed"
+    assert "from queue 'plain', sent 2 times" in run["error"]
+    assert "import kala_celery.tasks" in run["error"]
+    assert redeliveries(api, plain) == [1]
+    assert api.job(plain)["metadata"]["error_count"] == 1
+    assert [r["state"] for r in runs_of(api, plain)] == ["failed"]  # and stays failed
