@@ -5,11 +5,15 @@ queue, dispatched by a real beat, with unknown task names and queues nobody serv
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from kala_celery.models import Run
+from kala_celery.api import create_app
+from kala_celery.config import Settings
+from kala_celery.models import Job, Run
 from tests.live import Api
 from tests.test_api_jobs import future
 from tests.test_beat import soon
@@ -136,3 +140,42 @@ def test_celery_task_jobs_on_their_own_workers(cluster) -> None:
     assert redeliveries(api, plain) == [1]
     assert api.job(plain)["metadata"]["error_count"] == 1
     assert [r["state"] for r in runs_of(api, plain)] == ["failed"]  # and stays failed
+
+
+def test_the_dashboard_shows_and_makes_celery_task_jobs(db_url: str, tmp_path: Path) -> None:
+    app = create_app(Settings(database_url=db_url, data_dir=tmp_path), publish=lambda runs: None)
+    client = app.test_client()
+    page = client.get("/webui/new").get_data(as_text=True)
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    assert '<option value="2"' in page and 'data-section="task"' in page
+    start = future()
+    form = {"csrf": token, "name": "report", "type": "2", "schedule": f"R/{start}/PT1H",
+            "task_name": ADD["name"], "task_args": "[2, 3]", "task_kwargs": '{"scale": 10}',
+            "queue": "theirs", "parents_all": "on", "command": "ignored"}
+    created = client.post("/webui/new", data=form)
+    assert created.status_code == 302, created.get_data(as_text=True)
+    job_id = created.headers["Location"].split("/")[3]
+    job = client.get(f"/api/v1/job/{job_id}/").get_json()["job"]
+    assert (job["celery_task"], job["queue"], job["parents_mode"], job["command"]) == (
+        ADD, "theirs", "all", "")
+
+    shown = client.get(f"/webui/job/{job_id}/").get_data(as_text=True)
+    assert "Celery task" in shown and ADD["name"] in shown and "[2, 3]" in shown
+    assert "<dt>Command</dt>" not in shown  # it has none
+    assert "all parents have succeeded" in shown
+    listed = client.get("/webui/").get_data(as_text=True)
+    assert re.search(r'data-label="Type">Celery task<', listed)
+    edit = client.get(f"/webui/job/{job_id}/edit").get_data(as_text=True)
+    assert f'value="{ADD["name"]}"' in edit and "[2, 3]" in edit
+
+    with app.extensions["kala"].sessions() as session:
+        before = session.scalar(select(func.count()).select_from(Job))
+    for field, value, reason in (("task_args", "[2,", "Arguments: not JSON"),
+                                 ("task_kwargs", "[1]", "celery_task.kwargs"),
+                                 ("task_name", "", "needs celery_task.name")):
+        refused = client.post("/webui/new", data={**form, field: value})
+        text = refused.get_data(as_text=True)
+        assert refused.status_code == 400 and reason in text, (field, text[:2000])
+        assert re.search(rf'id="f-{field}"[^>]*aria-invalid="true"', text), field
+    with app.extensions["kala"].sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == before

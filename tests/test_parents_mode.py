@@ -6,13 +6,17 @@ databases."""
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from kala_celery.models import Run
+from kala_celery import runs
+from kala_celery.config import Settings
+from kala_celery.models import Run, utcnow
+from kala_celery.outcome import Outcome
 from tests.live import Api
 from tests.processes import wait_for
 from tests.test_api_jobs import future
@@ -109,3 +113,46 @@ def test_two_parents_ending_at_once_on_two_workers_start_the_child_once(
     # each round's two parents ran side by side on the two workers
     assert len({worker.rsplit("/", 1)[0] for _, worker in workers}) == 2
     wait_for(lambda: all(r["state"] == "success" for r in runs_of(api, "rc")), 30, "rc runs")
+
+
+def test_two_parents_succeeding_in_overlapping_transactions_record_the_child_once(
+    api: Api,
+) -> None:
+    """The race made certain: parent 1's success is recorded but not committed when parent
+    2's is; the second waits for the first (the child's row lock; SQLite's one writer) and,
+    seeing the first's mark, records the child's one run. Without the lock each would miss
+    the other's uncommitted mark, and the child would never run."""
+    job(api, "q1")
+    job(api, "q2")
+    job(api, "qc", parent_jobs=["q1", "q2"], parents_mode="all")
+    for parent in ("q1", "q2"):
+        start(api, parent)
+    engine, now = api.state.engine, utcnow()
+    with api.state.sessions() as session:
+        ids = dict(session.execute(select(Run.job_id, Run.id)).all())
+    claimed = {job_id: runs.claim(engine, ids[job_id], "t/1", "t", now) for job_id in ids}
+
+    def succeed(conn, job_id: str) -> list[str] | None:
+        run, job_record, _ = claimed[job_id]
+        return runs.finish(conn, run, job_record, "t/1", "success", Outcome(True), Settings(),
+                           now)
+
+    second: list[list[str] | None] = []
+    with engine.connect() as first:
+        with first.begin():
+            assert succeed(first, "q1") == []  # q2 has not succeeded (as far as it can see)
+
+            def other() -> None:
+                with engine.begin() as conn:
+                    second.append(succeed(conn, "q2"))
+
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join(1.0)  # it waits for the first transaction
+        thread.join(30)
+    assert len(second) == 1 and len(second[0]) == 1
+    with api.state.sessions() as session:
+        child_runs = session.scalars(select(Run).where(Run.job_id == "qc")).all()
+        assert [(r.id, r.trigger, r.parent_run_id) for r in child_runs] == [
+            (second[0][0], "parent", ids["q2"])]
+        assert session.scalar(select(func.count()).select_from(Run)) == 3
