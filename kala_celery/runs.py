@@ -456,6 +456,14 @@ def _record_on_failure(conn: Connection, job: JobRecord, now: datetime) -> list[
         )
 
 
+def _run_and_job(conn: Connection, run_id: str, state: str) -> tuple[RunInfo, JobRecord] | None:
+    """A run and its job, for the sweep's verdicts, when the run is still in `state`."""
+    row = conn.execute(_ABANDONED, {"p_run": run_id}).first()
+    if row is None or row.state != state:
+        return None
+    return _run_info(row), _job_of(row, len(_RUN_RETURNING) + 1)
+
+
 def abandon(
     sessions: sessionmaker[Session], run_id: str, settings: Settings, now: datetime, reason: str
 ) -> list[str]:
@@ -464,11 +472,10 @@ def abandon(
     again); otherwise it ends `lost` (an error; its on-failure job runs). Returns the run ids
     to publish."""
     with engine_of(sessions).begin() as conn:
-        row = conn.execute(_ABANDONED, {"p_run": run_id}).first()
-        if row is None or row.state != "started":
+        found = _run_and_job(conn, run_id, "started")
+        if found is None:
             return []
-        run = _run_info(row)
-        job = _job_of(row, len(_RUN_RETURNING) + 1)
+        run, job = found
         policy = RetryPolicy.of(job, run, settings)
         if run.attempts < policy.attempts and policy.may_start(now):
             params = {"p_run": run_id, "p_me": run.worker, "p_error": reason}
@@ -611,11 +618,10 @@ def fail_untaken(
     """sent -> failed for a run no worker took (a failed attempt: counted as an error, its
     on-failure job runs). Returns the run ids to publish."""
     with engine_of(sessions).begin() as conn:
-        row = conn.execute(_ABANDONED, {"p_run": run_id}).first()
-        if row is None or row.state != "sent":
+        found = _run_and_job(conn, run_id, "sent")
+        if found is None:
             return []
-        run = _run_info(row)
-        job = _job_of(row, len(_RUN_RETURNING) + 1)
+        run, job = found
         follow = finish(conn, run, job, None, "failed", Outcome(False, error=reason), settings,
                         now, failed_attempt=True, untaken=True)
     if follow is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from kala_celery import wire
 from kala_celery.api import create_app
 from kala_celery.config import Settings
 from kala_celery.models import Job, Run
@@ -27,6 +28,44 @@ ADD = {"name": "tests.own_celery_app.add", "args": [2, 3], "kwargs": {"scale": 1
 def task_job(**extra: object) -> dict:
     return {"name": "report", "type": 2, "celery_task": ADD, "schedule": f"R/{future()}/PT1H",
             **extra}
+
+
+@pytest.mark.parametrize(("body", "decoded"), [
+    ('{"celery_task": {"name": "a.b"}}', {"name": "a.b"}),
+    ('{"CELERY_TASK": {"Name": "a.b", "ARGS": [1]}}', {"name": "a.b", "args": [1]}),
+    ('{"celery_task": {"args": [1, -2.5, "x", true, null, [], {"k": [{}]}]}}',
+     {"args": [1, -2.5, "x", True, None, [], {"k": [{}]}]}),
+    ('{"celery_task": {"kwargs": {"a": {"b": 1e3}, "c": "\\u00e9"}}}',
+     {"kwargs": {"a": {"b": 1000.0}, "c": "\u00e9"}}),
+    ('{"celery_task": {"args": [123456789012345678901234567890]}}',
+     {"args": [123456789012345678901234567890]}),
+    ('{"celery_task": {"args": [1], "args": null}}', {}),  # null: Go's nil slice
+    ('{"celery_task": {"args": [1]}, "celery_task": {"name": "n"}}',
+     {"args": [1], "name": "n"}),  # a repeated struct key merges, as in Go
+    ('{"celery_task": null}', None),
+    ('{"parents_mode": "all"}', None),
+])
+def test_celery_task_decodes_as_plain_json(body: str, decoded: dict | None) -> None:
+    out = wire.decode_job(body.encode())
+    assert out.get("celery_task") == decoded
+    if "parents_mode" in body:
+        assert out["parents_mode"] == "all"
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('{"celery_task": []}', "array into Go struct field Job.celery_task of type job.CeleryTask"),
+    ('{"celery_task": {"args": "1"}}', "string into Go struct field Job.celery_task.args"),
+    ('{"celery_task": {"args": {}}}', "object into Go struct field Job.celery_task.args"),
+    ('{"celery_task": {"kwargs": 1}}', "number into Go struct field Job.celery_task.kwargs"),
+    ('{"celery_task": {"kwargs": [{}]}}', "array into Go struct field Job.celery_task.kwargs"),
+    ('{"celery_task": {"args": [-1e400]}}', "number -1e400 does not fit in a float64"),
+    ('{"celery_task": {"kwargs": {"a": [1e999]}}}', "number 1e999 does not fit"),
+    ('{"celery_task": {"name": ["a"]}}', "array into Go struct field Job.celery_task.name"),
+    ('{"parents_mode": true}', "bool into Go struct field Job.parents_mode of type string"),
+])
+def test_celery_task_that_is_not_json_of_its_kind_is_refused(body: str, message: str) -> None:
+    with pytest.raises(wire.WireError, match=re.escape(message)):
+        wire.decode_job(body.encode())
 
 
 def refused(api: Api, body: dict | bytes) -> str:
