@@ -51,6 +51,8 @@ class FakeJob:
     run_timeout: str | None = None
     allow_overlap: bool = False
     queue: str | None = None
+    celery_task: dict | None = None
+    parents_mode: str | None = None
 
 
 T0 = datetime(2026, 11, 22, 18, 28, 12, 994555, tzinfo=UTC)

@@ -56,6 +56,8 @@ FIELDS = (
     "run_timeout",
     "allow_overlap",
     "queue",
+    "celery_task",
+    "parents_mode",
 )
 
 _quote = json.encoder.encode_basestring  # the C encoder json.dumps(ensure_ascii=False) uses
@@ -159,7 +161,14 @@ def _remote(url: Any, method: Any, body: Any, headers: Any, timeout: Any, codes:
 
 
 def _extensions(
-    timezone: Any, delay: Any, backoff: Any, timeout: Any, overlap: Any, queue: Any
+    timezone: Any,
+    delay: Any,
+    backoff: Any,
+    timeout: Any,
+    overlap: Any,
+    queue: Any,
+    task: Any,
+    parents_mode: Any,
 ) -> str:
     """The extension keys that are not at their default (as wire.job_document)."""
     out = ""
@@ -175,6 +184,10 @@ def _extensions(
         out += ',"allow_overlap":true'
     if queue is not None and queue != "":
         out += f',"queue":{_text(queue)}'
+    if task is not None and (task := _json(task)):
+        out += f',"celery_task":{wire.compact_json(task)}'
+    if parents_mode is not None and parents_mode != "":
+        out += f',"parents_mode":{_text(parents_mode)}'
     return out
 
 
