@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from kala_celery.api import create_app
 from kala_celery.config import Settings
 from kala_celery.models import Job, Run
 from tests.live import Api
+from tests.processes import Command
 from tests.test_api_jobs import future
 from tests.test_beat import soon
 from tests.test_worker_runs import finished, runs_of
@@ -119,12 +121,20 @@ def redeliveries(api: Api, job_id: str) -> list[int]:
         return list(session.scalars(select(Run.redeliveries).where(Run.job_id == job_id)))
 
 
+def stop_together(commands: list[Command]) -> None:
+    """Ask every process to stop at once (the fixture then waits for each in turn)."""
+    for command in commands:
+        command.proc.send_signal(signal.SIGTERM)
+
+
 def test_celery_task_jobs_on_their_own_workers(cluster) -> None:
-    cluster.worker()  # ours, on the default queue: it knows kala.run and none of their tasks
-    cluster.worker("-Q", "theirs", app="tests.own_celery_app",
-                   extra_env={"THEIR_WORKER": "theirs"})
-    cluster.worker("-Q", "plain", app="tests.plain_celery_app")  # knows no kala.run
-    cluster.beat(extra_env={"KALA_REDELIVER_AFTER": "PT2S"})
+    processes = [
+        cluster.worker(),  # ours, on the default queue: it knows kala.run, none of their tasks
+        cluster.worker("-Q", "theirs", app="tests.own_celery_app",
+                       extra_env={"THEIR_WORKER": "theirs"}),
+        cluster.worker("-Q", "plain", app="tests.plain_celery_app"),  # knows no kala.run
+        cluster.beat(extra_env={"KALA_REDELIVER_AFTER": "PT2S"}),
+    ]
     api = cluster.api
     fine = api.create(id="fine", name="fine", type=2, celery_task=ADD, queue="theirs",
                       schedule=f"R0/{soon(2)}/")
@@ -179,6 +189,7 @@ def test_celery_task_jobs_on_their_own_workers(cluster) -> None:
     assert redeliveries(api, plain) == [1]
     assert api.job(plain)["metadata"]["error_count"] == 1
     assert [r["state"] for r in runs_of(api, plain)] == ["failed"]  # and stays failed
+    stop_together(processes)
 
 
 def test_the_dashboard_shows_and_makes_celery_task_jobs(db_url: str, tmp_path: Path) -> None:

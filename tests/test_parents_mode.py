@@ -20,6 +20,7 @@ from kala_celery.outcome import Outcome
 from tests.live import Api
 from tests.processes import wait_for
 from tests.test_api_jobs import future
+from tests.test_celery_task_jobs import stop_together
 from tests.test_worker_runs import finished, runs_of
 
 pytestmark = pytest.mark.timeout(240)
@@ -45,7 +46,7 @@ def ended(api: Api, job_id: str, count: int) -> list[dict]:
 
 
 def test_all_parents_and_a_failing_parent(cluster, tmp_path: Path) -> None:
-    cluster.worker(concurrency=2)
+    worker = cluster.worker(concurrency=2)
     api = cluster.api
     flag = tmp_path / "p1-ok"
     job(api, "p1", f"test -e {flag}")
@@ -86,20 +87,20 @@ def test_all_parents_and_a_failing_parent(cluster, tmp_path: Path) -> None:
     assert "parents_mode" not in api.job("both")
     start(api, "p2")
     assert len(finished(api, "both", 3)) == 3  # OR now
+    stop_together([worker])
 
 
 def test_two_parents_ending_at_once_on_two_workers_start_the_child_once(
     cluster, tmp_path: Path
 ) -> None:
-    cluster.worker(concurrency=1)
-    cluster.worker(concurrency=1)
+    processes = [cluster.worker(concurrency=1), cluster.worker(concurrency=1)]
     api = cluster.api
     moment = tmp_path / "moment"
     job(api, "r1", f"{UNTIL} {moment}")
     job(api, "r2", f"{UNTIL} {moment}")
     job(api, "rc", parent_jobs=["r1", "r2"], parents_mode="all")
-    for round_ in range(1, 4):
-        moment.write_text(str(time.time() + 1.5))
+    for round_ in range(1, 3):
+        moment.write_text(str(time.time() + 1.0))
         start(api, "r1")
         start(api, "r2")
         first, second = ended(api, "r1", round_)[-1], ended(api, "r2", round_)[-1]
@@ -113,6 +114,7 @@ def test_two_parents_ending_at_once_on_two_workers_start_the_child_once(
     # each round's two parents ran side by side on the two workers
     assert len({worker.rsplit("/", 1)[0] for _, worker in workers}) == 2
     wait_for(lambda: all(r["state"] == "success" for r in runs_of(api, "rc")), 30, "rc runs")
+    stop_together(processes)
 
 
 def test_two_parents_succeeding_in_overlapping_transactions_record_the_child_once(
