@@ -594,9 +594,7 @@ def task_verdicts(
     again: list[str] = []
     failed: list[tuple[str, str]] = []
     for run in untaken:
-        queue = run.queue or "the default queue"
-        if run.queue:
-            queue = f"queue {run.queue!r}"
+        queue = f"queue {run.queue!r}" if run.queue else "the default queue"
         if run.queue in idle and run.redeliveries == 0:
             again.append(run.run_id)
         elif run.queue in idle:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import re
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from kala_celery import wire
+from kala_celery import runs, wire
 from kala_celery.api import create_app
 from kala_celery.config import Settings
 from kala_celery.models import Job, Run
@@ -68,6 +69,35 @@ def test_celery_task_decodes_as_plain_json(body: str, decoded: dict | None) -> N
 def test_celery_task_that_is_not_json_of_its_kind_is_refused(body: str, message: str) -> None:
     with pytest.raises(wire.WireError, match=re.escape(message)):
         wire.decode_job(body.encode())
+
+
+NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
+BOUND = timedelta(seconds=30)
+
+
+@pytest.mark.parametrize(("queue", "idle", "redeliveries", "waited", "verdict"), [
+    ("q", {"q"}, 0, 31, "again"),  # its queue is empty: its message was lost or dropped
+    (None, {None}, 0, 31, "again"),
+    ("q", {"q"}, 1, 31, "no worker took this run from queue 'q', sent 2 times"),
+    (None, {None}, 3, 31, "from the default queue, sent 4 times"),
+    ("q", set(), 0, 31, None),  # its message still waits there: not yet
+    ("q", {"other"}, 0, 60, None),
+    ("q", set(), 0, 61, "no worker took this run from queue 'q' within 61 s"),
+    ("q", set(), 1, 61, "within 61 s: is a worker consuming that queue?"),
+    (None, set(), 0, 3600, "from the default queue within 3600 s"),
+])
+def test_what_the_sweep_does_with_a_task_run_nobody_took(
+    queue: str | None, idle: set, redeliveries: int, waited: int, verdict: str | None
+) -> None:
+    run = runs.Untaken("r", queue, redeliveries, NOW - timedelta(seconds=waited))
+    again, failed = runs.task_verdicts([run], idle, NOW, BOUND)
+    if verdict == "again":
+        assert (again, failed) == (["r"], [])
+    elif verdict is None:
+        assert (again, failed) == ([], [])
+    else:
+        [(run_id, error)] = failed
+        assert again == [] and run_id == "r" and verdict in error
 
 
 def refused(api: Api, body: dict | bytes) -> str:
