@@ -20,13 +20,24 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 
 from kala_celery import cron, dispatch, occurrences, schedule, wire
 from kala_celery.errors import Conflict, Forbidden, InvalidJob, NotFound
-from kala_celery.models import ID_LENGTH, JOB_LOCAL, JOB_REMOTE, Job, JobLink, Run
+from kala_celery.models import (
+    ID_LENGTH,
+    JOB_CELERY_TASK,
+    JOB_LOCAL,
+    JOB_REMOTE,
+    PARENTS_ALL,
+    Job,
+    JobLink,
+    Run,
+)
 
 # Ids that would collide with Kala's routes under /job/ (`/job/all/`, `/job/stats/{id}/`...).
 RESERVED_IDS = frozenset({"all", "stats", "start", "enable", "disable"})
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:@-]*")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
+_TASK_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
+PARENTS_MODES = ("any", PARENTS_ALL)  # "any" is Kala's (the default, stored as NULL)
 MAX_DEPTH = 32  # levels of dependent jobs below any job
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OVERLAP_POLICIES = ("buffer", "skip", "allow")  # Decision 21
@@ -129,15 +140,46 @@ def overlap_policy(data: dict[str, Any]) -> str | None:
     """The stored policy of a validated body: None (buffer), "skip" or "allow"."""
     policy = data.get("overlap") or ("allow" if data.get("allow_overlap") else None)
     return None if policy == "buffer" else policy
+def _check_celery_task(data: dict[str, Any]) -> None:
+    """Decision 19: a type 2 job names a task; args and kwargs are JSON (the decoder checked
+    their shapes) and nothing of a command applies to it."""
+    task = data.get("celery_task") or {}
+    name = task.get("name", "")
+    if not name:
+        raise InvalidJob("a Celery-task job (type 2) needs celery_task.name")
+    if not _TASK_NAME_RE.fullmatch(name):
+        raise InvalidJob(
+            f"celery_task.name {name!r} is not a task name: use up to 200 letters, digits "
+            "and _.:- starting with a letter or _"
+        )
+    if name.startswith("kala."):
+        raise InvalidJob(f"celery_task.name {name!r} is one of kala-celery's own tasks")
+    for key in ("run_timeout", "template_delimiters"):
+        if data.get(key):
+            raise InvalidJob(f"{key} does not apply to a Celery-task job (type 2)")
+
+
+def _check_parents_mode(data: dict[str, Any]) -> None:
+    mode = data.get("parents_mode")
+    if mode is not None and mode not in PARENTS_MODES:
+        raise InvalidJob(f'parents_mode must be "any" (the default) or "all", not {mode!r}')
 
 
 def _validate(data: dict[str, Any], rules: Rules) -> None:
     job_type = data.get("type", JOB_LOCAL)
-    if job_type not in (JOB_LOCAL, JOB_REMOTE):
-        raise InvalidJob(f"type must be 0 (local command) or 1 (remote HTTP call), not {job_type}")
+    if job_type not in (JOB_LOCAL, JOB_REMOTE, JOB_CELERY_TASK):
+        raise InvalidJob(
+            f"type must be 0 (local command), 1 (remote HTTP call) or 2 (Celery task), "
+            f"not {job_type}"
+        )
     if not data.get("name"):
         raise InvalidJob("name is required")
-    if job_type == JOB_LOCAL:
+    _check_parents_mode(data)
+    if job_type == JOB_CELERY_TASK:
+        _check_celery_task(data)
+    elif data.get("celery_task"):
+        raise InvalidJob("celery_task is for Celery-task jobs (type 2)")
+    elif job_type == JOB_LOCAL:
         if not data.get("command", "").strip():
             raise InvalidJob("command is required for a local job (type 0)")
         if not rules.allow_shell:
@@ -320,6 +362,13 @@ def _apply_fields(job: Job, data: dict[str, Any], rules: Rules) -> None:
     job.allow_overlap = job.overlap == "allow"
     job.queue = data.get("queue") or None
     job.cron = data.get("cron") or None
+    task = data.get("celery_task") if job.job_type == JOB_CELERY_TASK else None
+    job.celery_task = (
+        {"name": task["name"], "args": task.get("args") or [], "kwargs": task.get("kwargs") or {}}
+        if task
+        else None
+    )
+    job.parents_mode = PARENTS_ALL if data.get("parents_mode") == PARENTS_ALL else None
 
 
 def _apply_metadata(job: Job, metadata: dict[str, Any] | None) -> None:
@@ -477,12 +526,16 @@ def replace_job(
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
     old_schedule = (job.schedule, job.cron, job.timezone, bool(parent_ids(session, job_id)))
-    was_disabled = job.disabled
+    was_disabled, old_mode = job.disabled, job.parents_mode
     _apply_fields(job, data, rules)
     if "metadata" in data:
         _apply_metadata(job, data["metadata"])
     children = data.get("dependent_jobs")
     _set_links(session, job_id, parents, _unique(children) if children is not None else None)
+    if job.parents_mode != old_mode:  # Decision 20: a new mode counts parents afresh
+        session.execute(
+            update(JobLink).where(JobLink.child_id == job_id).values(satisfied=False)
+        )
     if parents:
         job.next_run_at = None
         return job, None

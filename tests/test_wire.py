@@ -53,6 +53,8 @@ class FakeJob:
     queue: str | None = None
     cron: str | None = None
     overlap: str | None = None
+    celery_task: dict | None = None
+    parents_mode: str | None = None
 
 
 T0 = datetime(2026, 11, 22, 18, 28, 12, 994555, tzinfo=UTC)

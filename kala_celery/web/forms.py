@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kala_celery.models import JOB_REMOTE, Job
+from kala_celery.models import JOB_CELERY_TASK, JOB_REMOTE, PARENTS_ALL, Job
 
 
 class FormError(ValueError):
@@ -26,7 +26,7 @@ class Field:
     name: str  # the form key
     label: str  # the accessible name
     kind: str = "text"  # text, textarea, number, checkbox, select
-    section: str = "job"  # job, local, remote, advanced
+    section: str = "job"  # job, local, remote, task, advanced
     hint: str = ""
     placeholder: str = ""
     wide: bool = False  # a whole row of the form
@@ -52,6 +52,11 @@ FIELDS = (
     Field("timeout", "Timeout", "number", "remote", "seconds; 0 = 30 s"),
     Field("expected_codes", "Expected response codes", "text", "remote",
           "comma separated; empty = any 2xx", "200, 201"),
+    Field("task_name", "Task name", "text", "task", "registered in the Celery app of the "
+          "workers on the job's queue", "myapp.tasks.report", wide=True),
+    Field("task_args", "Arguments", "textarea", "task", "a JSON array", "[1, 2]"),
+    Field("task_kwargs", "Keyword arguments", "textarea", "task", "a JSON object",
+          '{"scale": 10}'),
     Field("retries", "Retries", "number", "advanced"),
     Field("epsilon", "Epsilon", "text", "advanced", "how late a run may still start",
           "PT5M"),
@@ -67,6 +72,8 @@ FIELDS = (
     Field("parents", "Parent jobs", "text", "advanced", "job ids, comma separated: the job "
           "then runs after them"),
     Field("dependents", "Dependent jobs", "text", "advanced", "job ids, comma separated"),
+    Field("parents_all", "Wait for all parents", "checkbox", "advanced",
+          "run once every parent job has succeeded, not after each"),
     Field("on_failure_job", "On failure job", "text", "advanced",
           "a job id to run after a run fails all its attempts"),
     Field("template_delimiters", "Template delimiters", "text", "advanced",
@@ -74,7 +81,7 @@ FIELDS = (
     Field("disabled", "Disabled", "checkbox", "advanced"),
 )
 NEW_ONLY = (Field("id", "ID", hint="optional; a UUID when empty"),)
-TYPES = (("0", "Local command"), ("1", "Remote HTTP call"))
+TYPES = (("0", "Local command"), ("1", "Remote HTTP call"), ("2", "Celery task"))
 _INT = re.compile(r"-?[0-9]+")
 
 
@@ -98,6 +105,16 @@ def _headers(text: str) -> dict[str, list[str]] | None:
             raise FormError(f"Headers: {line.strip()!r} is not a 'Name: value' line")
         headers.setdefault(name.strip(), []).append(value.strip())
     return headers or None
+
+
+def _json_field(text: str, label: str) -> Any:
+    """A JSON form field (empty: null, the default); the decoder checks its kind."""
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise FormError(f"{label}: not JSON ({exc})") from None
 
 
 def body_from_form(form: Mapping[str, str], *, new: bool) -> bytes:
@@ -133,8 +150,16 @@ def body_from_form(form: Mapping[str, str], *, new: bool) -> bytes:
                 _number(code) for code in text("expected_codes").split(",") if code.strip()
             ]
         doc["remote_properties"] = remote
+    elif job_type == JOB_CELERY_TASK:
+        doc["celery_task"] = {
+            "name": text("task_name").strip(),
+            "args": _json_field(text("task_args"), "Arguments"),
+            "kwargs": _json_field(text("task_kwargs"), "Keyword arguments"),
+        }
     else:
         doc["command"] = text("command").strip()
+    if checked("parents_all"):
+        doc["parents_mode"] = PARENTS_ALL
     if text("retries").strip():
         doc["retries"] = _number(text("retries"))
     for key in ("epsilon", "retry_delay", "run_timeout", "queue", "on_failure_job"):
@@ -159,7 +184,12 @@ def values_of(job: Job, parents: list[str], children: list[str]) -> dict[str, st
     """A stored job as form values (what the Edit form starts with)."""
     codes = job.remote_expected_codes
     headers = job.remote_headers or {}
+    task = job.celery_task or {}
     return {
+        "task_name": task.get("name", ""),
+        "task_args": json.dumps(task["args"]) if task.get("args") else "",
+        "task_kwargs": json.dumps(task["kwargs"]) if task.get("kwargs") else "",
+        "parents_all": "on" if job.parents_mode == PARENTS_ALL else "",
         "name": job.name,
         "type": str(job.job_type),
         "owner": job.owner,
@@ -193,6 +223,12 @@ def values_of(job: Job, parents: list[str], children: list[str]) -> dict[str, st
 # Where a refusal's message is shown besides the top of the form: the first field whose key
 # the message names, else the field whose value it quotes.
 _NAMED = (
+    ("celery_task.name", "task_name"),
+    ("celery_task.args", "task_args"),
+    ("Arguments:", "task_args"),
+    ("celery_task.kwargs", "task_kwargs"),
+    ("Keyword arguments:", "task_kwargs"),
+    ("parents_mode", "parents_all"),
     ("Job.type", "type"),
     ("type must", "type"),
     ("name is required", "name"),

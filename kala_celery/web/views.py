@@ -26,12 +26,13 @@ from kala_celery import jobs, wire
 from kala_celery.api.state import KalaState, kala
 from kala_celery.db import DatabaseAway
 from kala_celery.errors import INIT_ERROR, JobError, NotFound
-from kala_celery.models import JOB_REMOTE, Run, utcnow
+from kala_celery.models import JOB_CELERY_TASK, JOB_REMOTE, Run, utcnow
 from kala_celery.web import auth, describe, forms, queries
 
 log = logging.getLogger(__name__)
 JOBS_PER_PAGE = 50
 RUNS_PER_PAGE = 20
+TYPE_WORDS = {JOB_REMOTE: "HTTP", JOB_CELERY_TASK: "Celery task"}  # else "Command"
 
 
 @contextmanager
@@ -124,7 +125,7 @@ def _list_row(row: Any, last: Any, state: KalaState, now: Any) -> dict[str, Any]
         "id": row.id,
         "name": row.name,
         "owner": row.owner,
-        "type": "HTTP" if row.job_type == JOB_REMOTE else "Command",
+        "type": TYPE_WORDS.get(row.job_type, "Command"),
         "schedule": words.words,
         "schedule_error": words.error,
         "next": describe.when(row.next_run_at, now=now),

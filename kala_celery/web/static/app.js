@@ -7,9 +7,9 @@
   function showType(form) {
     var select = form.querySelector("[data-type-switch]");
     if (!select) return;
-    var remote = select.value === "1";
+    var shown = {"1": "remote", "2": "task"}[select.value] || "local";
     form.querySelectorAll("[data-section]").forEach(function (section) {
-      var mine = section.getAttribute("data-section") === (remote ? "remote" : "local");
+      var mine = section.getAttribute("data-section") === shown;
       section.hidden = !mine;
     });
   }
