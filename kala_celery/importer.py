@@ -11,6 +11,7 @@ the beat picks the jobs up.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import re
@@ -27,7 +28,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
-from kala_celery import bulk, jobs, schedule, wire
+from kala_celery import bulk, cron, jobs, occurrences, schedule, wire
 from kala_celery.errors import Conflict, Forbidden, InvalidJob
 from kala_celery.models import Job, Run
 
@@ -299,13 +300,15 @@ def _import_one(session: Session, data: dict[str, Any], parents: list[str],
     data = {**data, "parent_jobs": parents}
     data.pop("dependent_jobs", None)  # each child links itself, in import order
     parsed = None
-    if data.get("schedule") and not parents:
-        try:
-            zone = schedule.resolve_zone(data.get("timezone"), rules.default_timezone)
-            parsed = schedule.parse_schedule(data["schedule"], zone)
-        except schedule.ScheduleError:
-            pass  # import_job refuses it, with the create path's message
-    state = progress(data, parsed, now)
+    if (data.get("schedule") or data.get("cron")) and not parents:
+        with contextlib.suppress(schedule.ScheduleError):  # import_job refuses it, with the
+            parsed = occurrences.parse(data.get("schedule"), data.get("cron"),  # create path's
+                                       data.get("timezone"), rules.default_timezone)  # message
+    if isinstance(parsed, cron.CronSchedule):  # from a kala-celery: its next_run_at is exact
+        kala_next = _time(data.get("next_run_at"))
+        state = Progress(0, False, parsed.first_at_or_after(kala_next or now))
+    else:
+        state = progress(data, parsed, now)
     try:
         with session.begin_nested():
             job = jobs.import_job(session, data, rules, now, runs_used=state.runs_used,

@@ -253,6 +253,7 @@ def test_batches_keep_chains_refusals_and_order_across_transactions(
         bad={"schedule": f"R/{start}/PT0S"}, d={"parent_jobs": ["bad"]},
         x={"dependent_jobs": ["y"]}, y={"dependent_jobs": ["x"]},
         big={"metadata": {"success_count": 2**64 - 1}},  # a Go uint beyond our BIGINT
+        daily={"cron": "0 9 * * *", "next_run_at": start},  # from a kala-celery (Decision 18)
     )
     found, undecodable = importer.parse_listing(body)
     assert undecodable == []
@@ -265,10 +266,11 @@ def test_batches_keep_chains_refusals_and_order_across_transactions(
     results = {o.job_id: o.result for o in outcomes}
     assert [o.result for o in planned] == [
         importer.PLANNED if o.result == importer.IMPORTED else o.result for o in outcomes]
-    assert [o.job_id for o in outcomes] == ["bad", "d", "big", "p", "c2", "g", "c1", "x", "y"]
+    assert [o.job_id for o in outcomes] == [
+        "bad", "d", "big", "daily", "p", "c2", "g", "c1", "x", "y"]
     assert results == {"p": "imported", "c1": "imported", "c2": "imported", "g": "imported",
                        "bad": "refused", "d": "refused", "x": "refused", "y": "refused",
-                       "big": "refused"}
+                       "big": "refused", "daily": "imported"}
     details = {o.job_id: o.detail for o in outcomes}
     assert details["d"] == "its parent job 'bad' was refused (Decision 9, docs/design.md)"
     assert "cycle" in details["x"] and "Decision 9" in details["x"]
@@ -278,6 +280,7 @@ def test_batches_keep_chains_refusals_and_order_across_transactions(
         assert parents == {"c1": ["p"], "c2": ["p"], "g": ["c2"]}
         assert children == {"p": ["c2", "c1"], "c2": ["g"]}  # Kala's order of children
         assert session.get(Job, "p").next_run_at == NOW + timedelta(days=1)
+        assert session.get(Job, "daily").next_run_at == datetime(2030, 1, 3, 9, tzinfo=UTC)
     with sessions() as session:  # written meanwhile (after the importer looked): a Conflict
         with pytest.raises(Conflict), session.begin_nested():
             jobs_module.import_job(session, {**found["c1"], "parent_jobs": ["p"]}, rules, NOW,
@@ -286,7 +289,7 @@ def test_batches_keep_chains_refusals_and_order_across_transactions(
     again = importer.import_jobs(sessions, found, rules, NOW)
     assert {o.job_id: o.result for o in again} == {
         **results, "p": "already here", "c1": "already here", "c2": "already here",
-        "g": "already here"}
+        "g": "already here", "daily": "already here"}
 
 
 # ---------------------------------------------------------------- against the real Kala
