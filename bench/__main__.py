@@ -20,6 +20,7 @@ MODULES = {
     "chaos": "bench.chaos",
     "dashboard": "bench.dashboard",
     "metrics": "bench.metrics",
+    "import": "bench.importer",
 }
 
 
@@ -50,7 +51,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seconds", type=float, help="api: seconds per create phase (10); "
                    "throughput: measured window (60); chaos: length of the fault plan (300)")
     g.add_argument("--list-jobs", type=size,
-                   help="api, dashboard: stored jobs for the list/stats (10k)")
+                   help="api, dashboard: stored jobs for the list/stats (10k); "
+                   "import: jobs moved out of Kala (2k)")
     g = p.add_argument_group("chaos")
     g.add_argument("--workers", type=int, help="celery workers (3; smoke: 2)")
     g.add_argument("--beats", type=int, help="celery beats (2)")

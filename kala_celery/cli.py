@@ -70,6 +70,7 @@ def main() -> None:
     worker  a Celery worker that runs jobs (also: celery -A kala_celery worker)
     beat    the scheduler that dispatches due jobs (also: celery -A kala_celery beat -S kala)
     run     run one command the way a worker would (Kala's debug command)
+    import  the jobs of a running Kala (or a saved GET /api/v1/job/ body) into the job store
     db      the job store's schema: `db upgrade`, `db current`
     health  exit 0 if a beat or a worker on this host is alive (for compose and k8s)
     """
@@ -264,6 +265,52 @@ def health(kind: str, host: str | None, any_host: bool, db: str | None, broker: 
         engine.dispose()
     click.echo(verdict.message, err=not verdict.alive)
     raise SystemExit(0 if verdict.alive else 1)
+
+
+@main.command("import")
+@click.option("--from", "source", metavar="URL",
+              help="A running Kala or NextKala, e.g. http://kala-host:8000.")
+@click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A saved GET /api/v1/job/ body instead.")
+@click.option("--dry-run", is_flag=True, help="Show the plan; write nothing.")
+@_store_options
+def import_command(source: str | None, from_file: Path | None, dry_run: bool, db: str | None,
+                   broker: str | None, data_dir: str | None) -> None:
+    """Write every job of a Kala into the job store: ids, fields, links, counters and each
+    schedule's progress kept. Jobs already here are left alone; a refused job is named with
+    the Decision behind it (docs/design.md). Exit 1 when any job was refused."""
+    from kala_celery import importer
+    from kala_celery.db import DatabaseAway, make_engine, make_sessionmaker
+    from kala_celery.jobs import Rules
+    from kala_celery.models import utcnow
+    from kala_celery.schedule import parse_plain_duration
+    from kala_celery.schema import SchemaError, ensure
+
+    if bool(source) == (from_file is not None):
+        raise click.UsageError("give one of --from URL and --from-file FILE")
+    settings = _settings(db, broker, data_dir, None)
+    try:
+        body = importer.read_file(from_file) if from_file else importer.read_url(source or "")
+        found, undecodable = importer.parse_listing(body)
+    except importer.SourceError as exc:
+        raise click.ClickException(str(exc)) from None
+    # A Kala job's owner is kept as Kala stored it: KALA_DEFAULT_OWNER is for new jobs.
+    rules = Rules(allow_shell=settings.allow_shell, default_timezone=settings.timezone)
+    now = utcnow()
+    keep_since = now - parse_plain_duration(settings.run_retention)
+    engine = make_engine(settings.db_url)
+    try:
+        ensure(engine)
+        outcomes = importer.import_jobs(make_sessionmaker(engine), found, rules, now,
+                                        dry_run=dry_run, keep_since=keep_since)
+    except (*DatabaseAway, SchemaError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    outcomes += undecodable
+    click.echo(importer.table(outcomes, dry_run=dry_run))
+    if any(o.result == importer.REFUSED for o in outcomes):
+        raise SystemExit(1)
 
 
 @main.command("run")

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 from kala_celery import bulk
 from kala_celery.models import Job, JobLink, Run
 
-# Triggers that use up one of the schedule's runs (Decision 4: a manual start counts).
+# Triggers that use up one of the schedule's runs (docs/design.md Decision 4: a manual start
+# counts).
 COUNTED_TRIGGERS = frozenset({"schedule", "manual"})
 MAX_TREE_RUNS = 1000  # a run and its dependents; jobs.py refuses links that would exceed it
 

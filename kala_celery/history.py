@@ -1,5 +1,5 @@
-"""Reading and annotating run history (Decision 15): recent stats for job documents, paged
-stats and executions, one run, and NextKala's status callback."""
+"""Reading and annotating run history (docs/design.md Decision 15): recent stats for job
+documents, paged stats and executions, one run, and NextKala's status callback."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from kala_celery import cron, dispatch, occurrences, schedule, wire
@@ -419,8 +420,9 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
 
 
 def _validate_schedule(data: dict[str, Any], rules: Rules, is_child: bool) -> None:
-    """A child's schedule is stored as given and not used (Decision 9); its cron is checked
-    (a new key: no Kala body has one) but not used either. Never both (Decision 18)."""
+    """A child's schedule is stored as given and not used (docs/design.md Decision 9); its
+    cron is checked (a new key: no Kala body has one) but not used either. Never both
+    (Decision 18)."""
     if data.get("cron") and data.get("schedule"):
         raise InvalidJob("a job has either a schedule or a cron expression, not both")
     if not (data.get("cron") or (data.get("schedule") and not is_child)):
@@ -628,8 +630,8 @@ def disable_job(session: Session, job_id: str) -> Job:
 def enable_job(
     session: Session, job_id: str, rules: Rules, now: datetime
 ) -> tuple[Job, Run | None]:
-    """Enable: a scheduled job gets its next occurrence at or after now (Decision 8); a one-off
-    that never ran runs now."""
+    """Enable: a scheduled job gets its next occurrence at or after now (docs/design.md
+    Decision 8); a one-off that never ran runs now."""
     job = get_job(session, job_id)
     if not job.disabled:
         return job, None
@@ -648,7 +650,8 @@ def enable_job(
 
 
 def start_job(session: Session, job_id: str, rules: Rules, now: datetime) -> Run:
-    """A manual start: record a run now. It counts as one of the schedule's runs (Decision 4)."""
+    """A manual start: record a run now. It counts as one of the schedule's runs
+    (docs/design.md Decision 4)."""
     job = get_job(session, job_id)
     if job.disabled:
         raise Conflict("the job is disabled; enable it to start it")
@@ -698,3 +701,42 @@ def app_stats(session: Session) -> AppStats:
         next_run_at=next_run,
         last_attempted_run=last_attempt,
     )
+
+
+# ---------------------------------------------------------------- import
+
+
+def import_job(
+    session: Session,
+    data: dict[str, Any],
+    rules: Rules,
+    now: datetime,
+    *,
+    runs_used: int,
+    is_done: bool,
+    next_run_at: datetime | None,
+) -> Job:
+    """Create a job moved from a Kala (`kala-celery import`; docs/design.md, "Importing from
+    Kala"): create_job's checks, fields, metadata and parent links, but the job keeps its
+    progress instead of starting over. `runs_used`, `is_done` and `next_run_at` (the
+    anchored occurrence the importer worked out) are given, so a start already past is not
+    refused, and no run is recorded. The id is kept; one already here is a Conflict (call it
+    in a savepoint)."""
+    _validate(data, rules)
+    parents = _unique(data.get("parent_jobs") or [])
+    _validate_schedule(data, rules, bool(parents))
+    job_id = data["id"]
+    _check_id(job_id)
+    job = Job(id=job_id, created_at=now, runs_used=runs_used, missed_occurrences=0,
+              is_done=is_done, overlap_skipped=0)
+    _apply_fields(job, data, rules)
+    _apply_metadata(job, data.get("metadata"))
+    armed = (job.schedule or job.cron) and not (job.disabled or is_done or parents)
+    job.next_run_at = next_run_at if armed else None
+    try:  # in the caller's savepoint, whose rollback undoes the refused INSERT
+        _insert(session, job)
+    except IntegrityError:  # the primary key: a job with this id is here already
+        raise Conflict(f"a job with id {job_id!r} already exists") from None
+    if parents:
+        _set_links(session, job_id, parents, None)
+    return job

@@ -14,6 +14,7 @@ A scrape is four small reads, whatever the size of the tables:
 
 Use it from your own Prometheus registry with
 `REGISTRY.register(KalaCollector(engine, worker_timeout))`.
+The Decisions cited are those of docs/design.md.
 """
 
 from __future__ import annotations

@@ -96,11 +96,13 @@ class Job(Base):
     is_done: Mapped[bool] = mapped_column(Boolean, default=False)
 
     # Scheduling state: the next occurrence to fire (NULL when nothing is due: disabled,
-    # done, one-off or child) and how many of the schedule's runs are used (Decision 4).
+    # done, one-off or child) and how many of the schedule's runs are used (docs/design.md
+    # Decision 4).
     next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     runs_used: Mapped[int] = mapped_column(BigInteger, default=0)
     # Occurrences that did not get a run of their own: coalesced into a catch-up run, or
-    # skipped by resume_at_next_scheduled_time (Decision 5), after an outage or a long run.
+    # skipped by resume_at_next_scheduled_time (docs/design.md Decision 5), after an outage or
+    # a long run.
     missed_occurrences: Mapped[int] = mapped_column(BigInteger, default=0)
 
     # Extensions (Decisions 3, 6, 7, 11, 17, 18, 21 in docs/design.md).

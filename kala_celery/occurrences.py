@@ -2,6 +2,7 @@
 the API, the beat and the preview routes (Decision 24) all use.
 
 Pure: no I/O, no database, no clock reads.
+The Decisions cited are those of docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Children that wait for all their parents (`parents_mode: "all"`, Decision 20).
+"""Children that wait for all their parents (`parents_mode: "all"`, docs/design.md
+Decision 20).
 
 Such a child is not in its parents' chains (dispatch.children_by_parent leaves it out).
 Instead each link remembers whether its parent has succeeded since the child's last run

@@ -98,8 +98,9 @@ def _job_of(row: Any, offset: int = 0) -> JobRecord:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Decision 7: `retries` extra attempts, `retry_delay` (doubling with `retry_backoff`),
-    and no attempt starting after scheduled_for + epsilon (for scheduled runs)."""
+    """docs/design.md Decision 7: `retries` extra attempts, `retry_delay` (doubling with
+    `retry_backoff`), and no attempt starting after scheduled_for + epsilon (for scheduled
+    runs)."""
 
     attempts: int
     delay: timedelta
@@ -271,7 +272,8 @@ _ABANDONED = (
 @cache
 def _counters(state: str, failed_attempt: bool, done: str) -> Any:
     """The job UPDATE at the end of a run: Kala's counters (in SQL) and `is_done` (decided in
-    SQL on the row it updates, Decision 8). `done`: "yes" (a one-off, no schedule), "child"
+    SQL on the row it updates, docs/design.md Decision 8). `done`: "yes" (a one-off, no
+    schedule), "child"
     (a schedule that repeats forever: done only as a child, whose schedule is not used),
     "total" (also done when p_total runs are used)."""
     values: dict[str, Any] = {}

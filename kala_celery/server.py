@@ -33,7 +33,7 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: str | None, insecure: bool) -> None:
-    """Decision 16: a non-loopback address needs a token unless --insecure."""
+    """docs/design.md Decision 16: a non-loopback address needs a token unless --insecure."""
     if not is_loopback(host) and not token and not insecure:
         raise BindError(
             f"refusing to serve on {host} without KALA_API_TOKEN; set a token or pass --insecure"

@@ -90,11 +90,12 @@ class Job(Base):
     is_done: Mapped[bool] = mapped_column(Boolean, default=False)
 
     # Scheduling state: the next occurrence to fire (NULL when nothing is due: disabled,
-    # done, one-off or child) and how many of the schedule's runs are used (Decision 4).
+    # done, one-off or child) and how many of the schedule's runs are used (docs/design.md
+    # Decision 4).
     next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     runs_used: Mapped[int] = mapped_column(BigInteger, default=0)
 
-    # Extensions (DESIGN.md Decisions 3, 6, 7, 11, 17).
+    # Extensions (docs/design.md Decisions 3, 6, 7, 11, 17).
     timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     retry_delay: Mapped[str | None] = mapped_column(String(64), nullable=True)
     retry_backoff: Mapped[bool] = mapped_column(Boolean, default=False)

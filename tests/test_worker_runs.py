@@ -165,7 +165,7 @@ def test_http_jobs_and_expected_codes(cluster, web) -> None:
     assert {"method": "POST", "body": '{"k":1}', "type": "application/json"} in web.seen
     assert r_default["status"] == "Failed" and r_default["error"].lower().startswith("201 created")
     assert r_expected["status"] == "Success"
-    # defaults apply at request time and are not written back (Decision 12)
+    # defaults apply at request time and are not written back (docs/design.md Decision 12)
     assert api.job(ok)["remote_properties"]["headers"] is None
 
 

@@ -1,5 +1,5 @@
 """Kala's HTTP conventions for the blueprint: JSON/empty/error responses, the 1 MiB body
-limit, token auth, slash redirects (Decision 1), route misses, 405 and gzip."""
+limit, token auth, slash redirects (docs/design.md Decision 1), route misses, 405 and gzip."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def json_response(obj: Any, status: int = 200) -> Response:
 
 
 def error_response(message: str, status: int) -> Response:
-    """Decision 2: {"error": "..."} as JSON."""
+    """docs/design.md Decision 2: {"error": "..."} as JSON."""
     return json_response({"error": message}, status)
 
 
@@ -53,7 +53,8 @@ def under(prefix: str) -> bool:
 
 
 def check_token(token: str | None) -> Response | None:
-    """Decision 16: with a token configured, every API route needs `Bearer <token>`."""
+    """docs/design.md Decision 16: with a token configured, every API route needs
+    `Bearer <token>`."""
     if not token:
         return None
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")

@@ -1,5 +1,6 @@
 """The preview routes (Decision 24): the next occurrences of a job, or of a schedule before a
-job exists, computed by kala_celery/occurrences.py as the beat's claim advances through them."""
+job exists, computed by kala_celery/occurrences.py as the beat's claim advances through them.
+The Decisions cited are those of docs/design.md."""
 
 from __future__ import annotations
 

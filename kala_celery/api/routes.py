@@ -40,7 +40,7 @@ ROUTES = [
     ("/job/<job_id>/executions/", ["GET"], views.list_executions),
     ("/job/<job_id>/executions/<run_id>/", ["GET"], views.get_execution),
     ("/job/<job_id>/executions/<run_id>/", ["PUT"], views.put_execution_status),
-    # Ours: previews (Decision 24)
+    # Ours: previews (docs/design.md Decision 24)
     ("/job/<job_id>/next/", ["GET"], preview.job_next),
     ("/schedule/preview/", ["POST"], preview.schedule_preview),
 ]

@@ -117,7 +117,8 @@ def disable_job(job_id: str) -> Response:
 
 
 def start_job(job_id: str) -> Response:
-    """Decision 10: wait for the run (up to KALA_START_WAIT), 204; else 202 + Location."""
+    """docs/design.md Decision 10: wait for the run (up to KALA_START_WAIT), 204; else 202 +
+    Location."""
     wait = request.args.get("wait", "true").strip().lower() not in ("false", "0", "no")
     with _transaction() as session:
         run = jobs.start_job(session, job_id, kala().rules, utcnow())

@@ -1,7 +1,7 @@
 """Claim due jobs: one short transaction per batch that records their runs and advances
-`next_run_at` to the next anchored occurrence (Decisions 3-6), or the next cron occurrence
-(Decision 18); a job with overlap "skip" whose run is still in flight has its due
-occurrences dropped and counted instead (Decision 21).
+`next_run_at` to the next anchored occurrence (docs/design.md Decisions 3-6), or the next
+cron occurrence (Decision 18); a job with overlap "skip" whose run is still in flight has its
+due occurrences dropped and counted instead (Decision 21).
 
 Several beats may claim at once: PostgreSQL hands each beat different rows (FOR UPDATE SKIP
 LOCKED); SQLite, which has no row locks, lets one claim at a time (the claim takes the
@@ -44,7 +44,7 @@ def advance(
     resume: bool,
     busy: bool = False,
 ) -> Advance:
-    """Coalesce every occurrence up to `now` into at most one run (Decision 5).
+    """Coalesce every occurrence up to `now` into at most one run (docs/design.md Decision 5).
 
     The run is for the latest occurrence that has passed. When a later occurrence than
     `due` has passed too, some were missed (beat down, job busy): a job with
@@ -114,7 +114,7 @@ def _in_flight():
 
 def claimable(now: datetime):
     """Due, enabled, and (unless its overlap policy is allow or skip) with no run in flight
-    (Decisions 6, 21)."""
+    (docs/design.md Decisions 6, 21)."""
     return and_(
         Job.next_run_at.is_not(None),
         Job.next_run_at <= now,
@@ -212,8 +212,8 @@ def _move_all(steps: list[dict]):
 
 
 def _move(session: Session, steps: list[tuple[str, datetime, Advance, bool]]) -> list:
-    """Write the new next_run_at of each claimed job, and count the run it gets (Decision 4),
-    in the same statement; returns the steps that took effect.
+    """Write the new next_run_at of each claimed job, and count the run it gets
+    (docs/design.md Decision 4), in the same statement; returns the steps that took effect.
 
     The rows are locked by this transaction (PostgreSQL: FOR UPDATE; SQLite: the database's
     write lock, taken before they were read), so every step takes effect: PostgreSQL gets

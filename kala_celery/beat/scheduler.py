@@ -218,7 +218,8 @@ class KalaScheduler(Scheduler):
         return up is not None and time.monotonic() - up >= silence.total_seconds() * 7 / 6
 
     def _prune(self, cutoff: datetime) -> None:
-        """Decision 15: finished runs older than KALA_RUN_RETENTION go (a batch per sweep)."""
+        """docs/design.md Decision 15: finished runs older than KALA_RUN_RETENTION go (a batch
+        per sweep)."""
         assert self._store is not None
         with self._store.sessions.begin() as session:
             old = select(Run.id).where(Run.state.in_(TERMINAL_STATES), Run.created_at < cutoff)

@@ -6,6 +6,7 @@ the attempt differs. The task runs through `Task.apply`, so it gets a request (b
 see `self.request.id` = the run id), Celery's task signals fire and its exceptions are
 caught; its return value, as JSON, is the run's output, and an exception fails the attempt
 with the exception's text (its trace back is the output).
+The Decisions cited are those of docs/design.md.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 The occurrences come from kala_celery.schedule and kala_celery.jobs.parse_job_schedule, the
 same parsing and anchored maths the beat uses when it claims and advances a job.
+The Decisions cited are those of docs/design.md.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ Jobs with allow_overlap get overlap = 'allow' (allow_overlap stays, as its alias
 checks what is there, like 0002, so a database made by create_all of a development version
 is upgraded as well.
 
+The Decisions cited are those of docs/design.md.
+
 Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-01

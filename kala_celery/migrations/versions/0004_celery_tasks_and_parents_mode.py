@@ -1,6 +1,8 @@
 """Celery-task jobs (Decision 19) and parents_mode (Decision 20): jobs.celery_task,
 jobs.parents_mode, job_links.satisfied and runs.redeliveries.
 
+The Decisions cited are those of docs/design.md.
+
 Revision ID: 0004
 Revises: 0002
 Create Date: 2026-12-01
