@@ -202,7 +202,7 @@ def db_upgrade(db: str | None, broker: str | None, data_dir: str | None) -> None
     engine = make_engine(settings.db_url)
     try:
         was = schema.ensure(engine, upgrade=True)
-    except (DatabaseAway, schema.SchemaError) as exc:
+    except (*DatabaseAway, schema.SchemaError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         engine.dispose()

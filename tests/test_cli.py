@@ -53,3 +53,14 @@ def test_default_workers_is_one_per_cpu_within_bounds() -> None:
     from kala_celery.server import default_workers
 
     assert 1 <= default_workers() <= 8
+
+
+def test_db_commands_on_an_unreachable_database_say_so_without_a_traceback() -> None:
+    from tests.processes import free_port
+
+    url = f"postgresql://kala@127.0.0.1:{free_port()}/kala"  # nothing listens there
+    for command in (("db", "upgrade"), ("db", "current")):
+        done = kala(*command, "--db", url)
+        assert done.returncode != 0, command
+        assert "Traceback" not in done.stderr, (command, done.stderr)
+        assert "connection" in (done.stdout + done.stderr).lower(), command
