@@ -20,6 +20,7 @@ MODULES = {
     "chaos": "bench.chaos",
     "dashboard": "bench.dashboard",
     "metrics": "bench.metrics",
+    "vs-kala": "bench.vs_kala",
 }
 
 
@@ -51,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
                    "throughput: measured window (60); chaos: length of the fault plan (300)")
     g.add_argument("--list-jobs", type=size,
                    help="api, dashboard: stored jobs for the list/stats (10k)")
+    g = p.add_argument_group("vs-kala")
+    g.add_argument("--stores", nargs="+", choices=["embedded", "postgresql"],
+                   help="kala-celery serve's stores beside Kala (embedded)")
     g = p.add_argument_group("chaos")
     g.add_argument("--workers", type=int, help="celery workers (3; smoke: 2)")
     g.add_argument("--beats", type=int, help="celery beats (2)")
