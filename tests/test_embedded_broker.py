@@ -82,3 +82,4 @@ def test_a_redis_broker_gets_no_sql_poll_step() -> None:
         assert SQLBrokerPolling not in app.steps["consumer"]
     finally:
         app.close()
+
