@@ -21,6 +21,7 @@ MODULES = {
     "dashboard": "bench.dashboard",
     "metrics": "bench.metrics",
     "import": "bench.importer",
+    "vs-kala": "bench.vs_kala",
 }
 
 
@@ -53,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--list-jobs", type=size,
                    help="api, dashboard: stored jobs for the list/stats (10k); "
                    "import: jobs moved out of Kala (2k)")
+    g = p.add_argument_group("vs-kala")
+    g.add_argument("--stores", nargs="+", choices=["embedded", "postgresql"],
+                   help="kala-celery serve's stores beside Kala (embedded)")
     g = p.add_argument_group("chaos")
     g.add_argument("--workers", type=int, help="celery workers (3; smoke: 2)")
     g.add_argument("--beats", type=int, help="celery beats (2)")

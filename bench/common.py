@@ -360,7 +360,9 @@ def _die_with_parent() -> None:  # in the child before exec: SIGTERM when the be
 class Proc:
     """A subprocess we started, in its own session, with its output in a log file."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 *, inherit: bool = True):
+        """`env` is added to this process's environment, or replaces it if not `inherit`."""
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -369,7 +371,7 @@ class Proc:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env={**(os.environ if inherit else {}), **(env or {})},
             cwd=REPO,
             start_new_session=True,
             preexec_fn=_die_with_parent,

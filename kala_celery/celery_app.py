@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-from celery import Celery, beat, signals
+from celery import Celery, beat, bootsteps, signals
 from celery.app.amqp import AMQP
 
 from kala_celery.config import Settings
+from kala_celery.db import sqlite_connection
 
 RUN_TASK = "kala.run"
 SETTINGS_KEY = "kala_settings"
@@ -25,6 +28,20 @@ class KalaAMQP(AMQP):
         if shadow and message.sent_event is not None:
             message.sent_event["name"] = shadow
         return message
+
+
+class SQLBrokerPolling(bootsteps.StartStopStep):
+    """kombu's SQL transport (the embedded broker) polls, once a second by default: the
+    worker then took at most a prefetch's worth of runs a second. Its `polling_interval`
+    transport option cannot be set the usual way (kombu hands every transport option to
+    SQLAlchemy's create_engine, which refuses it), so this consumer step sets it on the
+    connection's transport each time the consumer (re)connects."""
+
+    requires = ("celery.worker.consumer.connection:Connection",)
+
+    def start(self, c: Any) -> None:
+        settings = settings_of(c.app)
+        c.connection.transport.polling_interval = settings.broker_poll_interval
 
 
 def _check_schema(sender: object = None, **_kwargs: object) -> None:
@@ -58,6 +75,14 @@ def configure(app: Celery, settings: Settings) -> Celery:
         Path(settings.broker.removeprefix(EMBEDDED_BROKER)).parent.mkdir(
             parents=True, exist_ok=True
         )
+    if settings.broker.startswith("sqla+"):
+        app.steps["consumer"].add(SQLBrokerPolling)
+    if settings.broker.startswith(EMBEDDED_BROKER):
+        # The same WAL and synchronous=NORMAL as the job store (db.py): with SQLite's
+        # defaults every publish and every take is a write transaction with its own fsyncs,
+        # and the worker, the beat and the API wait on each other's locks.
+        path = settings.broker.removeprefix(EMBEDDED_BROKER)
+        app.conf.broker_transport_options = {"creator": partial(sqlite_connection, path)}
     if settings.broker.startswith(("redis://", "rediss://", "redis+socket://")):
         app.conf.broker_transport_options = {
             # No ack emulation: a message leaves Redis when a worker takes it. Redelivering a

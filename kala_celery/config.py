@@ -36,6 +36,24 @@ def _number(name: str, raw: str) -> float:
     return value
 
 
+POOLS = ("prefork", "threads")
+THREAD_SLOTS = 32  # `serve`'s default threads-pool size: runs of 32 jobs at once
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value and value not in choices:  # empty: the default
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return value
+
+
+def _count(name: str, raw: str) -> int:
+    text = raw.strip()
+    if not text.isdigit():
+        raise ConfigError(f"{name} must be a whole number (0: one per CPU), not {raw!r}")
+    return int(text)
+
+
 def _duration(name: str, raw: str) -> str:
     try:
         if parse_plain_duration(raw).total_seconds() <= 0:
@@ -65,6 +83,14 @@ class Settings:
     # Celery's task-sent event per published run: doubles the cost of a publish; Flower sees
     # a run from the worker's task-received event without it (it then skips "PENDING").
     sent_events: bool = False
+    # How often a worker asks a SQL broker (the embedded default) for messages, in seconds
+    # (kombu's default is 1: one poll a second, at most a prefetch's worth of runs a second).
+    broker_poll_interval: float = 0.1
+    # `serve`'s worker: Celery pool ("": threads on the embedded broker, whose runs mostly
+    # wait on their command and on SQLite; prefork otherwise) and slots (0: 32 threads, or
+    # one prefork process per CPU).
+    worker_pool: str = ""
+    worker_concurrency: int = 0
 
     @property
     def db_url(self) -> str:
@@ -88,10 +114,27 @@ class Settings:
             "KALA_REDELIVER_AFTER": self.redeliver_after,
             "KALA_WORKER_TIMEOUT": self.worker_timeout,
             "KALA_SENT_EVENTS": str(self.sent_events).lower(),
+            "KALA_BROKER_POLL_INTERVAL": str(self.broker_poll_interval),
+            "KALA_WORKER_POOL": self.worker_pool,
+            "KALA_WORKER_CONCURRENCY": str(self.worker_concurrency),
         }
         if self.api_token:
             env["KALA_API_TOKEN"] = self.api_token
         return env
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker.startswith("sqla+sqlite:///")
+
+    @property
+    def serve_pool(self) -> str:
+        return self.worker_pool or ("threads" if self.embedded_broker else "prefork")
+
+    @property
+    def serve_concurrency(self) -> int | None:
+        if self.worker_concurrency:
+            return self.worker_concurrency
+        return THREAD_SLOTS if self.serve_pool == "threads" else None
 
     @property
     def redeliver_delay(self) -> timedelta:
@@ -131,6 +174,15 @@ class Settings:
                 kw[name] = _duration(key, env[key])
         if "KALA_SENT_EVENTS" in env:
             kw["sent_events"] = _bool("KALA_SENT_EVENTS", env["KALA_SENT_EVENTS"])
+        if "KALA_BROKER_POLL_INTERVAL" in env:
+            kw["broker_poll_interval"] = _number(
+                "KALA_BROKER_POLL_INTERVAL", env["KALA_BROKER_POLL_INTERVAL"]
+            )
+        if "KALA_WORKER_POOL" in env:
+            kw["worker_pool"] = _choice("KALA_WORKER_POOL", env["KALA_WORKER_POOL"], POOLS)
+        if "KALA_WORKER_CONCURRENCY" in env:
+            key = "KALA_WORKER_CONCURRENCY"
+            kw["worker_concurrency"] = _count(key, env[key])
         if "KALA_DEFAULT_OWNER" in env:
             kw["default_owner"] = env["KALA_DEFAULT_OWNER"]
         return cls(**kw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,14 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def sqlite_connection(path: str) -> sqlite3.Connection:
+    """A DB-API connection to the SQLite file at `path` with the job store's pragmas (for an
+    engine made elsewhere, such as the embedded broker's, via create_engine's `creator`)."""
+    connection = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    _sqlite_pragmas(connection, None)
+    return connection
 
 
 def make_engine(url: str, *, pre_ping: bool = True) -> Engine:

@@ -24,7 +24,8 @@ def companions(
 ) -> Iterator[list[subprocess.Popen]]:
     """Run `kala-celery beat` and `kala-celery worker` while the block runs."""
     env = {**os.environ, **settings.to_env()}
-    worker_args = ["--pool", "prefork"]
+    worker_args = ["--pool", settings.serve_pool]
+    concurrency = concurrency or settings.serve_concurrency
     if concurrency:
         worker_args += ["--concurrency", str(concurrency)]
     commands = [
