@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import httpx
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -25,10 +24,8 @@ from kala_celery.models import ID_LENGTH, JOB_LOCAL, JOB_REMOTE, Job, JobLink, R
 # Ids that would collide with Kala's routes under /job/ (`/job/all/`, `/job/stats/{id}/`...).
 RESERVED_IDS = frozenset({"all", "stats", "start", "enable", "disable"})
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:@-]*")
-_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
 MAX_DEPTH = 32  # levels of dependent jobs below any job
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _METADATA_FIELDS = (
     "success_count",
     "last_success",
@@ -51,51 +48,17 @@ class Rules:
 # ---------------------------------------------------------------- validation
 
 
-def _check_id(job_id: str) -> None:
-    if len(job_id) > ID_LENGTH or not _ID_RE.fullmatch(job_id):
-        raise InvalidJob(
-            f"id {job_id!r} is not valid: use up to {ID_LENGTH} letters, digits and ._~:@- "
-            "starting with a letter or digit"
-        )
-    if job_id in RESERVED_IDS:
-        raise InvalidJob(f"id {job_id!r} is reserved by the API's routes")
-
-
-def _check_remote(remote: dict[str, Any], templated: bool) -> None:
-    url = remote.get("url", "")
-    if not url:
-        raise InvalidJob("a remote job (type 1) needs remote_properties.url")
-    if templated:
-        if not url.lower().startswith(("http://", "https://")):
-            raise InvalidJob("remote_properties.url must start with http:// or https://")
-    else:
-        try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError, ValueError) as exc:
-            raise InvalidJob(f"remote_properties.url is not a valid URL: {exc}") from None
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise InvalidJob("remote_properties.url must be an http:// or https:// URL with a host")
-    method = remote.get("method", "")
-    if method and method.upper() not in _METHODS:
-        raise InvalidJob(f"remote_properties.method {method!r} is not an HTTP method")
-    if remote.get("timeout", 0) < 0:
-        raise InvalidJob("remote_properties.timeout must not be negative (0 means 30 seconds)")
-    for name, values in (remote.get("headers") or {}).items():
-        if not _TOKEN_RE.fullmatch(name):
-            raise InvalidJob(f"remote_properties.headers: {name!r} is not a valid header name")
-        for value in values:
-            if any(c in value for c in "\r\n\0"):
-                raise InvalidJob(f"remote_properties.headers: value of {name!r} has a line break")
-    for code in remote.get("expected_response_codes") or []:
-        if not 100 <= code <= 599:
-            raise InvalidJob(f"remote_properties.expected_response_codes: {code} is not a status")
-
-
-def _check_delimiters(delimiters: str) -> None:
-    if delimiters and (len(parts := delimiters.split(" ")) != 2 or "" in parts):
-        raise InvalidJob(
-            'TemplateDelimiters must be two tokens separated by one space, e.g. "{{ }}"'
-        )
+def _client_id(session: Session, job_id: str | None) -> str:
+    """The id of a new job: the client's when it is a valid, fresh id (NextKala), else a new
+    uuid4 (Kala ignores client ids, so an invalid or reserved one is ignored: Decision 14).
+    An id that exists already is a 409: the client means that job (Decision 14)."""
+    if job_id and len(job_id) <= ID_LENGTH and _ID_RE.fullmatch(job_id) and (
+        job_id not in RESERVED_IDS
+    ):
+        if session.get(Job, job_id) is not None:
+            raise Conflict(f"a job with id {job_id!r} already exists")
+        return job_id
+    return str(uuid.uuid4())
 
 
 def _check_extensions(data: dict[str, Any], rules: Rules) -> None:
@@ -119,19 +82,16 @@ def _validate(data: dict[str, Any], rules: Rules) -> None:
         raise InvalidJob(f"type must be 0 (local command) or 1 (remote HTTP call), not {job_type}")
     if not data.get("name"):
         raise InvalidJob("name is required")
+    # What Kala itself requires; anything else Kala stores is accepted and, when it cannot
+    # work (blank command, bad delimiters, a URL or method no HTTP client takes), each run
+    # fails with the reason, as in Kala (Decision 23).
     if job_type == JOB_LOCAL:
-        if not data.get("command", "").strip():
+        if not data.get("command"):
             raise InvalidJob("command is required for a local job (type 0)")
         if not rules.allow_shell:
             raise Forbidden("local jobs are disabled")
-    else:
-        _check_remote(data.get("remote_properties") or {}, bool(data.get("template_delimiters")))
-    _check_delimiters(data.get("template_delimiters", ""))
-    if data.get("epsilon"):
-        try:
-            schedule.parse_epsilon(data["epsilon"])
-        except schedule.ScheduleError as exc:
-            raise InvalidJob(f"epsilon {data['epsilon']!r}: {exc}") from None
+    elif not (data.get("remote_properties") or {}).get("url"):
+        raise InvalidJob("a remote job (type 1) needs remote_properties.url")
     _check_extensions(data, rules)
 
 
@@ -206,7 +166,10 @@ def _set_links(
     if children is not None:
         if job_id in children:
             raise InvalidJob("a job cannot depend on itself")
-        _existing(session, children, "dependent job")
+        # Kala stores unknown dependent ids and skips them at run time: link the known ones
+        # (Decision 9).
+        known = set(session.scalars(select(Job.id).where(Job.id.in_(children))))
+        children = [child for child in children if child in known]
     new_parents = parents if parents is not None else parent_ids(session, job_id)
     new_children = children if children is not None else child_ids(session, job_id)
     # A cycle exists iff a (new) parent is reachable from the job through its (new) children.
@@ -307,21 +270,21 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
     not be in the past. Otherwise the next occurrence at or after now is used (enable).
     """
     job.next_run_at = None
-    if job.disabled or job.is_done:
-        return False
     if not job.schedule:
-        return fresh  # one-off: runs once right away
+        return fresh and not (job.disabled or job.is_done)  # one-off: runs once right away
     try:
         parsed = parse_job_schedule(job, rules.default_timezone)
     except schedule.ScheduleError as exc:
         raise InvalidJob(f"schedule {job.schedule!r}: {exc}") from None
+    if fresh and parsed.start < now:  # as Kala, also for a job posted disabled or done
+        raise InvalidJob(f"schedule {job.schedule!r}: the start time is in the past")
+    if job.disabled or job.is_done:
+        return False
     total = parsed.total_runs
     if total is not None and job.runs_used >= total:
         job.is_done = True
         return False
     if fresh:
-        if parsed.start < now:
-            raise InvalidJob(f"schedule {job.schedule!r}: the start time is in the past")
         job.next_run_at = parsed.start
     elif parsed.interval is None:
         job.next_run_at = parsed.start  # R0 that never ran: its one run is still owed
@@ -335,7 +298,8 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
 
 
 def _validate_schedule(data: dict[str, Any], rules: Rules, is_child: bool) -> None:
-    """A child's schedule is stored as given and not used (Decision 9)."""
+    """A child's schedule and epsilon are stored as given and not used (Decision 9); so is a
+    one-off's epsilon (Kala parses epsilon only with a schedule, Decision 23)."""
     if is_child or not data.get("schedule"):
         return
     try:
@@ -343,6 +307,11 @@ def _validate_schedule(data: dict[str, Any], rules: Rules, is_child: bool) -> No
         schedule.parse_schedule(data["schedule"], zone)
     except schedule.ScheduleError as exc:
         raise InvalidJob(f"schedule {data['schedule']!r}: {exc}") from None
+    if data.get("epsilon"):
+        try:
+            schedule.parse_epsilon(data["epsilon"])
+        except schedule.ScheduleError as exc:
+            raise InvalidJob(f"epsilon {data['epsilon']!r}: {exc}") from None
 
 
 _JOB_COLUMNS = tuple(column.key for column in Job.__table__.columns)
@@ -366,11 +335,7 @@ def create_job(
     _validate(data, rules)
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
-    job_id = data.get("id") or str(uuid.uuid4())
-    if data.get("id"):
-        _check_id(job_id)
-        if session.get(Job, job_id) is not None:
-            raise Conflict(f"a job with id {job_id!r} already exists")
+    job_id = _client_id(session, data.get("id"))
     job = Job(id=job_id, created_at=now, runs_used=0, missed_occurrences=0, is_done=False)
     _apply_fields(job, data, rules)
     _apply_metadata(job, data.get("metadata"))
