@@ -1,0 +1,288 @@
+"""Differential: jobs that run, on the real Kala and on us (a real `celery worker` and
+`celery beat` on Redis and SQLite). Every scenario is set up on both sides at the start of the
+module, so they all run at once; each test then waits for its own scenario on both sides and
+compares the jobs' metadata (counts, which times are set), `is_done`, stats and links.
+Differences are only those a Decision allows, and the scenario names it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.kala_diff import Differ, Pair, at, compare, pair_of
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    setup: Callable[[Pair, str], None]
+    waits: tuple[tuple[str, int, int], ...]  # (role, Kala's finished runs, our ended runs)
+    roles: tuple[str, ...]
+    differ: tuple[Differ, ...] = ()
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(waits: list[tuple[str, int, int]], roles: tuple[str, ...] = ("j",),
+             differ: tuple[Differ, ...] = ()) -> Callable:
+    def register(setup: Callable[[Pair, str], None]) -> Callable:
+        name = setup.__name__.removeprefix("s_").replace("_", "-")
+        SCENARIOS[name] = Scenario(setup, tuple(waits), roles, differ)
+        return setup
+    return register
+
+
+def job(pair: Pair, name: str, role: str, **body: object) -> None:
+    """Create the job on both sides; `$role` values name jobs of the same scenario."""
+    body = {k: (f"${name}-{v[1:]}" if isinstance(v, str) and v.startswith("$") else
+                [f"${name}-{x[1:]}" for x in v] if isinstance(v, list) else v)
+            for k, v in body.items()}
+    kala, ours = pair.post({"name": f"{name}-{role}", **body}, f"{name}-{role}")
+    assert (kala.status_code, ours.status_code) == (201, 201), (kala.text, ours.text)
+
+
+def start(pair: Pair, name: str, role: str) -> tuple[int, int]:
+    kala, ours = pair.request("POST", f"/job/start/${name}-{role}/")
+    return kala.status_code, ours.status_code
+
+
+# ---------------------------------------------------------------- one-off jobs
+
+
+@scenario([("j", 1, 1)])
+def s_oneoff_success(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="true")
+
+
+@scenario([("j", 1, 1)])
+def s_oneoff_failure_with_retries(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="false", retries=2)
+
+
+@scenario([("j", 1, 1)])
+def s_oneoff_exit_status_and_output(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="bash -c 'echo out; echo err >&2; exit 3'")
+
+
+@scenario([("j", 1, 1)])
+def s_oneoff_blank_command_fails_each_run(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="   ", retries=1)
+
+
+@scenario([("j", 1, 1)])
+def s_oneoff_bad_delimiters_fail_each_run(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="true", TemplateDelimiters="{{")
+
+
+@scenario([("j", 1, 1)])
+def s_oneoff_three_delimiters_fail(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="true", TemplateDelimiters="a b c")
+
+
+@scenario([("j", 1, 1)])
+def s_oneoff_template_renders(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="test {{.Name}} = oneoff-template-renders-j",
+        TemplateDelimiters="{{ }}")
+
+
+@scenario([("j", 1, 1)])
+def s_oneoff_unknown_template_field_fails(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="echo {{.Nope}}", TemplateDelimiters="{{ }}")
+
+
+@scenario([("j", 1, 1)])
+def s_oneoff_garbage_epsilon_is_ignored(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="true", epsilon="soon", retries=1)
+
+
+@scenario([("j", 1, 1)])
+def s_oneoff_unknown_executable(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="no-such-binary-kala-diff")
+
+
+@scenario([("j", 1, 1)])
+def s_oneoff_unbalanced_quote(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="echo 'x")
+
+
+@scenario([("j", 1, 1)])
+def s_oneoff_retry_succeeds_second_time(pair: Pair, n: str) -> None:
+    job(pair, n, "j", retries=3, TemplateDelimiters="{{ }}",
+        command="bash -c 'test -e /tmp/kala-diff-{{.Id}} || { touch /tmp/kala-diff-{{.Id}}; "
+                "exit 1; }'")
+
+
+# ---------------------------------------------------------------- schedules
+
+
+@scenario([("j", 1, 1)])
+def s_r0_runs_once_and_is_done(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="true", schedule=f"R0/{at(2)}/")
+
+
+@scenario([("j", 2, 2)])
+def s_r1_runs_twice(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="true", schedule=f"R1/{at(2)}/PT1S")
+
+
+@scenario([("j", 3, 3)])
+def s_r2_zero_interval_runs_three_times(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="true", schedule=f"R2/{at(2)}/PT0S")
+
+
+@scenario([("j", 1, 1)])
+def s_r_minus_5_runs_once(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="true", schedule=f"R-5/{at(2)}/PT1S")
+
+
+@scenario([("j", 2, 2)])
+def s_failing_r1_counts_every_attempt(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="false", retries=1, schedule=f"R1/{at(2)}/PT1S")
+
+
+@scenario([("j", 1, 1)])
+def s_epsilon_bounds_the_retries(pair: Pair, n: str) -> None:
+    """Kala's TestJobEpsilon, slower: attempts of 2 s, a 3 s window -> 2 attempts."""
+    job(pair, n, "j", command="bash -c 'sleep 2; false'", retries=200, epsilon="PT3S",
+        schedule=f"R0/{at(2)}/")
+
+
+# ---------------------------------------------------------------- manual starts
+
+
+@scenario([("j", 1, 1)])
+def s_manual_start_uses_one_of_r1(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="true", schedule=f"R1/{at(3600)}/PT1H")
+    assert start(pair, n, "j") == (204, 204)
+
+
+@scenario([("j", 1, 1)])
+def s_manual_start_uses_up_r0(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="true", schedule=f"R0/{at(3600)}/")
+    assert start(pair, n, "j") == (204, 204)
+
+
+@scenario([("j", 1, 1)])
+def s_manual_start_that_fails(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="false", retries=1, schedule=f"R/{at(3600)}/PT1H")
+    assert start(pair, n, "j") == (204, 204)
+
+
+@scenario([], differ=(
+    Differ("j.metadata.last_attempted_run", "set", "zero", "Decision 8"),
+    Differ("j.is_done", True, False, "Decision 8"),
+    Differ("j.next_run_at", "<done: Decision 8>", "zero", "Decision 8"),
+))
+def s_start_of_a_disabled_job(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="true", schedule=f"R/{at(3600)}/PT1H")
+    kala, ours = pair.request("POST", f"/job/disable/${n}-j/")
+    assert (kala.status_code, ours.status_code) == (204, 204)
+    kala, ours = start(pair, n, "j")
+    compare({"status": kala}, {"status": ours}, (Differ("status", 204, 409, "Decision 8"),),
+            "start of a disabled job")
+
+
+# ---------------------------------------------------------------- dependents, on failure
+
+
+@scenario([("p", 1, 1), ("c", 1, 1)], ("p", "c"))
+def s_child_runs_after_its_parent(pair: Pair, n: str) -> None:
+    job(pair, n, "p", command="true", schedule=f"R0/{at(3)}/")
+    job(pair, n, "c", command="true", parent_jobs=["$p"])
+
+
+@scenario([("p", 1, 1), ("c", 0, 1), ("g", 0, 1)], ("p", "c", "g"))
+def s_parent_fails_children_untouched(pair: Pair, n: str) -> None:
+    job(pair, n, "p", command="false", retries=1, schedule=f"R0/{at(3)}/")
+    job(pair, n, "c", command="true", retries=2, parent_jobs=["$p"])
+    job(pair, n, "g", command="true", parent_jobs=["$c"])
+
+
+@scenario([("p", 1, 1), ("c", 1, 1), ("g", 0, 1)], ("p", "c", "g"))
+def s_chain_stops_at_a_failing_child(pair: Pair, n: str) -> None:
+    job(pair, n, "p", command="true", schedule=f"R0/{at(3)}/")
+    job(pair, n, "c", command="false", parent_jobs=["$p"])
+    job(pair, n, "g", command="true", parent_jobs=["$c"])
+
+
+@scenario([("p", 1, 1), ("a", 1, 1), ("aa", 1, 1), ("b", 1, 1)], ("p", "a", "aa", "b"))
+def s_siblings_and_grandchildren_all_run(pair: Pair, n: str) -> None:
+    job(pair, n, "p", command="true", schedule=f"R0/{at(3)}/")
+    job(pair, n, "a", command="true", parent_jobs=["$p"])
+    job(pair, n, "aa", command="true", parent_jobs=["$a"])
+    job(pair, n, "b", command="true", parent_jobs=["$p"])
+
+
+@scenario([("p", 1, 1), ("a", 1, 1), ("b", 1, 1)], ("p", "a", "b"))
+def s_a_failing_child_does_not_stop_its_sibling(pair: Pair, n: str) -> None:
+    job(pair, n, "p", command="true", schedule=f"R0/{at(3)}/")
+    job(pair, n, "a", command="false", parent_jobs=["$p"])
+    job(pair, n, "b", command="true", parent_jobs=["$p"])
+
+
+@scenario([("p", 2, 2), ("c", 2, 2)], ("p", "c"))
+def s_a_child_runs_after_every_parent_run(pair: Pair, n: str) -> None:
+    job(pair, n, "p", command="true", schedule=f"R1/{at(3)}/PT1S")
+    job(pair, n, "c", command="true", parent_jobs=["$p"])
+
+
+@scenario([("j", 1, 1), ("h", 1, 1)], ("j", "h"))
+def s_on_failure_job_runs_after_a_failure(pair: Pair, n: str) -> None:
+    job(pair, n, "h", command="true", schedule=f"R/{at(3600)}/PT1H")
+    job(pair, n, "j", command="false", on_failure_job="$h", schedule=f"R0/{at(2)}/")
+
+
+@scenario([("j", 1, 1)], ("j", "h"))
+def s_on_failure_job_not_run_after_a_success(pair: Pair, n: str) -> None:
+    job(pair, n, "h", command="true", schedule=f"R/{at(3600)}/PT1H")
+    job(pair, n, "j", command="true", on_failure_job="$h", schedule=f"R0/{at(2)}/")
+
+
+@scenario([("j", 1, 1)])
+def s_unknown_on_failure_job_is_ignored(pair: Pair, n: str) -> None:
+    job(pair, n, "j", command="false", on_failure_job="no-such-job")
+
+
+# ---------------------------------------------------------------- the tests
+
+
+@pytest.fixture(scope="module")
+def launched(redis_server) -> Iterator[Pair]:
+    for pair in pair_of(redis_server.url):
+        for name, each in SCENARIOS.items():
+            each.setup(pair, name)
+        yield pair
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario_ends_as_on_kala(launched: Pair, name: str) -> None:
+    each = SCENARIOS[name]
+    launched.settle([(f"{name}-{role}", k, o) for role, k, o in each.waits], timeout=90)
+    kala, ours = launched.jobs(*(f"{name}-{role}" for role in each.roles))
+    strip = {f"{name}-{role}": role for role in each.roles}
+    kala = {strip[k]: v for k, v in kala.items()}
+    ours = {strip[k]: v for k, v in ours.items()}
+    compare(kala, ours, each.differ, name)
+
+
+def test_job_stats_of_a_failed_run_match(launched: Pair) -> None:
+    launched.settle([("oneoff-failure-with-retries-j", 1, 1)], timeout=90)
+    kala, ours = launched.request("GET", "/job/stats/$oneoff-failure-with-retries-j/")
+    assert (kala.status_code, ours.status_code) == (200, 200)
+    compare(launched.kala.normal(kala.json()), launched.ours.normal(ours.json()),
+            what="job_stats")
+
+
+def test_app_stats_match_once_every_scenario_ended(launched: Pair) -> None:
+    for name, each in SCENARIOS.items():
+        launched.settle([(f"{name}-{role}", k, o) for role, k, o in each.waits], timeout=90)
+    kala, ours = launched.request("GET", "/stats/")
+    keys = ("jobs", "disabled_jobs", "active_jobs", "success_count", "error_count",
+            "last_attempted_run")
+    kala_stats, ours_stats = kala.json()["Stats"], ours.json()["Stats"]
+    compare({k: launched.kala.normal({k: kala_stats[k]})[k] for k in keys},
+            {k: launched.ours.normal({k: ours_stats[k]})[k] for k in keys}, what="/stats/")
