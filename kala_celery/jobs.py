@@ -48,13 +48,26 @@ class Rules:
 # ---------------------------------------------------------------- validation
 
 
+def _valid_id(job_id: str) -> bool:
+    return len(job_id) <= ID_LENGTH and bool(_ID_RE.fullmatch(job_id)) and (
+        job_id not in RESERVED_IDS
+    )
+
+
+def _check_id(job_id: str) -> None:
+    """An id that must be kept as given (an imported job's) must be one we can serve."""
+    if not _valid_id(job_id):
+        raise InvalidJob(
+            f"id {job_id!r} is not valid: use up to {ID_LENGTH} letters, digits and ._~:@- "
+            "starting with a letter or digit, not one of " + ", ".join(sorted(RESERVED_IDS))
+        )
+
+
 def _client_id(session: Session, job_id: str | None) -> str:
     """The id of a new job: the client's when it is a valid, fresh id (NextKala), else a new
     uuid4 (Kala ignores client ids, so an invalid or reserved one is ignored: Decision 14).
     An id that exists already is a 409: the client means that job (Decision 14)."""
-    if job_id and len(job_id) <= ID_LENGTH and _ID_RE.fullmatch(job_id) and (
-        job_id not in RESERVED_IDS
-    ):
+    if job_id and _valid_id(job_id):
         if session.get(Job, job_id) is not None:
             raise Conflict(f"a job with id {job_id!r} already exists")
         return job_id
