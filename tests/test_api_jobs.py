@@ -145,6 +145,35 @@ def test_validation_errors_name_the_reason(api: Api) -> None:
     assert count(api, Job) == 0
 
 
+def test_bodies_kala_accepts_are_accepted(api: Api) -> None:
+    """Decision 23: what Kala answers 201 to (its runs then fail, as Kala's do)."""
+    start = future()
+    remote = {"name": "x", "type": 1, "schedule": f"R0/{start}/"}
+    parent = api.create(name="p", command="true", schedule=f"R/{start}/PT1H")
+    cases = [
+        {"name": "x", "command": "   ", "schedule": f"R0/{start}/"},
+        {"name": "x", "command": "true", "schedule": f"R0/{start}/", "TemplateDelimiters": "{{"},
+        {"name": "x", "command": "true", "schedule": f"R3/{start}/PT0S"},
+        {"name": "x", "command": "true", "epsilon": "soon", "parent_jobs": [parent]},
+        {"name": "x", "command": "true", "schedule": f"R0/{start}/", "epsilon": ""},
+        {**remote, "remote_properties": {"url": "ftp://h/", "method": "FETCH IT"}},
+        {**remote, "remote_properties": {"url": "http://h/", "timeout": -1,
+                                         "headers": {"Bad Name": ["a\nb"]},
+                                         "expected_response_codes": [42]}},
+        {"name": "x", "command": "true", "schedule": f"R0/{start}/", "id": "all"},
+    ]
+    for body in cases:
+        response = api.http.post("/job/", json=body)
+        assert response.status_code == 201, (body, response.text)
+        job = api.job(response.json()["id"])
+        assert job["remote_properties"] == {
+            "url": "", "method": "", "body": "", "headers": None, "timeout": 0,
+            "expected_response_codes": None, **body.get("remote_properties", {})}, body
+        assert (job["command"], job["schedule"]) == (body.get("command", ""),
+                                                     body.get("schedule", "")), body
+    assert count(api, Job) == len(cases) + 1
+
+
 def test_decode_errors_use_gos_messages(api: Api) -> None:
     cases = [
         (b"", "unexpected end of JSON input"),

@@ -1056,3 +1056,12 @@ def test_months_clamp_to_the_month_end(start: datetime, months: int, k: int) -> 
     last = (date(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)).day
     assert (got.year, got.month, got.day) == (year, month, min(start.day, last))
     assert got.time() == start.time()
+
+
+def test_a_finite_zero_interval_runs_a_second_apart_and_stops() -> None:
+    """Decision 23: Kala runs R2/…/PT0S back to back; here its 3 runs are a second apart."""
+    parsed = parse_schedule(f"R2/{START}/PT0S")
+    assert parsed.total_runs == 3
+    assert [parsed.occurrence(k) for k in range(3)] == [
+        START_DT + timedelta(seconds=k) for k in range(3)]
+    assert parsed.index_after(START_DT + timedelta(milliseconds=1500)) == 2
