@@ -128,6 +128,27 @@ def test_a_body_kala_accepts_is_accepted_with_the_same_job(
         assert kala_job[label]["next_run_at"] != "zero"
         kala_job[label]["next_run_at"] = "armed"
     compare(kala_job[label], ours_job[label], differ, label)
+    moved_from_kala_is_the_same_job(pair, label)
+
+
+def moved_from_kala_is_the_same_job(pair: Pair, label: str) -> None:
+    """The job as Kala stores and shows it, POSTed here (ids of other jobs translated), is
+    accepted, keeps Kala's id and is the job created here from the original body: every job
+    Kala can store passes our create path."""
+    stored = pair.kala.job(label)
+    translate = {pair.kala.ids[lb]: pair.ours.ids[lb] for lb in pair.kala.ids
+                 if lb in pair.ours.ids}
+    for key in ("parent_jobs", "dependent_jobs"):
+        stored[key] = [translate.get(i, i) for i in stored[key]] if stored[key] else None
+    stored["on_failure_job"] = translate.get(stored["on_failure_job"], stored["on_failure_job"])
+    response = pair.ours.http.post("/job/", json=stored)
+    assert response.status_code == 201, response.text
+    assert response.json()["id"] == stored["id"]
+    pair.ours.name_id(stored["id"], label)  # so it normalises as the original
+    moved = pair.ours.normal(pair.ours.job(label))
+    pair.ours.name_id(translate[stored["id"]], label)
+    original = pair.ours.normal(pair.ours.job(label))
+    compare(original, moved, what=f"{label} moved from Kala")
 
 
 REFUSED = [
