@@ -52,103 +52,48 @@ def start(pair: Pair, name: str, role: str) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- one-off jobs
 
-
-@scenario([("j", 1, 1)])
-def s_oneoff_success(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="true")
-
-
-@scenario([("j", 1, 1)])
-def s_oneoff_failure_with_retries(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="false", retries=2)
-
-
-@scenario([("j", 1, 1)])
-def s_oneoff_exit_status_and_output(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="bash -c 'echo out; echo err >&2; exit 3'")
-
-
-@scenario([("j", 1, 1)])
-def s_oneoff_blank_command_fails_each_run(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="   ", retries=1)
-
-
-@scenario([("j", 1, 1)])
-def s_oneoff_bad_delimiters_fail_each_run(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="true", TemplateDelimiters="{{")
-
-
-@scenario([("j", 1, 1)])
-def s_oneoff_three_delimiters_fail(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="true", TemplateDelimiters="a b c")
-
-
-@scenario([("j", 1, 1)])
-def s_oneoff_template_renders(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="test {{.Name}} = oneoff-template-renders-j",
-        TemplateDelimiters="{{ }}")
-
-
-@scenario([("j", 1, 1)])
-def s_oneoff_unknown_template_field_fails(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="echo {{.Nope}}", TemplateDelimiters="{{ }}")
-
-
-@scenario([("j", 1, 1)])
-def s_oneoff_garbage_epsilon_is_ignored(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="true", epsilon="soon", retries=1)
-
-
-@scenario([("j", 1, 1)])
-def s_oneoff_unknown_executable(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="no-such-binary-kala-diff")
-
-
-@scenario([("j", 1, 1)])
-def s_oneoff_unbalanced_quote(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="echo 'x")
-
-
-@scenario([("j", 1, 1)])
-def s_oneoff_retry_succeeds_second_time(pair: Pair, n: str) -> None:
-    job(pair, n, "j", retries=3, TemplateDelimiters="{{ }}",
-        command="bash -c 'test -e /tmp/kala-diff-{{.Id}} || { touch /tmp/kala-diff-{{.Id}}; "
-                "exit 1; }'")
+ONE_OFFS: dict[str, dict] = {  # each runs once at creation; its one run is compared
+    "oneoff-success": {"command": "true"},
+    "oneoff-failure-with-retries": {"command": "false", "retries": 2},
+    "oneoff-exit-status-and-output": {"command": "bash -c 'echo out; echo err >&2; exit 3'"},
+    "oneoff-blank-command-fails-each-run": {"command": "   ", "retries": 1},
+    "oneoff-bad-delimiters-fail-each-run": {"command": "true", "TemplateDelimiters": "{{"},
+    "oneoff-three-delimiters-fail": {"command": "true", "TemplateDelimiters": "a b c"},
+    "oneoff-template-renders": {"command": "test {{.Name}} = oneoff-template-renders-j",
+                                "TemplateDelimiters": "{{ }}"},
+    "oneoff-unknown-template-field-fails": {"command": "echo {{.Nope}}",
+                                            "TemplateDelimiters": "{{ }}"},
+    "oneoff-garbage-epsilon-is-ignored": {"command": "true", "epsilon": "soon", "retries": 1},
+    "oneoff-unknown-executable": {"command": "no-such-binary-kala-diff"},
+    "oneoff-unbalanced-quote": {"command": "echo 'x"},
+    "oneoff-retry-succeeds-second-time": {
+        "retries": 3, "TemplateDelimiters": "{{ }}",
+        "command": "bash -c 'test -e /tmp/kala-diff-{{.Id}} || "
+                   "{ touch /tmp/kala-diff-{{.Id}}; exit 1; }'"},
+}
+for _name, _body in ONE_OFFS.items():
+    SCENARIOS[_name] = Scenario(
+        lambda pair, n, body=_body: job(pair, n, "j", **body), (("j", 1, 1),), ("j",))
 
 
 # ---------------------------------------------------------------- schedules
 
-
-@scenario([("j", 1, 1)])
-def s_r0_runs_once_and_is_done(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="true", schedule=f"R0/{at(2)}/")
-
-
-@scenario([("j", 2, 2)])
-def s_r1_runs_twice(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="true", schedule=f"R1/{at(2)}/PT1S")
-
-
-@scenario([("j", 3, 3)])
-def s_r2_zero_interval_runs_three_times(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="true", schedule=f"R2/{at(2)}/PT0S")
-
-
-@scenario([("j", 1, 1)])
-def s_r_minus_5_runs_once(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="true", schedule=f"R-5/{at(2)}/PT1S")
-
-
-@scenario([("j", 2, 2)])
-def s_failing_r1_counts_every_attempt(pair: Pair, n: str) -> None:
-    job(pair, n, "j", command="false", retries=1, schedule=f"R1/{at(2)}/PT1S")
-
-
-@scenario([("j", 1, 1)])
-def s_epsilon_bounds_the_retries(pair: Pair, n: str) -> None:
-    """Kala's TestJobEpsilon, slower: attempts of 2 s, a 3 s window -> 2 attempts."""
-    job(pair, n, "j", command="bash -c 'sleep 2; false'", retries=200, epsilon="PT3S",
-        schedule=f"R0/{at(2)}/")
+SCHEDULED: dict[str, tuple[int, dict]] = {  # runs on each side; "{soon}": 2 s ahead
+    "r0-runs-once-and-is-done": (1, {"command": "true", "schedule": "R0/{soon}/"}),
+    "r1-runs-twice": (2, {"command": "true", "schedule": "R1/{soon}/PT1S"}),
+    "r2-zero-interval-runs-three-times": (3, {"command": "true", "schedule": "R2/{soon}/PT0S"}),
+    "r-minus-5-runs-once": (1, {"command": "true", "schedule": "R-5/{soon}/PT1S"}),
+    "failing-r1-counts-every-attempt": (2, {"command": "false", "retries": 1,
+                                            "schedule": "R1/{soon}/PT1S"}),
+    # Kala's TestJobEpsilon, slower: attempts of 2 s, a 3 s window -> 2 attempts
+    "epsilon-bounds-the-retries": (1, {"command": "bash -c 'sleep 2; false'", "retries": 200,
+                                       "epsilon": "PT3S", "schedule": "R0/{soon}/"}),
+}
+for _name, (_runs, _body) in SCHEDULED.items():
+    SCENARIOS[_name] = Scenario(
+        lambda pair, n, body=_body: job(pair, n, "j", **{
+            **body, "schedule": body["schedule"].format(soon=at(2))}),
+        (("j", _runs, _runs),), ("j",))
 
 
 # ---------------------------------------------------------------- manual starts
