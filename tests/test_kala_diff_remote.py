@@ -155,6 +155,13 @@ def s_bad_header_name_fails(pair: Pair, n: str, url: str) -> None:
     remote(pair, n, "j", f"{url}/ok", headers={"bad name": ["x"]})
 
 
+@scenario(differ=(Differ("j.remote_properties.headers",
+                         {"Content-Type": ["application/json"], "X-A": ["a\nb"]},
+                         {"X-A": ["a\nb"]}, "Decision 12"),))
+def s_header_line_break_fails(pair: Pair, n: str, url: str) -> None:
+    remote(pair, n, "j", f"{url}/ok", headers={"X-A": ["a\nb"]})
+
+
 @scenario(differ=(CONTENT_TYPE,))
 def s_connection_refused_fails(pair: Pair, n: str, url: str) -> None:
     remote(pair, n, "j", "http://127.0.0.1:9/nothing-listens", retries=2)
