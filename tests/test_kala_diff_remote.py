@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.kala_diff import Differ, Pair, at, compare, pair_of
+from tests.kala_diff import Differ, Pair, at, compare, need_kala, pair_of
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -192,7 +192,9 @@ def s_remote_child_of_a_remote_parent(pair: Pair, n: str, url: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def launched(redis_server) -> Iterator[tuple[Pair, str]]:
+def launched(request: pytest.FixtureRequest) -> Iterator[tuple[Pair, str]]:
+    need_kala()  # before starting Redis
+    redis_server = request.getfixturevalue("redis_server")
     server = ThreadingHTTPServer(("127.0.0.1", 0), Target)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.kala_diff import Differ, Pair, at, compare, pair_of
+from tests.kala_diff import Differ, Pair, at, compare, need_kala, pair_of
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -196,8 +196,9 @@ def s_unknown_on_failure_job_is_ignored(pair: Pair, n: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def launched(redis_server) -> Iterator[Pair]:
-    for pair in pair_of(redis_server.url):
+def launched(request: pytest.FixtureRequest) -> Iterator[Pair]:
+    need_kala()  # before starting Redis
+    for pair in pair_of(request.getfixturevalue("redis_server").url):
         for name, each in SCENARIOS.items():
             each.setup(pair, name)
         yield pair
