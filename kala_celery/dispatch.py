@@ -42,13 +42,17 @@ def _row(job_id: str, when: datetime, trigger: str, now: datetime, **tree: objec
 
 
 def children_by_parent(session: Session, roots: list[str]) -> dict[str, list[str]]:
-    """Every job below `roots` mapped to its children in FIFO order (one query per level)."""
+    """Every job below `roots` mapped to its children in FIFO order (one query per level).
+    Children with parents_mode "all" are not in their parents' chains: they run on their own
+    once all their parents have succeeded (kala_celery/parents.py, Decision 20)."""
     children: dict[str, list[str]] = {}
     frontier = list(roots)
     while frontier:
         rows = session.execute(
             select(JobLink.parent_id, JobLink.child_id)
+            .join(Job, Job.id == JobLink.child_id)
             .where(bulk.one_of(session, JobLink.parent_id, frontier))
+            .where(Job.parents_mode.is_(None))
             .order_by(JobLink.parent_id, JobLink.position)
         ).all()
         for parent, child in rows:
@@ -65,11 +69,13 @@ def record_trees(
     now: datetime,
     count: bool = True,
     children: dict[str, list[str]] | None = None,
+    parent_run_id: str | None = None,
 ) -> list[str]:
     """Record a run for each (job id, scheduled_for) and, depth first in FIFO order, a pending
     run for every job that depends on it. One bulk insert; returns the root run ids.
     `count=False`: the caller has already added the runs to the jobs' runs_used;
-    `children`: the caller has already read `children_by_parent` for these roots."""
+    `children`: the caller has already read `children_by_parent` for these roots;
+    `parent_run_id`: the roots are dependents (trigger "parent") of this run."""
     if not roots:
         return []
     if children is None:
@@ -77,7 +83,7 @@ def record_trees(
     rows: list[dict] = []
     root_ids: list[str] = []
     for job_id, when in roots:
-        root = _row(job_id, when, trigger, now)
+        root = _row(job_id, when, trigger, now, parent_run_id=parent_run_id)
         rows.append(root)
         root_ids.append(root["id"])
         seq = 0

@@ -17,15 +17,27 @@ from typing import Any
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from kala_celery import dispatch, schedule, wire
+from kala_celery import cron, dispatch, occurrences, schedule, wire
 from kala_celery.errors import Conflict, Forbidden, InvalidJob, NotFound
-from kala_celery.models import ID_LENGTH, JOB_LOCAL, JOB_REMOTE, Job, JobLink, Run
+from kala_celery.models import (
+    ID_LENGTH,
+    JOB_CELERY_TASK,
+    JOB_LOCAL,
+    JOB_REMOTE,
+    PARENTS_ALL,
+    Job,
+    JobLink,
+    Run,
+)
 
 # Ids that would collide with Kala's routes under /job/ (`/job/all/`, `/job/stats/{id}/`...).
 RESERVED_IDS = frozenset({"all", "stats", "start", "enable", "disable"})
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:@-]*")
 _QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
+_TASK_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
+PARENTS_MODES = ("any", PARENTS_ALL)  # "any" is Kala's (the default, stored as NULL)
 MAX_DEPTH = 32  # levels of dependent jobs below any job
+OVERLAP_POLICIES = ("buffer", "skip", "allow")  # Decision 21
 _METADATA_FIELDS = (
     "success_count",
     "last_success",
@@ -89,16 +101,64 @@ def _check_extensions(data: dict[str, Any], rules: Rules) -> None:
         )
 
 
+def _check_overlap(data: dict[str, Any]) -> None:
+    """Decision 21: `overlap` is one of the policies; `allow_overlap: true` is "allow"."""
+    policy = data.get("overlap")
+    if policy is not None and policy not in OVERLAP_POLICIES:
+        raise InvalidJob(f'overlap {policy!r} must be "buffer", "skip" or "allow"')
+    if data.get("allow_overlap") and policy not in (None, "allow"):
+        raise InvalidJob(
+            f'allow_overlap: true contradicts overlap {policy!r} (allow_overlap is "allow")'
+        )
+
+
+def overlap_policy(data: dict[str, Any]) -> str | None:
+    """The stored policy of a validated body: None (buffer), "skip" or "allow"."""
+    policy = data.get("overlap") or ("allow" if data.get("allow_overlap") else None)
+    return None if policy == "buffer" else policy
+def _check_celery_task(data: dict[str, Any]) -> None:
+    """Decision 19: a type 2 job names a task; args and kwargs are JSON (the decoder checked
+    their shapes) and nothing of a command applies to it."""
+    task = data.get("celery_task") or {}
+    name = task.get("name", "")
+    if not name:
+        raise InvalidJob("a Celery-task job (type 2) needs celery_task.name")
+    if not _TASK_NAME_RE.fullmatch(name):
+        raise InvalidJob(
+            f"celery_task.name {name!r} is not a task name: use up to 200 letters, digits "
+            "and _.:- starting with a letter or _"
+        )
+    if name.startswith("kala."):
+        raise InvalidJob(f"celery_task.name {name!r} is one of kala-celery's own tasks")
+    for key in ("run_timeout", "template_delimiters"):
+        if data.get(key):
+            raise InvalidJob(f"{key} does not apply to a Celery-task job (type 2)")
+
+
+def _check_parents_mode(data: dict[str, Any]) -> None:
+    mode = data.get("parents_mode")
+    if mode is not None and mode not in PARENTS_MODES:
+        raise InvalidJob(f'parents_mode must be "any" (the default) or "all", not {mode!r}')
+
+
 def _validate(data: dict[str, Any], rules: Rules) -> None:
     job_type = data.get("type", JOB_LOCAL)
-    if job_type not in (JOB_LOCAL, JOB_REMOTE):
-        raise InvalidJob(f"type must be 0 (local command) or 1 (remote HTTP call), not {job_type}")
+    if job_type not in (JOB_LOCAL, JOB_REMOTE, JOB_CELERY_TASK):
+        raise InvalidJob(
+            f"type must be 0 (local command), 1 (remote HTTP call) or 2 (Celery task), "
+            f"not {job_type}"
+        )
     if not data.get("name"):
         raise InvalidJob("name is required")
+    _check_parents_mode(data)
     # What Kala itself requires; anything else Kala stores is accepted and, when it cannot
     # work (blank command, bad delimiters, a URL or method no HTTP client takes), each run
     # fails with the reason, as in Kala (Decision 23).
-    if job_type == JOB_LOCAL:
+    if job_type == JOB_CELERY_TASK:
+        _check_celery_task(data)
+    elif data.get("celery_task"):
+        raise InvalidJob("celery_task is for Celery-task jobs (type 2)")
+    elif job_type == JOB_LOCAL:
         if not data.get("command"):
             raise InvalidJob("command is required for a local job (type 0)")
         if not rules.allow_shell:
@@ -106,12 +166,24 @@ def _validate(data: dict[str, Any], rules: Rules) -> None:
     elif not (data.get("remote_properties") or {}).get("url"):
         raise InvalidJob("a remote job (type 1) needs remote_properties.url")
     _check_extensions(data, rules)
+    _check_overlap(data)
 
 
-def parse_job_schedule(job: Job, default_timezone: str) -> schedule.Schedule:
-    """The parsed schedule of a scheduled (non-child, non-one-off) job."""
-    zone = schedule.resolve_zone(job.timezone, default_timezone)
-    return schedule.parse_schedule(job.schedule, zone)
+def parse_job_schedule(job: Job, default_timezone: str) -> occurrences.Parsed:
+    """The parsed schedule (ISO or cron) of a scheduled (non-child, non-one-off) job."""
+    return occurrences.parse(job.schedule, job.cron, job.timezone, default_timezone)
+
+
+def is_scheduled(job: Job) -> bool:
+    """The job has a schedule or a cron expression (else it is a one-off)."""
+    return bool(job.schedule or job.cron)
+
+
+def schedule_refused(data: dict[str, Any], exc: schedule.ScheduleError) -> InvalidJob:
+    """The 400 for a body's unusable `schedule` or `cron` (create, replace and preview)."""
+    if data.get("cron"):
+        return InvalidJob(str(exc))
+    return InvalidJob(f"schedule {data.get('schedule', '')!r}: {exc}")
 
 
 # ---------------------------------------------------------------- links
@@ -262,8 +334,17 @@ def _apply_fields(job: Job, data: dict[str, Any], rules: Rules) -> None:
     job.retry_delay = data.get("retry_delay") or None
     job.retry_backoff = data.get("retry_backoff", False)
     job.run_timeout = data.get("run_timeout") or None
-    job.allow_overlap = data.get("allow_overlap", False)
+    job.overlap = overlap_policy(data)
+    job.allow_overlap = job.overlap == "allow"
     job.queue = data.get("queue") or None
+    job.cron = data.get("cron") or None
+    task = data.get("celery_task") if job.job_type == JOB_CELERY_TASK else None
+    job.celery_task = (
+        {"name": task["name"], "args": task.get("args") or [], "kwargs": task.get("kwargs") or {}}
+        if task
+        else None
+    )
+    job.parents_mode = PARENTS_ALL if data.get("parents_mode") == PARENTS_ALL else None
 
 
 def _apply_metadata(job: Job, metadata: dict[str, Any] | None) -> None:
@@ -283,15 +364,19 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
     not be in the past. Otherwise the next occurrence at or after now is used (enable).
     """
     job.next_run_at = None
-    if not job.schedule:
+    if not is_scheduled(job):
         return fresh and not (job.disabled or job.is_done)  # one-off: runs once right away
     try:
         parsed = parse_job_schedule(job, rules.default_timezone)
     except schedule.ScheduleError as exc:
-        raise InvalidJob(f"schedule {job.schedule!r}: {exc}") from None
-    if fresh and parsed.start < now:  # as Kala, also for a job posted disabled or done
-        raise InvalidJob(f"schedule {job.schedule!r}: the start time is in the past")
+        raise schedule_refused({"schedule": job.schedule, "cron": job.cron}, exc) from None
+    if fresh and isinstance(parsed, schedule.Schedule):
+        _check_start(job.schedule, parsed, now)  # as Kala, also for a job posted disabled/done
     if job.disabled or job.is_done:
+        return False
+    if isinstance(parsed, cron.CronSchedule):
+        job.next_run_at = parsed.first_at_or_after(now)
+        job.is_done = job.next_run_at is None  # no occurrence left before year 9999
         return False
     total = parsed.total_runs
     if total is not None and job.runs_used >= total:
@@ -312,19 +397,45 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
 
 def _validate_schedule(data: dict[str, Any], rules: Rules, is_child: bool) -> None:
     """A child's schedule and epsilon are stored as given and not used (Decision 9); so is a
-    one-off's epsilon (Kala parses epsilon only with a schedule, Decision 23)."""
-    if is_child or not data.get("schedule"):
+    one-off's epsilon (Kala parses epsilon only with a schedule, Decision 23). A cron is
+    checked (a new key: no Kala body has one), also a child's, but a child's is not used.
+    Never both (Decision 18)."""
+    if data.get("cron") and data.get("schedule"):
+        raise InvalidJob("a job has either a schedule or a cron expression, not both")
+    if not (data.get("cron") or (data.get("schedule") and not is_child)):
         return
     try:
-        zone = schedule.resolve_zone(data.get("timezone"), rules.default_timezone)
-        schedule.parse_schedule(data["schedule"], zone)
+        occurrences.parse(data.get("schedule"), data.get("cron"), data.get("timezone"),
+                          rules.default_timezone)
     except schedule.ScheduleError as exc:
-        raise InvalidJob(f"schedule {data['schedule']!r}: {exc}") from None
-    if data.get("epsilon"):
+        raise schedule_refused(data, exc) from None
+    if data.get("epsilon") and not is_child:
         try:
             schedule.parse_epsilon(data["epsilon"])
         except schedule.ScheduleError as exc:
             raise InvalidJob(f"epsilon {data['epsilon']!r}: {exc}") from None
+
+
+def _check_start(text: str, parsed: schedule.Schedule, now: datetime) -> None:
+    if parsed.start < now:
+        raise InvalidJob(f"schedule {text!r}: the start time is in the past")
+
+
+def validate_timing(data: dict[str, Any], rules: Rules, now: datetime) -> occurrences.Parsed:
+    """The checks a create makes of a body's `schedule`, `cron` and `timezone`, in its order
+    and with its messages (the preview route, Decision 24); returns the parsed schedule."""
+    try:
+        schedule.resolve_zone(data.get("timezone"), rules.default_timezone)
+    except schedule.ScheduleError as exc:
+        raise InvalidJob(str(exc)) from None
+    if not (data.get("schedule") or data.get("cron")):
+        raise InvalidJob("give a schedule or a cron expression")
+    _validate_schedule(data, rules, is_child=False)
+    parsed = occurrences.parse(data.get("schedule"), data.get("cron"), data.get("timezone"),
+                               rules.default_timezone)
+    if isinstance(parsed, schedule.Schedule):
+        _check_start(data["schedule"], parsed, now)
+    return parsed
 
 
 _JOB_COLUMNS = tuple(column.key for column in Job.__table__.columns)
@@ -349,7 +460,8 @@ def create_job(
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
     job_id = _client_id(session, data.get("id"))
-    job = Job(id=job_id, created_at=now, runs_used=0, missed_occurrences=0, is_done=False)
+    job = Job(id=job_id, created_at=now, runs_used=0, missed_occurrences=0, is_done=False,
+              overlap_skipped=0)
     _apply_fields(job, data, rules)
     _apply_metadata(job, data.get("metadata"))
     children = data.get("dependent_jobs")
@@ -393,17 +505,21 @@ def replace_job(
     _validate(data, rules)
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
-    old_schedule = (job.schedule, job.timezone, bool(parent_ids(session, job_id)))
-    was_disabled = job.disabled
+    old_schedule = (job.schedule, job.cron, job.timezone, bool(parent_ids(session, job_id)))
+    was_disabled, old_mode = job.disabled, job.parents_mode
     _apply_fields(job, data, rules)
     if "metadata" in data:
         _apply_metadata(job, data["metadata"])
     children = data.get("dependent_jobs")
     _set_links(session, job_id, parents, _unique(children) if children is not None else None)
+    if job.parents_mode != old_mode:  # Decision 20: a new mode counts parents afresh
+        session.execute(
+            update(JobLink).where(JobLink.child_id == job_id).values(satisfied=False)
+        )
     if parents:
         job.next_run_at = None
         return job, None
-    if (job.schedule, job.timezone, False) != old_schedule:
+    if (job.schedule, job.cron, job.timezone, False) != old_schedule:
         job.runs_used = 0
         job.is_done = False
         return job, _start_if_due(session, job, rules, now, fresh=True)
@@ -500,7 +616,7 @@ def enable_job(
     job.disabled = False
     if parent_ids(session, job_id):
         return job, None
-    if not job.schedule:
+    if not is_scheduled(job):
         ran = session.scalar(select(func.count()).select_from(Run).where(Run.job_id == job_id))
         if ran or job.is_done:
             return job, None
@@ -519,7 +635,7 @@ def start_job(session: Session, job_id: str, rules: Rules, now: datetime) -> Run
     run = dispatch.record_tree(session, job, trigger="manual", scheduled_for=now, now=now)
     session.flush()
     session.refresh(job, ["runs_used"])
-    if job.schedule and job.next_run_at is not None:
+    if is_scheduled(job) and job.next_run_at is not None:
         total = parse_job_schedule(job, rules.default_timezone).total_runs
         if total is not None and job.runs_used >= total:
             job.next_run_at = None

@@ -5,7 +5,8 @@ A scrape is four small reads, whatever the size of the tables:
 
 - metric_counts (models.MetricCount): totals kept by triggers in the transactions that change
   runs and jobs (migration 0002): runs per end state, the lateness histogram's buckets and
-  sum, missed occurrences, jobs per state. Counting 10M runs or 1M jobs at scrape time costs
+  sum, missed occurrences, occurrences dropped by overlap "skip" (migration 0003), jobs
+  per state. Counting 10M runs or 1M jobs at scrape time costs
   100 ms to seconds; a counter table stays a few hundred rows, and its totals only grow
   (pruning old runs does not lower kala_runs_total, as Prometheus counters require).
 - the open runs (pending, sent, started) through ix_runs_state;
@@ -98,6 +99,12 @@ class KalaCollector:
             "(coalesced into a catch-up run, or skipped).")
         missed.add_metric([], series.get("missed", {}).get("", (0, 0))[0])
         yield missed
+
+        skipped = CounterMetricFamily(
+            "kala_overlap_skipped", "Scheduled occurrences of jobs with overlap \"skip\" that "
+            "were dropped because a run of the job was in flight (Decision 21).")
+        skipped.add_metric([], series.get("overlap_skipped", {}).get("", (0, 0))[0])
+        yield skipped
 
         yield from self._liveness(
             "beat", "beats", beats, now,

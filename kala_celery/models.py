@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -58,6 +59,8 @@ class Base(DeclarativeBase):
 UNARMED = "next_run_at IS NULL AND NOT disabled AND NOT is_done"
 JOB_LOCAL = 0
 JOB_REMOTE = 1
+JOB_CELERY_TASK = 2  # Decision 19: runs a task of the worker's Celery app by name
+PARENTS_ALL = "all"  # Decision 20: parents_mode of a child that waits for all its parents
 
 
 class Job(Base):
@@ -100,13 +103,24 @@ class Job(Base):
     # skipped by resume_at_next_scheduled_time (Decision 5), after an outage or a long run.
     missed_occurrences: Mapped[int] = mapped_column(BigInteger, default=0)
 
-    # Extensions (Decisions 3, 6, 7, 11, 17 in docs/design.md).
+    # Extensions (Decisions 3, 6, 7, 11, 17, 18, 21 in docs/design.md).
     timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     retry_delay: Mapped[str | None] = mapped_column(String(64), nullable=True)
     retry_backoff: Mapped[bool] = mapped_column(Boolean, default=False)
     run_timeout: Mapped[str | None] = mapped_column(String(64), nullable=True)
     allow_overlap: Mapped[bool] = mapped_column(Boolean, default=False)
     queue: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # Decision 18: a cron expression instead of `schedule` (NULL: none).
+    cron: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Decision 21: "skip" or "allow" (NULL: buffer, Decision 6); allow_overlap is true exactly
+    # when this is "allow" (the older key, kept as an alias).
+    overlap: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Occurrences dropped by overlap "skip" because a run was in flight (kala_overlap_skipped).
+    overlap_skipped: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Decision 19: {"name": ..., "args": [...], "kwargs": {...}} of a type 2 job.
+    celery_task: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Decision 20: NULL (Kala's: after any parent's success) or "all".
+    parents_mode: Mapped[str | None] = mapped_column(String(8), nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -141,6 +155,8 @@ class JobLink(Base):
         String(ID_LENGTH), ForeignKey("jobs.id", ondelete="CASCADE"), index=True
     )
     position: Mapped[int] = mapped_column(Integer)
+    # Decision 20: the parent has succeeded since the child's last run (parents_mode "all").
+    satisfied: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (UniqueConstraint("parent_id", "child_id", name="uq_job_links_edge"),)
 
@@ -181,6 +197,9 @@ class Run(Base):
     http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     output: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Times the sweep published the run again because no worker took it (Decision 19 bounds
+    # it for Celery-task jobs).
+    redeliveries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
     __table_args__ = (
         Index("ix_runs_job_created", "job_id", "created_at"),
@@ -227,7 +246,8 @@ class MetricCount(Base):
     sees the same figures and a scrape reads a few hundred rows whatever the size of the
     tables. `series`: "runs" (runs that reached the end state `label`), "lateness" (scheduled
     runs that started within the bucket `label` seconds of being due; `total` sums the
-    seconds), "missed" (occurrences coalesced or skipped), "jobs" (jobs now in state
+    seconds), "missed" (occurrences coalesced or skipped), "overlap_skipped" (occurrences
+    dropped by overlap "skip", migration 0003), "jobs" (jobs now in state
     `label`). On PostgreSQL a series is spread over 16 `shard` rows (by a hash of the row's
     id), so concurrent transactions rarely wait on the same row."""
 

@@ -55,9 +55,9 @@ class CeleryPublisher:
             route = self._routes[queue] = self.celery.amqp.router.route(options, RUN_TASK)
         return route
 
-    def idle_queues(self, queues: set[str | None]) -> set[str | None]:
+    def idle_queues(self, queues: set[str | None]) -> set[str | None] | None:
         """Which of these job queues (None: the default) have no message waiting on the
-        broker; none when the broker cannot be asked."""
+        broker; None when the broker cannot be asked."""
         idle: set[str | None] = set()
         try:
             with self.celery.connection_for_write() as connection:
@@ -70,6 +70,7 @@ class CeleryPublisher:
                         idle.add(queue)
         except Exception as exc:  # broker away: nothing to publish to anyway
             log.debug("queue lengths unavailable: %s", exc)
+            return None
         return idle
 
     def _signature(self, run_id: str, job_id: str, name: str, queue: str | None) -> Signature:

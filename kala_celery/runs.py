@@ -46,10 +46,18 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from kala_celery import dispatch, schedule
+from kala_celery import dispatch, parents, schedule
 from kala_celery.config import Settings
 from kala_celery.db import engine_of
-from kala_celery.models import TERMINAL_STATES, Beat, Job, JobLink, Run, Worker
+from kala_celery.models import (
+    JOB_CELERY_TASK,
+    TERMINAL_STATES,
+    Beat,
+    Job,
+    JobLink,
+    Run,
+    Worker,
+)
 from kala_celery.outcome import Outcome, tail
 
 log = logging.getLogger(__name__)
@@ -101,7 +109,7 @@ class RetryPolicy:
     @classmethod
     def of(cls, job: JobRecord, run: Run | RunInfo, settings: Settings) -> RetryPolicy:
         deadline = None
-        if run.trigger == "schedule" and job.schedule and job.epsilon:
+        if run.trigger == "schedule" and (job.schedule or job.cron) and job.epsilon:
             zone = schedule.resolve_zone(job.timezone, settings.timezone)
             epsilon = schedule.parse_epsilon(job.epsilon)
             if epsilon is not None:
@@ -243,6 +251,9 @@ _END_VALUES = {
     "http_status": _param("p_http", _runs.c.http_status),
 }
 _END = update(_runs).where(_OWNED).values(**_END_VALUES)
+_END_UNTAKEN = (  # a run no worker took (Decision 19)
+    update(_runs).where(_runs.c.id == _RUN_ID, _runs.c.state == "sent").values(**_END_VALUES)
+)
 _END_UNCOUNTED = (  # the attempt the claim counted was not made
     update(_runs)
     .where(_OWNED)
@@ -388,13 +399,15 @@ def finish(
     *,
     failed_attempt: bool = False,
     attempts: int | None = None,
+    untaken: bool = False,
     job_untouched: bool = False,
 ) -> list[str] | None:
     """started -> success | failed | skipped | lost, then Kala's counters, `is_done` and the
     run of the job's on-failure job, on `conn` (one transaction, the caller's). `attempts`
-    corrects the count when the attempt the claim counted was not made; `job_untouched`
-    leaves the job as it is (a dependent not run because its parent run did not succeed:
-    Kala's metadata of that child stays as it was). Returns the runs recorded here to
+    corrects the count when the attempt the claim counted was not made; `untaken`: the run
+    is `sent` and no worker took it (it ends from there); `job_untouched` leaves the job as
+    it is (a dependent not run because its parent run did not succeed: Kala's metadata of
+    that child stays as it was). Returns the runs recorded here to
     publish, or None when the run was no longer `me`'s to end."""
     began = run.started_at or now
     params: dict[str, Any] = {
@@ -408,7 +421,9 @@ def finish(
         "p_exit": outcome.exit_code,
         "p_http": outcome.http_status,
     }
-    if attempts is None:
+    if untaken:
+        ended = conn.execute(_END_UNTAKEN, params)
+    elif attempts is None:
         ended = conn.execute(_END, params)
     else:
         ended = conn.execute(_END_UNCOUNTED, {**params, "p_attempts": attempts})
@@ -417,12 +432,14 @@ def finish(
     if job_untouched:
         return []
     done, total = "yes", None
-    if job.schedule:
-        total = _total_runs(job.schedule, job.timezone, settings.timezone)
+    if job.schedule or job.cron:  # a cron job repeats until disabled (Decision 18)
+        total = None if job.cron else _total_runs(job.schedule, job.timezone, settings.timezone)
         done = "child" if total is None else "total"
     conn.execute(
         _counters(state, failed_attempt, done), {"p_job": job.id, "p_now": now, "p_total": total}
     )
+    if state == "success":
+        return parents.after_success(conn, job.id, run.id, now)
     if state in ("failed", "lost") and job.on_failure_job:
         return _record_on_failure(conn, job, now)
     return []
@@ -446,6 +463,14 @@ def _record_on_failure(conn: Connection, job: JobRecord, now: datetime) -> list[
         )
 
 
+def _run_and_job(conn: Connection, run_id: str, state: str) -> tuple[RunInfo, JobRecord] | None:
+    """A run and its job, for the sweep's verdicts, when the run is still in `state`."""
+    row = conn.execute(_ABANDONED, {"p_run": run_id}).first()
+    if row is None or row.state != state:
+        return None
+    return _run_info(row), _job_of(row, len(_RUN_RETURNING) + 1)
+
+
 def abandon(
     sessions: sessionmaker[Session], run_id: str, settings: Settings, now: datetime, reason: str
 ) -> list[str]:
@@ -454,11 +479,10 @@ def abandon(
     again); otherwise it ends `lost` (an error; its on-failure job runs). Returns the run ids
     to publish."""
     with engine_of(sessions).begin() as conn:
-        row = conn.execute(_ABANDONED, {"p_run": run_id}).first()
-        if row is None or row.state != "started":
+        found = _run_and_job(conn, run_id, "started")
+        if found is None:
             return []
-        run = _run_info(row)
-        job = _job_of(row, len(_RUN_RETURNING) + 1)
+        run, job = found
         policy = RetryPolicy.of(job, run, settings)
         if run.attempts < policy.attempts and policy.may_start(now):
             params = {"p_run": run_id, "p_me": run.worker, "p_error": reason}
@@ -501,8 +525,10 @@ def _first_in_line(cutoff: datetime) -> Any:
     )
 
 
-def _waiting(state: str, cutoff: datetime, limit: int) -> Any:
-    return (
+def _waiting(state: str, cutoff: datetime, limit: int, *, celery_tasks: bool = False) -> Any:
+    """Runs in `state` since before `cutoff` that nobody else will send; for `sent`, those of
+    Celery-task jobs (`celery_tasks`) or of the others, with their queue."""
+    query = (
         select(_runs.c.id, _jobs.c.queue)
         .join_from(_runs, _jobs, _jobs.c.id == _runs.c.job_id)
         .where(
@@ -513,6 +539,13 @@ def _waiting(state: str, cutoff: datetime, limit: int) -> Any:
         .order_by(_runs.c.created_at)
         .limit(limit)
     )
+    if state != "sent":
+        return query
+    if celery_tasks:
+        return query.where(_jobs.c.job_type == JOB_CELERY_TASK).add_columns(
+            _runs.c.redeliveries, func.coalesce(_runs.c.sent_at, _runs.c.created_at)
+        )
+    return query.where(_jobs.c.job_type != JOB_CELERY_TASK)
 
 
 def missing(
@@ -536,6 +569,71 @@ def missing(
     return list(pending), [(run_id, queue) for run_id, queue in lost]
 
 
+@dataclass(frozen=True)
+class Untaken:
+    """A Celery-task job's run `sent` for KALA_REDELIVER_AFTER that no worker took."""
+
+    run_id: str
+    queue: str | None
+    redeliveries: int
+    sent_at: datetime
+
+
+def untaken_tasks(
+    engine: Engine, now: datetime, *, redeliver_after: timedelta, limit: int
+) -> list[Untaken]:
+    """Decision 19: Celery-task runs no worker took (see `task_verdicts`)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            _waiting("sent", now - redeliver_after, limit, celery_tasks=True)
+        ).all()
+    return [Untaken(*row) for row in rows]
+
+
+def task_verdicts(
+    untaken: list[Untaken], idle: set[str | None], now: datetime, redeliver_after: timedelta
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Decision 19: what the sweep does with Celery-task runs no worker took: (run ids to send
+    again, (run id, error) to end failed). Sent once more when their queue is empty (the
+    message was lost, or a worker without kala's tasks dropped it), and failed when that did
+    not help either, or when their message has waited in a busy queue for twice the bound
+    (nobody consumes it), so such a run neither stays `sent` nor goes out again and again."""
+    again: list[str] = []
+    failed: list[tuple[str, str]] = []
+    for run in untaken:
+        queue = f"queue {run.queue!r}" if run.queue else "the default queue"
+        if run.queue in idle and run.redeliveries == 0:
+            again.append(run.run_id)
+        elif run.queue in idle:
+            failed.append((run.run_id, (
+                f"no worker took this run from {queue}, sent {run.redeliveries + 1} times: "
+                "the workers consuming it must run kala-celery's tasks "
+                "(import kala_celery.tasks in their Celery app)")))
+        elif now - run.sent_at > 2 * redeliver_after:
+            seconds = int((now - run.sent_at).total_seconds())
+            failed.append((run.run_id, (
+                f"no worker took this run from {queue} within {seconds} s: is a worker "
+                "consuming that queue?")))
+    return again, failed
+
+
+def fail_untaken(
+    sessions: sessionmaker[Session], run_id: str, settings: Settings, now: datetime, reason: str
+) -> list[str]:
+    """sent -> failed for a run no worker took (a failed attempt: counted as an error, its
+    on-failure job runs). Returns the run ids to publish."""
+    with engine_of(sessions).begin() as conn:
+        found = _run_and_job(conn, run_id, "sent")
+        if found is None:
+            return []
+        run, job = found
+        follow = finish(conn, run, job, None, "failed", Outcome(False, error=reason), settings,
+                        now, failed_attempt=True, untaken=True)
+    if follow is not None:
+        log.warning("run %s: %s", run_id, reason)
+    return follow or []
+
+
 def reopen(engine: Engine, now: datetime, run_ids: list[str]) -> list[str]:
     """sent -> pending for runs whose message was lost, to be published again with the rest
     of their chain; returns those this call reopened (another beat's sweep may have been
@@ -547,7 +645,8 @@ def reopen(engine: Engine, now: datetime, run_ids: list[str]) -> list[str]:
         reopened = conn.scalars(
             update(_runs)
             .where(_runs.c.id.in_(run_ids), _runs.c.state == "sent")
-            .values(state="pending", sent_at=now)  # not pending "long": no second sweep
+            .values(state="pending", sent_at=now, redeliveries=_runs.c.redeliveries + 1)
+            # sent_at now: not pending "long", so no second sweep publishes it
             .returning(_runs.c.id)
         ).all()
     if reopened:

@@ -216,6 +216,18 @@ def job_document(
     queue = getattr(job, "queue", None)
     if _set(queue):
         doc["queue"] = queue
+    cron = getattr(job, "cron", None)
+    if _set(cron):
+        doc["cron"] = cron
+    overlap = getattr(job, "overlap", None)
+    if _set(overlap):  # "skip" or "allow" (with allow_overlap: true above); buffer is unset
+        doc["overlap"] = overlap
+    task = getattr(job, "celery_task", None)
+    if task:
+        doc["celery_task"] = task
+    parents_mode = getattr(job, "parents_mode", None)
+    if _set(parents_mode):
+        doc["parents_mode"] = parents_mode
     return doc
 
 
@@ -837,6 +849,29 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _json(value: Any, path: str, kind: str) -> Any:
+    """`args` ([]) or `kwargs` ({}) of a Celery-task job, as plain JSON data; a number no
+    float64 holds (1e999) is refused rather than changed."""
+    if kind == "args" and not isinstance(value, list):
+        raise _type_error(value, path, "[]interface {}")
+    if kind == "kwargs" and not isinstance(value, _Obj):
+        raise _type_error(value, path, "map[string]interface {}")
+
+    def plain(item: Any) -> Any:
+        if isinstance(item, _Num):
+            number = _plain(item)
+            if isinstance(number, str):
+                raise WireError(f"json: {path}: number {item.text[:40]} does not fit in a float64")
+            return number
+        if isinstance(item, _Obj):
+            return {_clean(k): plain(v) for k, v in item.pairs}
+        if isinstance(item, list):
+            return [plain(element) for element in item]
+        return _clean(item) if isinstance(item, str) else item
+
+    return plain(value)
+
+
 def _stats(value: Any, path: str) -> list[Any]:
     if not isinstance(value, list):
         raise _type_error(value, path, "[]*job.JobStat")
@@ -848,6 +883,7 @@ def _stats(value: Any, path: str) -> list[Any]:
 
 # A field: (canonical name, Go JSON name, decoder kind, Go type for messages).
 # Kinds: "string", "bool", "uint", "int", "time", "strings", "ints", "headers", "stats",
+# "args" and "kwargs" (a Celery task's: any JSON array / object),
 # or the field index of a nested struct (a dict).
 _Field = tuple[str, str, Any, str]
 
@@ -879,6 +915,14 @@ _REMOTE = _index(
     ]
 )
 
+_CELERY_TASK = _index(
+    [
+        ("name", "name", "string", "string"),
+        ("args", "args", "args", "[]interface {}"),
+        ("kwargs", "kwargs", "kwargs", "map[string]interface {}"),
+    ]
+)
+
 _JOB = _index(
     [
         ("name", "name", "string", "string"),
@@ -907,11 +951,15 @@ _JOB = _index(
         ("run_timeout", "run_timeout", "string", "string"),
         ("allow_overlap", "allow_overlap", "bool", "bool"),
         ("queue", "queue", "string", "string"),
+        ("cron", "cron", "string", "string"),  # Decision 18
+        ("overlap", "overlap", "string", "string"),  # Decision 21
+        ("celery_task", "celery_task", _CELERY_TASK, "job.CeleryTask"),  # Decision 19
+        ("parents_mode", "parents_mode", "string", "string"),  # Decision 20
     ]
 )
 
 # Slices and maps: Go sets them to nil on null. Scalars and structs: null leaves them alone.
-_NIL_ON_NULL = frozenset({"strings", "ints", "headers", "stats"})
+_NIL_ON_NULL = frozenset({"strings", "ints", "headers", "stats", "args", "kwargs"})
 
 
 def _fold(key: str) -> str | None:
@@ -962,6 +1010,8 @@ def _decode_struct(
             out[name] = _int_list(value, field_path)
         elif kind == "headers":
             out[name] = _headers(value, field_path, out.get(name))
+        elif kind in ("args", "kwargs"):
+            out[name] = _json(value, field_path, kind)
         else:  # "stats"
             out[name] = _stats(value, field_path)
 

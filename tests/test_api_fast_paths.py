@@ -72,7 +72,7 @@ def as_row(job: FakeJob, *, sqlite_style: bool) -> tuple:
         if isinstance(value, datetime):
             naive = value.astimezone(UTC).replace(tzinfo=None)
             value = naive.isoformat(" ", "microseconds") if sqlite_style else naive
-        elif name in ("remote_headers", "remote_expected_codes") and sqlite_style:
+        elif name in ("remote_headers", "remote_expected_codes", "celery_task") and sqlite_style:
             value = json.dumps(value)  # None is stored as JSON null by the ORM
         elif isinstance(value, bool) and sqlite_style:
             value = int(value)
@@ -126,6 +126,14 @@ fake_jobs = st.builds(
     run_timeout=optional_texts,
     allow_overlap=st.booleans(),
     queue=optional_texts,
+    cron=optional_texts,
+    overlap=st.none() | st.sampled_from(["skip", "allow"]),
+    celery_task=st.none() | st.fixed_dictionaries({
+        "name": texts.filter(bool),
+        "args": st.lists(st.none() | st.booleans() | st.integers() | texts, max_size=3),
+        "kwargs": st.dictionaries(texts, st.integers() | texts | st.lists(texts), max_size=3),
+    }),
+    parents_mode=st.none() | st.just("all"),
 )
 id_lists = st.none() | st.lists(texts, max_size=3)
 
@@ -206,6 +214,9 @@ def test_list_over_http_is_the_single_job_documents(api: Api) -> None:
         },
     )
     api.create(id="plain", name="plain", command="true", schedule=f"R/{future()}/PT1H")
+    api.create(id="t", name="task", type=2, queue="theirs", parent_jobs=["p", "plain"],
+               parents_mode="all", celery_task={"name": "m.t", "args": [1, "<&>", None],
+                                                "kwargs": {"z": 1, "a": {"b": [2.5]}}})
     for job_id, status in (("p", "Success"), ("p", "Failed"), ("plain", "Success")):
         run_id = api.http.post(f"/job/start/{job_id}/?wait=false").json()["id"]
         put = api.http.put(f"/job/{job_id}/executions/{run_id}/", content=f'"{status}"')
@@ -214,7 +225,8 @@ def test_list_over_http_is_the_single_job_documents(api: Api) -> None:
     listed = api.http.get("/job/")
     assert listed.headers["content-type"] == "application/json;charset=UTF-8"
     singles = {
-        job_id: api.http.get(f"/job/{job_id}/").content for job_id in ("c", "p", "plain", "r")
+        job_id: api.http.get(f"/job/{job_id}/").content
+        for job_id in ("c", "p", "plain", "r", "t")
     }
     prefix = len(b'{"job":')
     inner = ",".join(f'"{key}":{body[prefix:-2].decode()}' for key, body in singles.items())

@@ -40,7 +40,7 @@ def test_head_is_the_models(db_url: str) -> None:
     engine = make_engine(db_url)
     try:
         init_schema(engine)  # an empty database: created by running the migrations
-        assert schema.revision_of(engine) == schema.head() == "0002"
+        assert schema.revision_of(engine) == schema.head() == "0004"
         assert diff(engine, Base.metadata) == []
     finally:
         engine.dispose()
@@ -74,7 +74,7 @@ def make_0_1_0_database(url: str) -> dict[str, str]:
                             created_at=now, success_count=1, number_of_finished_runs=1))
         session.add(old.Job(id=ids["child"], name="after", command="true", created_at=now))
         session.add(old.Job(id=ids["off"], name="off", command="true", disabled=True,
-                            schedule=f"R2/{start}/PT1H", created_at=now))
+                            schedule=f"R2/{start}/PT1H", created_at=now, allow_overlap=True))
         session.flush()
         session.add(old.JobLink(parent_id=ids["due"], child_id=ids["child"], position=0))
         session.add(old.Run(id=str(uuid.uuid4()), job_id=ids["due"], trigger="schedule",
@@ -108,8 +108,8 @@ def test_a_0_1_0_database_upgrades_and_its_jobs_still_run(db_url: str, tmp_path:
     assert done.returncode == 1 and "kala-celery db upgrade" in done.stdout
     done = kala("db", "upgrade", "--db", db_url)
     assert done.returncode == 0, done.stderr
-    assert "upgraded from 0001 to 0002" in done.stdout
-    assert kala("db", "current", "--db", db_url).stdout.strip() == "0002 (head)"
+    assert "upgraded from 0001 to 0004" in done.stdout
+    assert kala("db", "current", "--db", db_url).stdout.strip() == "0004 (head)"
     assert diff(engine, Base.metadata) == []
 
     # the rows survived and read through today's API
@@ -123,6 +123,9 @@ def test_a_0_1_0_database_upgrades_and_its_jobs_still_run(db_url: str, tmp_path:
     assert jobs[ids["due"]]["metadata"]["success_count"] == 1
     assert jobs[ids["due"]]["dependent_jobs"] == [ids["child"]]
     assert jobs[ids["off"]]["disabled"] is True
+    # 0003: allow_overlap became the overlap policy "allow", and stays as its alias
+    assert (jobs[ids["off"]]["allow_overlap"], jobs[ids["off"]]["overlap"]) == (True, "allow")
+    assert "overlap" not in jobs[ids["due"]] and "cron" not in jobs[ids["due"]]
     body = client.get("/metrics").get_data(as_text=True)  # seeded from the old rows
     assert metric(body, "kala_jobs", state="active") == 2
     assert metric(body, "kala_jobs", state="disabled") == 1
@@ -239,8 +242,10 @@ def test_a_development_database_between_0_1_0_and_0002_upgrades(db_url: str) -> 
                 "retry_backoff, allow_overlap, created_at) VALUES ('j', '', 'true', '', true, "
                 "'', '', 0, '', '', false, 0, '', '', '', 0, 0, 0, 0, false, 0, 4, false, false, "
                 "'2026-12-01 00:00:00')"))
+            conn.execute(text("UPDATE jobs SET overlap_skipped = overlap_skipped + 3"))
             counts = dict(conn.execute(text(
                 "SELECT series || '/' || label, sum(n) FROM metric_counts GROUP BY 1")).all())
-        assert counts == {"jobs/disabled": 1, "missed/": 4}  # the triggers are there
+        # the triggers are there (0002's and 0003's)
+        assert counts == {"jobs/disabled": 1, "missed/": 4, "overlap_skipped/": 3}
     finally:
         engine.dispose()

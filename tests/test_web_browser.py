@@ -226,6 +226,17 @@ def test_a_bad_schedule_shows_the_servers_reason_and_stores_nothing(
     assert set(httpx.get(f"{served}/api/v1/job/").json()["jobs"]) == before
 
 
+def test_the_form_previews_a_cron_while_it_is_typed(on_served: Browser) -> None:
+    """Decision 24: the live preview of a cron, and of a refused one, from the API's preview."""
+    b = on_served
+    b.open("/webui/new")
+    b.fill("Cron", "0 9 * * MON-FRI")
+    b.fill("Time zone", "Europe/Berlin")
+    b.wait_text("At 09:00 on Monday through Friday (Europe/Berlin)")
+    b.fill("Cron", "0 25 * * *")
+    b.wait_text("invalid cron '0 25 * * *': Bad hour")
+
+
 def test_delete_asks_first(on_served: Browser, served: str) -> None:
     job_id = httpx.post(f"{served}/api/v1/job/", json={
         "name": "to be deleted", "command": "true", "schedule": f"R/{future()}/PT1H"}).json()["id"]

@@ -374,3 +374,41 @@ def test_a_jobs_runs_are_newest_first_paged_and_readable(make: Make) -> None:
     assert "45 in all, newest first" in first and "Page 3 of 3" in last
     assert "green done\nloading 100%" in first and "\x1b" not in first
     assert "exit 1" in first and "exit status 1" in first and "2.0 s" in first
+
+
+def test_the_form_takes_a_cron_and_skip_and_previews_through_the_api(make: Make) -> None:
+    """Decisions 18, 21, 24: a cron job with overlap skip from the form is the API's job; the
+    form's preview lists what POST /schedule/preview/ lists, and refuses with its message."""
+    _app, client, _ = make()
+    form = {"csrf": csrf(client), "name": "weekday", "type": "0", "command": "true",
+            "schedule": "", "cron": "0 9 * * MON-FRI", "timezone": "Europe/Berlin",
+            "skip_overlap": "on"}
+    created = client.post("/webui/new", data=form)
+    assert created.status_code == 302, created.get_data(as_text=True)
+    job_id = created.headers["Location"].split("/")[3]
+    job = client.get(f"/api/v1/job/{job_id}/").get_json()["job"]
+    assert (job["cron"], job["overlap"], job["timezone"]) == ("0 9 * * MON-FRI", "skip",
+                                                              "Europe/Berlin")
+    page = client.get(f"/webui/job/{job_id}/").get_data(as_text=True)
+    assert "At 09:00 on Monday through Friday (Europe/Berlin)" in page
+    edit = client.get(f"/webui/job/{job_id}/edit").get_data(as_text=True)
+    assert 'value="0 9 * * MON-FRI"' in edit, edit[:2000]
+    assert re.search(r'id="f-skip_overlap"[^>]*checked', edit)
+
+    shown = client.get("/webui/preview", query_string={"cron": "30 2 * * *",
+                                                       "timezone": "America/New_York"})
+    listed = client.post("/api/v1/schedule/preview/",
+                         json={"cron": "30 2 * * *", "timezone": "America/New_York",
+                               "count": 5}).get_json()["next"]
+    ny = schedule.resolve_zone("America/New_York")
+    expected = [describe.when(datetime.fromisoformat(t.replace("Z", "+00:00")), ny,
+                              now=datetime.now(UTC)) for t in listed]
+    assert shown.get_json()["ok"] is True and shown.get_json()["occurrences"] == expected
+    bad = client.get("/webui/preview", query_string={"cron": "61 * * * *"}).get_json()
+    api_error = client.post("/api/v1/schedule/preview/", json={"cron": "61 * * * *"})
+    assert bad["ok"] is False
+    assert f"Error occurred when initializing the job: {bad['error']}" == \
+        api_error.get_json()["error"]
+    both = client.post("/webui/new", data={**form, "schedule": f"R/{future()}/PT1H"})
+    assert both.status_code == 400 and "not both" in both.get_data(as_text=True)
+    assert re.search(r'id="f-cron"[^>]*aria-invalid="true"', both.get_data(as_text=True))

@@ -51,6 +51,10 @@ class FakeJob:
     run_timeout: str | None = None
     allow_overlap: bool = False
     queue: str | None = None
+    cron: str | None = None
+    overlap: str | None = None
+    celery_task: dict | None = None
+    parents_mode: str | None = None
 
 
 T0 = datetime(2026, 11, 22, 18, 28, 12, 994555, tzinfo=UTC)
@@ -271,6 +275,8 @@ EXTENSIONS = [
     ("run_timeout", "PT1H"),
     ("allow_overlap", True),
     ("queue", "host-a"),
+    ("cron", "0 9 * * MON-FRI"),
+    ("overlap", "allow"),
 ]
 
 
@@ -287,14 +293,16 @@ def test_all_extensions_in_order_after_is_done() -> None:
     assert list(doc)[list(doc).index("is_done") + 1 :] == [name for name, _ in EXTENSIONS]
     assert doc_bytes(job).endswith(
         b'"is_done":false,"timezone":"Europe/Berlin","retry_delay":"PT30S","retry_backoff":true,'
-        b'"run_timeout":"PT1H","allow_overlap":true,"queue":"host-a"}\n'
+        b'"run_timeout":"PT1H","allow_overlap":true,"queue":"host-a","cron":"0 9 * * MON-FRI",'
+        b'"overlap":"allow"}\n'
     )
 
 
 @pytest.mark.parametrize(
     "defaults",
     [
-        {"timezone": "", "retry_delay": "", "run_timeout": "", "queue": ""},
+        {"timezone": "", "retry_delay": "", "run_timeout": "", "queue": "", "cron": "",
+         "overlap": ""},
         {"retry_delay": "PT0S"},
         {"retry_backoff": False, "allow_overlap": False},
     ],
@@ -472,9 +480,11 @@ def utc(*args: int) -> datetime:
         (b'{"name":"\\ud83d\\ude00 \\ud800x \\n"}', {"name": "\U0001f600 \ufffdx \n"}),
         # extensions
         (b'{"timezone":"Europe/Berlin","retry_delay":"PT1S","retry_backoff":true,'
-         b'"run_timeout":"PT2M","allow_overlap":false,"queue":"q1"}',
+         b'"run_timeout":"PT2M","allow_overlap":false,"queue":"q1","cron":"0 9 * * *",'
+         b'"OVERLAP":"skip"}',
          {"timezone": "Europe/Berlin", "retry_delay": "PT1S", "retry_backoff": True,
-          "run_timeout": "PT2M", "allow_overlap": False, "queue": "q1"}),
+          "run_timeout": "PT2M", "allow_overlap": False, "queue": "q1", "cron": "0 9 * * *",
+          "overlap": "skip"}),
         # stats: kept as given (plain values), only checked to be a list of objects
         (b'{"stats":[{"job_id":"j","execution_duration":12,"x":1.5},null]}',
          {"stats": [{"job_id": "j", "execution_duration": 12, "x": 1.5}, None]}),
@@ -647,6 +657,8 @@ def cannot(kind: str, path: str, go_type: str) -> str:
         (b'{"run_timeout":true}', cannot("bool", "Job.run_timeout", "string")),
         (b'{"allow_overlap":1}', cannot("number", "Job.allow_overlap", "bool")),
         (b'{"queue":["a"]}', cannot("array", "Job.queue", "string")),
+        (b'{"cron":5}', cannot("number", "Job.cron", "string")),
+        (b'{"overlap":true}', cannot("bool", "Job.overlap", "string")),
         # case-insensitive keys report the Go field name
         (b'{"RETRIES":-5}', cannot("number -5", "Job.retries", "uint")),
         # the first error in document order wins
@@ -926,7 +938,8 @@ FIELD_KEYS = [
     "on_failure_job", "schedule", "Retries", "epsilon", "next_run_at", "TemplateDelimiters",
     "resume_at_next_scheduled_time", "metadata", "type", "remote_properties", "stats", "is_done",
     "timezone", "retry_delay", "retry_backoff", "run_timeout", "allow_overlap", "queue",
-    "success_count", "last_success", "url", "headers", "timeout", "expected_response_codes",
+    "cron", "overlap", "success_count", "last_success", "url", "headers", "timeout",
+    "expected_response_codes",
     "unknown",
 ]  # fmt: skip
 

@@ -56,6 +56,10 @@ FIELDS = (
     "run_timeout",
     "allow_overlap",
     "queue",
+    "cron",
+    "overlap",
+    "celery_task",
+    "parents_mode",
 )
 
 _quote = json.encoder.encode_basestring  # the C encoder json.dumps(ensure_ascii=False) uses
@@ -159,7 +163,16 @@ def _remote(url: Any, method: Any, body: Any, headers: Any, timeout: Any, codes:
 
 
 def _extensions(
-    timezone: Any, delay: Any, backoff: Any, timeout: Any, overlap: Any, queue: Any
+    timezone: Any,
+    delay: Any,
+    backoff: Any,
+    timeout: Any,
+    overlap: Any,
+    queue: Any,
+    cron: Any,
+    policy: Any,
+    task: Any,
+    parents_mode: Any,
 ) -> str:
     """The extension keys that are not at their default (as wire.job_document)."""
     out = ""
@@ -175,6 +188,14 @@ def _extensions(
         out += ',"allow_overlap":true'
     if queue is not None and queue != "":
         out += f',"queue":{_text(queue)}'
+    if cron is not None and cron != "":
+        out += f',"cron":{_text(cron)}'
+    if policy is not None and policy != "":
+        out += f',"overlap":{_text(policy)}'
+    if task is not None and (task := _json(task)):
+        out += f',"celery_task":{wire.compact_json(task)}'
+    if parents_mode is not None and parents_mode != "":
+        out += f',"parents_mode":{_text(parents_mode)}'
     return out
 
 

@@ -9,7 +9,7 @@ from flask import Blueprint, Response
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from kala_celery.api import http, views
+from kala_celery.api import http, preview, views
 from kala_celery.api.state import kala
 from kala_celery.db import DatabaseAway
 from kala_celery.errors import JobError, NotFound
@@ -40,6 +40,9 @@ ROUTES = [
     ("/job/<job_id>/executions/", ["GET"], views.list_executions),
     ("/job/<job_id>/executions/<run_id>/", ["GET"], views.get_execution),
     ("/job/<job_id>/executions/<run_id>/", ["PUT"], views.put_execution_status),
+    # Ours: previews (Decision 24)
+    ("/job/<job_id>/next/", ["GET"], preview.job_next),
+    ("/schedule/preview/", ["POST"], preview.schedule_preview),
 ]
 
 

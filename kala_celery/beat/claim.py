@@ -1,5 +1,7 @@
 """Claim due jobs: one short transaction per batch that records their runs and advances
-`next_run_at` to the next anchored occurrence (Decisions 3-6).
+`next_run_at` to the next anchored occurrence (Decisions 3-6), or the next cron occurrence
+(Decision 18); a job with overlap "skip" whose run is still in flight has its due
+occurrences dropped and counted instead (Decision 21).
 
 Several beats may claim at once: PostgreSQL hands each beat different rows (FOR UPDATE SKIP
 LOCKED); SQLite, which has no row locks, lets one claim at a time (the claim takes the
@@ -16,7 +18,7 @@ from datetime import datetime
 from sqlalchemy import and_, bindparam, exists, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
-from kala_celery import bulk, dispatch, schedule
+from kala_celery import bulk, cron, dispatch, occurrences, schedule
 from kala_celery.models import Job, JobLink, Run
 
 log = logging.getLogger(__name__)
@@ -31,17 +33,29 @@ class Advance:
     run_for: datetime | None
     next_run_at: datetime | None
     missed: int = 0  # passed occurrences without a run of their own (coalesced or skipped)
+    skipped: int = 0  # passed occurrences dropped by overlap "skip" (a run was in flight)
 
 
 def advance(
-    parsed: schedule.Schedule, due: datetime, runs_used: int, now: datetime, resume: bool
+    parsed: occurrences.Parsed,
+    due: datetime,
+    runs_used: int,
+    now: datetime,
+    resume: bool,
+    busy: bool = False,
 ) -> Advance:
     """Coalesce every occurrence up to `now` into at most one run (Decision 5).
 
     The run is for the latest occurrence that has passed. When a later occurrence than
     `due` has passed too, some were missed (beat down, job busy): a job with
     `resume_at_next_scheduled_time` then skips them all and waits for the next one.
+    busy: the job has overlap "skip" and a run in flight: every passed occurrence is dropped
+    (counted in `skipped`, not `missed`) and the job waits for the next one (Decision 21).
     """
+    if busy:
+        return _drop(parsed, due, now)
+    if isinstance(parsed, cron.CronSchedule):
+        return _advance_cron(parsed, due, now, resume)
     if parsed.interval is None:  # R0: its single occurrence
         return Advance(due, None)
     k_next = parsed.index_after(now)
@@ -63,17 +77,49 @@ def advance(
         return Advance(run_for, None, missed)
 
 
+def _advance_cron(parsed: cron.CronSchedule, due: datetime, now: datetime,
+                  resume: bool) -> Advance:
+    """advance() for a cron job: the same coalescing, and no end (Decision 18)."""
+    following = parsed.next_after(due)
+    if following is None or following > now:  # on time: nothing else has passed
+        return Advance(due, following)
+    latest = parsed.latest_at_or_before(now)
+    run_for: datetime | None = due if latest is None else max(latest, due)
+    missed = 0
+    if latest is not None and latest > due:  # due, ..., latest have all passed
+        passed = 1 + parsed.count_between(due, latest)
+        missed = passed if resume else passed - 1
+        if resume:
+            run_for = None
+    return Advance(run_for, parsed.next_after(now), missed)
+
+
+def _drop(parsed: occurrences.Parsed, due: datetime, now: datetime) -> Advance:
+    """Overlap "skip" with a run in flight: no run; every occurrence from `due` up to `now`
+    is dropped, and next_run_at moves to the first one after `now`. An ISO schedule's
+    dropped occurrences do not use up its repetitions (Decision 4 counts runs), as those
+    resume_at_next_scheduled_time skips do not. An R0 has no next occurrence: the sweep
+    re-arms its one owed run (jobs.rearm), which fires once nothing is in flight."""
+    if isinstance(parsed, cron.CronSchedule):
+        return Advance(None, parsed.next_after(now), skipped=1 + parsed.count_between(due, now))
+    if parsed.interval is None:
+        return Advance(None, None, skipped=1)
+    passed = parsed.index_after(now) - parsed.index_at_or_after(due)
+    return Advance(None, occurrences.after(parsed, now), skipped=max(passed, 1))
+
+
 def _in_flight():
     return exists().where(Run.job_id == Job.id, Run.state.in_(IN_FLIGHT))
 
 
 def claimable(now: datetime):
-    """Due, enabled, and (unless it allows overlap) with no run in flight (Decision 6)."""
+    """Due, enabled, and (unless its overlap policy is allow or skip) with no run in flight
+    (Decisions 6, 21)."""
     return and_(
         Job.next_run_at.is_not(None),
         Job.next_run_at <= now,
         not_(Job.disabled),
-        or_(Job.allow_overlap, not_(_in_flight())),
+        or_(Job.allow_overlap, Job.overlap == "skip", not_(_in_flight())),
     )
 
 
@@ -86,9 +132,11 @@ def claim_batch(session: Session, now: datetime, limit: int, default_tz: str) ->
             Job.name,
             Job.next_run_at,
             Job.schedule,
+            Job.cron,
             Job.timezone,
             Job.runs_used,
             Job.resume_at_next_scheduled_time,
+            and_(Job.overlap == "skip", _in_flight()).label("busy"),
             exists().where(JobLink.parent_id == Job.id).label("has_children"),
         )
         .where(claimable(now), ~exists().where(JobLink.child_id == Job.id))
@@ -98,13 +146,15 @@ def claim_batch(session: Session, now: datetime, limit: int, default_tz: str) ->
     ).all()
     steps: list[tuple[str, datetime, Advance, bool]] = []
     parents = [row[0] for row in due if row[-1]]
-    for job_id, name, old, text, zone, runs_used, resume, _ in due:
+    for job_id, name, old, text, cron_text, zone, runs_used, resume, busy, _ in due:
         try:
-            parsed = schedule.parse_schedule(text, schedule.resolve_zone(zone, default_tz))
-            steps.append((job_id, old, advance(parsed, old, runs_used, now, resume), False))
+            parsed = occurrences.parse(text, cron_text, zone, default_tz)
+            step = advance(parsed, old, runs_used, now, resume, bool(busy))
+            steps.append((job_id, old, step, False))
         except schedule.ScheduleError as exc:
             log.error(
-                "job %s (%s): unusable schedule %r: %s; disabling it", job_id, name, text, exc
+                "job %s (%s): unusable schedule %r: %s; disabling it",
+                job_id, name, cron_text or text, exc,
             )
             steps.append((job_id, old, Advance(None, None), True))
     roots = [
@@ -129,6 +179,7 @@ _MOVE = (
         disabled=bindparam("b_off"),
         runs_used=Job.__table__.c.runs_used + bindparam("b_used"),
         missed_occurrences=Job.__table__.c.missed_occurrences + bindparam("b_missed"),
+        overlap_skipped=Job.__table__.c.overlap_skipped + bindparam("b_skipped"),
     )
 )
 
@@ -144,6 +195,7 @@ def _move_all(steps: list[dict]):
             "b_off": ([p["b_off"] for p in steps], table.c.disabled.type),
             "b_used": ([p["b_used"] for p in steps], table.c.runs_used.type),
             "b_missed": ([p["b_missed"] for p in steps], table.c.missed_occurrences.type),
+            "b_skipped": ([p["b_skipped"] for p in steps], table.c.overlap_skipped.type),
         }
     )
     return (
@@ -154,6 +206,7 @@ def _move_all(steps: list[dict]):
             disabled=moves.c.b_off,
             runs_used=table.c.runs_used + moves.c.b_used,
             missed_occurrences=table.c.missed_occurrences + moves.c.b_missed,
+            overlap_skipped=table.c.overlap_skipped + moves.c.b_skipped,
         )
     )
 
@@ -174,6 +227,7 @@ def _move(session: Session, steps: list[tuple[str, datetime, Advance, bool]]) ->
             "b_off": off,
             "b_used": int(step.run_for is not None),
             "b_missed": step.missed,
+            "b_skipped": step.skipped,
         }
         for job_id, old, step, off in steps
     ]

@@ -183,9 +183,21 @@ class KalaScheduler(Scheduler):
             redeliver_after=settings.redeliver_delay,
             limit=BATCH,
         )
-        if lost:  # a queue with messages waiting may still hold theirs: not before it drains
-            idle = self._publisher.idle_queues({queue for _, queue in lost})
-            pending += runs.reopen(engine, now, [r for r, queue in lost if queue in idle])
+        untaken = runs.untaken_tasks(
+            engine, now, redeliver_after=settings.redeliver_delay, limit=BATCH
+        )
+        if lost or untaken:  # a queue with messages waiting may still hold theirs
+            idle = self._publisher.idle_queues(
+                {queue for _, queue in lost} | {run.queue for run in untaken}
+            )
+            if idle is None:  # the broker is away: nothing to send to, nor to judge by
+                idle, untaken = set(), []
+            again, failed = runs.task_verdicts(untaken, idle, now, settings.redeliver_delay)
+            again += [r for r, queue in lost if queue in idle]
+            pending += runs.reopen(engine, now, again)
+            for run_id, reason in failed:
+                self._publish(runs.fail_untaken(self._store.sessions, run_id, settings, now,
+                                                reason))
         if pending:
             log.info("beat: sweep publishing %d runs without a message", len(pending))
             self._publish(pending)
@@ -222,7 +234,7 @@ class KalaScheduler(Scheduler):
         with self._store.sessions.begin() as session:
             unarmed = session.scalars(
                 select(Job)
-                .where(text(UNARMED), Job.schedule != "")
+                .where(text(UNARMED), (Job.schedule != "") | Job.cron.is_not(None))
                 .where(~select(JobLink.id).where(JobLink.child_id == Job.id).exists())
                 .limit(BATCH)
             ).all()

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from kala_celery import schedule
 from kala_celery.config import Settings
 from kala_celery.db import DatabaseAway, engine_of
-from kala_celery.models import JOB_REMOTE, utcnow
+from kala_celery.models import JOB_CELERY_TASK, JOB_REMOTE, utcnow
 from kala_celery.outcome import Outcome
 from kala_celery.runs import (
     JobRecord,
@@ -75,10 +75,12 @@ def run_environment(run: RunInfo, attempt: int) -> dict[str, str]:
 
 
 def perform(job: JobRecord, settings: Settings, run_env: Mapping[str, str]) -> Outcome:
-    """One attempt: render templates, then run the command (with `run_env` added to the
-    worker's environment) or make the HTTP call."""
-    from kala_celery.tasks import remote, shell, templates
+    """One attempt: run the Celery task by name, or render templates, then run the command
+    (with `run_env` added to the worker's environment) or make the HTTP call."""
+    from kala_celery.tasks import celery_task, remote, shell, templates
 
+    if job.job_type == JOB_CELERY_TASK:
+        return celery_task.call(job.celery_task, run_id=run_env["KALA_RUN_ID"])
     try:
         data = templates.job_data(job) if job.template_delimiters else {}
 

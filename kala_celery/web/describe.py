@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from kala_celery import schedule
+from cronsim import CronSim, CronSimError
+
+from kala_celery import occurrences, schedule
 
 _UNITS = ("year", "month", "day", "hour", "minute", "second")
 # Terminal colour and cursor sequences, and control characters other than tab and newline.
@@ -141,10 +143,13 @@ def schedule_words(
     runs_used: int = 0,
     is_child: bool = False,
     now: datetime | None = None,
+    cron: str | None = None,
 ) -> Described:
     """"every hour from 1 Dec 09:00 UTC, 3 runs left" / "once at ..." / "after its parent"."""
     if is_child:
         return Described("after its parent job")
+    if cron:
+        return cron_words(cron, zone_name, default_zone)
     if not text:
         return Described("once, when created")
     try:
@@ -161,6 +166,19 @@ def schedule_words(
         left = max(total - runs_used, 0)
         words += ", no runs left" if left == 0 else f", {_plural(left, 'run')} left"
     return Described(words)
+
+
+def cron_words(expr: str, zone_name: str | None, default_zone: str) -> Described:
+    """"At 09:00 on Monday through Friday (Europe/Berlin)", cronsim's own words."""
+    try:
+        tz = schedule.resolve_zone(zone_name, default_zone)
+        occurrences.parse(None, expr, zone_name, default_zone)
+        words = CronSim(" ".join(expr.split()), datetime.now(UTC)).explain()
+    except schedule.ScheduleError as exc:
+        return Described(expr, str(exc))
+    except (CronSimError, ValueError, KeyError, IndexError):  # words cronsim cannot give
+        words = f"cron {expr}"
+    return Described(f"{words} ({zone_label(tz)})")
 
 
 def upcoming(parsed: schedule.Schedule, first: datetime, left: int | None, count: int) -> list:
@@ -188,7 +206,7 @@ def job_occurrences(
     would get if enabled now (what enabling does: the next occurrence at or after now)."""
     if is_child:
         return [], "runs after its parent job's runs succeed"
-    if not job.schedule:
+    if not (job.schedule or job.cron):
         return [], "no schedule: it ran once when it was created"
     from kala_celery.jobs import parse_job_schedule  # the beat's own parsing
 
@@ -196,6 +214,12 @@ def job_occurrences(
         parsed = parse_job_schedule(job, default_zone)
     except schedule.ScheduleError as exc:
         return [], f"the schedule cannot be read: {exc}"
+    if not isinstance(parsed, schedule.Schedule):  # cron: repeats until disabled
+        if job.disabled:
+            first = parsed.first_at_or_after(now)
+            return occurrences.upcoming(parsed, first, 0, count), "if it is enabled now"
+        return occurrences.upcoming(parsed, job.next_run_at, 0, count), (
+            "" if job.next_run_at else "nothing scheduled")
     total = parsed.total_runs
     left = None if total is None else total - job.runs_used
     if job.is_done or left == 0:
@@ -209,23 +233,29 @@ def job_occurrences(
 
 
 def preview(
-    text: str, zone_name: str | None, default_zone: str, *, now: datetime, count: int = 5
+    text: str, zone_name: str | None, default_zone: str, *, now: datetime, count: int = 5,
+    cron: str = "",
 ) -> dict[str, Any]:
-    """What the form shows while a schedule is typed: words and the first occurrences."""
-    if not text.strip():
+    """What the form shows while a schedule or cron is typed: words and the first
+    occurrences, from the API's preview (Decision 24: the same code and the same message a
+    create gives when the schedule is refused)."""
+    from kala_celery.api.preview import schedule_times
+    from kala_celery.errors import InvalidJob
+    from kala_celery.jobs import Rules
+
+    text, cron, zone_name = text.strip(), cron.strip(), (zone_name or "").strip()
+    if not (text or cron):
         return {"ok": True, "words": "once, as soon as it is created", "occurrences": []}
+    data = {k: v for k, v in (("schedule", text), ("cron", cron), ("timezone", zone_name)) if v}
     try:
-        tz = schedule.resolve_zone(zone_name or None, default_zone)
-        parsed = schedule.parse_schedule(text.strip(), tz)
-    except schedule.ScheduleError as exc:
-        return {"ok": False, "error": str(exc), "occurrences": []}
-    times = upcoming(parsed, parsed.start, parsed.total_runs, count)
-    note = ""
-    if parsed.start < now - timedelta(seconds=1):
-        note = "the start time is in the past"
+        times = schedule_times(data, Rules(default_timezone=default_zone), now, count)
+    except InvalidJob as exc:
+        return {"ok": False, "error": exc.reason, "occurrences": []}
+    tz = schedule.resolve_zone(zone_name or None, default_zone)
+    words = schedule_words(text, zone_name or None, default_zone, now=now, cron=cron)
     return {
         "ok": True,
-        "words": schedule_words(text.strip(), zone_name or None, default_zone, now=now).words,
+        "words": words.words,
         "occurrences": [when(t, tz, now=now) for t in times],
-        "note": note,
+        "note": "",
     }

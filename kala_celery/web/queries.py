@@ -23,6 +23,7 @@ _LIST_COLUMNS = (
     Job.owner,
     Job.job_type,
     Job.schedule,
+    Job.cron,
     Job.timezone,
     Job.next_run_at,
     Job.runs_used,

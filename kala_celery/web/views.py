@@ -26,12 +26,13 @@ from kala_celery import jobs, wire
 from kala_celery.api.state import KalaState, kala
 from kala_celery.db import DatabaseAway
 from kala_celery.errors import INIT_ERROR, JobError, NotFound
-from kala_celery.models import JOB_REMOTE, Run, utcnow
+from kala_celery.models import JOB_CELERY_TASK, JOB_REMOTE, Run, utcnow
 from kala_celery.web import auth, describe, forms, queries
 
 log = logging.getLogger(__name__)
 JOBS_PER_PAGE = 50
 RUNS_PER_PAGE = 20
+TYPE_WORDS = {JOB_REMOTE: "HTTP", JOB_CELERY_TASK: "Celery task"}  # else "Command"
 
 
 @contextmanager
@@ -114,7 +115,7 @@ def _list_row(row: Any, last: Any, state: KalaState, now: Any) -> dict[str, Any]
     zone = state.settings.timezone
     words = describe.schedule_words(
         row.schedule, row.timezone, zone, runs_used=row.runs_used, is_child=row.has_parent,
-        now=now,
+        now=now, cron=row.cron,
     )
     if last is not None:
         last_state, last_at = last.state, last.finished_at or last.started_at or last.created_at
@@ -124,7 +125,7 @@ def _list_row(row: Any, last: Any, state: KalaState, now: Any) -> dict[str, Any]
         "id": row.id,
         "name": row.name,
         "owner": row.owner,
-        "type": "HTTP" if row.job_type == JOB_REMOTE else "Command",
+        "type": TYPE_WORDS.get(row.job_type, "Command"),
         "schedule": words.words,
         "schedule_error": words.error,
         "next": describe.when(row.next_run_at, now=now),
@@ -169,7 +170,7 @@ def job_page(job_id: str) -> str:
         )
         words = describe.schedule_words(
             job.schedule, job.timezone, state.settings.timezone, runs_used=job.runs_used,
-            is_child=bool(parents), now=now,
+            is_child=bool(parents), now=now, cron=job.cron,
         )
         in_flight = any(run.state in queries.IN_FLIGHT for run in runs)
         zone = describe.zone_or_utc(job.timezone, state.settings.timezone)
@@ -200,7 +201,7 @@ def _form_page(values: dict[str, str], *, job_id: str | None, error: str = "",
                status: int = 200) -> tuple[str, int]:
     shown = describe.preview(
         values.get("schedule", ""), values.get("timezone", ""), kala().settings.timezone,
-        now=utcnow(),
+        now=utcnow(), cron=values.get("cron", ""),
     )
     return render_template(
         "kala_webui/form.html",
@@ -261,6 +262,7 @@ def preview() -> Response:
         request.args.get("timezone", ""),
         kala().settings.timezone,
         now=utcnow(),
+        cron=request.args.get("cron", ""),
     )
     return jsonify(result)
 

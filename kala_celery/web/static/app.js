@@ -7,9 +7,9 @@
   function showType(form) {
     var select = form.querySelector("[data-type-switch]");
     if (!select) return;
-    var remote = select.value === "1";
+    var shown = {"1": "remote", "2": "task"}[select.value] || "local";
     form.querySelectorAll("[data-section]").forEach(function (section) {
-      var mine = section.getAttribute("data-section") === (remote ? "remote" : "local");
+      var mine = section.getAttribute("data-section") === shown;
       section.hidden = !mine;
     });
   }
@@ -47,12 +47,14 @@
     var url = form.getAttribute("data-preview-url");
     var box = document.getElementById("preview");
     var schedule = form.querySelector("[name=schedule]");
+    var cron = form.querySelector("[name=cron]");
     var zone = form.querySelector("[name=timezone]");
     if (!url || !box || !schedule) return;
     var timer = null, seq = 0;
     function update() {
       var mine = ++seq;
       var query = "?schedule=" + encodeURIComponent(schedule.value) +
+        "&cron=" + encodeURIComponent(cron ? cron.value : "") +
         "&timezone=" + encodeURIComponent(zone ? zone.value : "");
       fetch(url + query, { credentials: "same-origin", headers: { Accept: "application/json" } })
         .then(function (r) { return r.json(); })
@@ -61,6 +63,7 @@
     }
     function later() { clearTimeout(timer); timer = setTimeout(update, 200); }
     schedule.addEventListener("input", later);
+    if (cron) cron.addEventListener("input", later);
     if (zone) zone.addEventListener("input", later);
   }
 
