@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import httpx
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
@@ -35,12 +34,10 @@ from kala_celery.models import (
 # Ids that would collide with Kala's routes under /job/ (`/job/all/`, `/job/stats/{id}/`...).
 RESERVED_IDS = frozenset({"all", "stats", "start", "enable", "disable"})
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:@-]*")
-_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
 _TASK_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
 PARENTS_MODES = ("any", PARENTS_ALL)  # "any" is Kala's (the default, stored as NULL)
 MAX_DEPTH = 32  # levels of dependent jobs below any job
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OVERLAP_POLICIES = ("buffer", "skip", "allow")  # Decision 21
 _METADATA_FIELDS = (
     "success_count",
@@ -64,51 +61,30 @@ class Rules:
 # ---------------------------------------------------------------- validation
 
 
+def _valid_id(job_id: str) -> bool:
+    return len(job_id) <= ID_LENGTH and bool(_ID_RE.fullmatch(job_id)) and (
+        job_id not in RESERVED_IDS
+    )
+
+
 def _check_id(job_id: str) -> None:
-    if len(job_id) > ID_LENGTH or not _ID_RE.fullmatch(job_id):
+    """An id that must be kept as given (an imported job's) must be one we can serve."""
+    if not _valid_id(job_id):
         raise InvalidJob(
             f"id {job_id!r} is not valid: use up to {ID_LENGTH} letters, digits and ._~:@- "
-            "starting with a letter or digit"
+            "starting with a letter or digit, not one of " + ", ".join(sorted(RESERVED_IDS))
         )
-    if job_id in RESERVED_IDS:
-        raise InvalidJob(f"id {job_id!r} is reserved by the API's routes")
 
 
-def _check_remote(remote: dict[str, Any], templated: bool) -> None:
-    url = remote.get("url", "")
-    if not url:
-        raise InvalidJob("a remote job (type 1) needs remote_properties.url")
-    if templated:
-        if not url.lower().startswith(("http://", "https://")):
-            raise InvalidJob("remote_properties.url must start with http:// or https://")
-    else:
-        try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError, ValueError) as exc:
-            raise InvalidJob(f"remote_properties.url is not a valid URL: {exc}") from None
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise InvalidJob("remote_properties.url must be an http:// or https:// URL with a host")
-    method = remote.get("method", "")
-    if method and method.upper() not in _METHODS:
-        raise InvalidJob(f"remote_properties.method {method!r} is not an HTTP method")
-    if remote.get("timeout", 0) < 0:
-        raise InvalidJob("remote_properties.timeout must not be negative (0 means 30 seconds)")
-    for name, values in (remote.get("headers") or {}).items():
-        if not _TOKEN_RE.fullmatch(name):
-            raise InvalidJob(f"remote_properties.headers: {name!r} is not a valid header name")
-        for value in values:
-            if any(c in value for c in "\r\n\0"):
-                raise InvalidJob(f"remote_properties.headers: value of {name!r} has a line break")
-    for code in remote.get("expected_response_codes") or []:
-        if not 100 <= code <= 599:
-            raise InvalidJob(f"remote_properties.expected_response_codes: {code} is not a status")
-
-
-def _check_delimiters(delimiters: str) -> None:
-    if delimiters and (len(parts := delimiters.split(" ")) != 2 or "" in parts):
-        raise InvalidJob(
-            'TemplateDelimiters must be two tokens separated by one space, e.g. "{{ }}"'
-        )
+def _client_id(session: Session, job_id: str | None) -> str:
+    """The id of a new job: the client's when it is a valid, fresh id (NextKala), else a new
+    uuid4 (Kala ignores client ids, so an invalid or reserved one is ignored: Decision 14).
+    An id that exists already is a 409: the client means that job (Decision 14)."""
+    if job_id and _valid_id(job_id):
+        if session.get(Job, job_id) is not None:
+            raise Conflict(f"a job with id {job_id!r} already exists")
+        return job_id
+    return str(uuid.uuid4())
 
 
 def _check_extensions(data: dict[str, Any], rules: Rules) -> None:
@@ -176,23 +152,20 @@ def _validate(data: dict[str, Any], rules: Rules) -> None:
     if not data.get("name"):
         raise InvalidJob("name is required")
     _check_parents_mode(data)
+    # What Kala itself requires; anything else Kala stores is accepted and, when it cannot
+    # work (blank command, bad delimiters, a URL or method no HTTP client takes), each run
+    # fails with the reason, as in Kala (Decision 23).
     if job_type == JOB_CELERY_TASK:
         _check_celery_task(data)
     elif data.get("celery_task"):
         raise InvalidJob("celery_task is for Celery-task jobs (type 2)")
     elif job_type == JOB_LOCAL:
-        if not data.get("command", "").strip():
+        if not data.get("command"):
             raise InvalidJob("command is required for a local job (type 0)")
         if not rules.allow_shell:
             raise Forbidden("local jobs are disabled")
-    else:
-        _check_remote(data.get("remote_properties") or {}, bool(data.get("template_delimiters")))
-    _check_delimiters(data.get("template_delimiters", ""))
-    if data.get("epsilon"):
-        try:
-            schedule.parse_epsilon(data["epsilon"])
-        except schedule.ScheduleError as exc:
-            raise InvalidJob(f"epsilon {data['epsilon']!r}: {exc}") from None
+    elif not (data.get("remote_properties") or {}).get("url"):
+        raise InvalidJob("a remote job (type 1) needs remote_properties.url")
     _check_extensions(data, rules)
     _check_overlap(data)
 
@@ -279,7 +252,10 @@ def _set_links(
     if children is not None:
         if job_id in children:
             raise InvalidJob("a job cannot depend on itself")
-        _existing(session, children, "dependent job")
+        # Kala stores unknown dependent ids and skips them at run time: link the known ones
+        # (Decision 9).
+        known = set(session.scalars(select(Job.id).where(Job.id.in_(children))))
+        children = [child for child in children if child in known]
     new_parents = parents if parents is not None else parent_ids(session, job_id)
     new_children = children if children is not None else child_ids(session, job_id)
     # A cycle exists iff a (new) parent is reachable from the job through its (new) children.
@@ -389,14 +365,16 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
     not be in the past. Otherwise the next occurrence at or after now is used (enable).
     """
     job.next_run_at = None
-    if job.disabled or job.is_done:
-        return False
     if not is_scheduled(job):
-        return fresh  # one-off: runs once right away
+        return fresh and not (job.disabled or job.is_done)  # one-off: runs once right away
     try:
         parsed = parse_job_schedule(job, rules.default_timezone)
     except schedule.ScheduleError as exc:
         raise schedule_refused({"schedule": job.schedule, "cron": job.cron}, exc) from None
+    if fresh and isinstance(parsed, schedule.Schedule):
+        _check_start(job.schedule, parsed, now)  # as Kala, also for a job posted disabled/done
+    if job.disabled or job.is_done:
+        return False
     if isinstance(parsed, cron.CronSchedule):
         job.next_run_at = parsed.first_at_or_after(now)
         job.is_done = job.next_run_at is None  # no occurrence left before year 9999
@@ -406,7 +384,6 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
         job.is_done = True
         return False
     if fresh:
-        _check_start(job.schedule, parsed, now)
         job.next_run_at = parsed.start
     elif parsed.interval is None:
         job.next_run_at = parsed.start  # R0 that never ran: its one run is still owed
@@ -420,9 +397,10 @@ def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
 
 
 def _validate_schedule(data: dict[str, Any], rules: Rules, is_child: bool) -> None:
-    """A child's schedule is stored as given and not used (docs/design.md Decision 9); its
-    cron is checked (a new key: no Kala body has one) but not used either. Never both
-    (Decision 18)."""
+    """A child's schedule and epsilon are stored as given and not used (docs/design.md
+    Decision 9); so is a one-off's epsilon (Kala parses epsilon only with a schedule, Decision
+    23). A cron is checked (a new key: no Kala body has one), also a child's, but a child's is
+    not used. Never both (Decision 18)."""
     if data.get("cron") and data.get("schedule"):
         raise InvalidJob("a job has either a schedule or a cron expression, not both")
     if not (data.get("cron") or (data.get("schedule") and not is_child)):
@@ -432,6 +410,11 @@ def _validate_schedule(data: dict[str, Any], rules: Rules, is_child: bool) -> No
                           rules.default_timezone)
     except schedule.ScheduleError as exc:
         raise schedule_refused(data, exc) from None
+    if data.get("epsilon") and not is_child:
+        try:
+            schedule.parse_epsilon(data["epsilon"])
+        except schedule.ScheduleError as exc:
+            raise InvalidJob(f"epsilon {data['epsilon']!r}: {exc}") from None
 
 
 def _check_start(text: str, parsed: schedule.Schedule, now: datetime) -> None:
@@ -477,11 +460,7 @@ def create_job(
     _validate(data, rules)
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
-    job_id = data.get("id") or str(uuid.uuid4())
-    if data.get("id"):
-        _check_id(job_id)
-        if session.get(Job, job_id) is not None:
-            raise Conflict(f"a job with id {job_id!r} already exists")
+    job_id = _client_id(session, data.get("id"))
     job = Job(id=job_id, created_at=now, runs_used=0, missed_occurrences=0, is_done=False,
               overlap_skipped=0)
     _apply_fields(job, data, rules)

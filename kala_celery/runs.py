@@ -308,16 +308,18 @@ def claim(
             if row is None:
                 return None
         run = _run_info(row)
-        if run.attempts == 1:  # the run's first attempt
+        parent_state = None
+        if run.trigger == "parent":
+            parent_state = conn.scalar(_PARENT_STATE, {"p_parent": run.parent_run_id})
+        # A dependent whose parent did not succeed is not run: Kala never touches such a
+        # child, so neither does its claim (docs/kala.md §10).
+        if run.attempts == 1 and parent_state in (None, "success"):  # the first attempt
             job_row = conn.execute(_FIRST_ATTEMPT_OF_JOB, {"p_job": run.job_id, "p_now": now})
         else:
             job_row = conn.execute(_JOB, {"p_job": run.job_id})
         job_row = job_row.first()
         if job_row is None:
             return None  # deleted with its runs: nothing left to update
-        parent_state = None
-        if run.trigger == "parent":
-            parent_state = conn.scalar(_PARENT_STATE, {"p_parent": run.parent_run_id})
         return run, _job_of(job_row), parent_state
 
 
@@ -400,11 +402,14 @@ def finish(
     failed_attempt: bool = False,
     attempts: int | None = None,
     untaken: bool = False,
+    job_untouched: bool = False,
 ) -> list[str] | None:
     """started -> success | failed | skipped | lost, then Kala's counters, `is_done` and the
     run of the job's on-failure job, on `conn` (one transaction, the caller's). `attempts`
     corrects the count when the attempt the claim counted was not made; `untaken`: the run
-    is `sent` and no worker took it (it ends from there). Returns the runs recorded here to
+    is `sent` and no worker took it (it ends from there); `job_untouched` leaves the job as
+    it is (a dependent not run because its parent run did not succeed: Kala's metadata of
+    that child stays as it was). Returns the runs recorded here to
     publish, or None when the run was no longer `me`'s to end."""
     began = run.started_at or now
     params: dict[str, Any] = {
@@ -426,6 +431,8 @@ def finish(
         ended = conn.execute(_END_UNCOUNTED, {**params, "p_attempts": attempts})
     if ended.rowcount != 1:
         return None  # someone else ended it (status callback, sweep)
+    if job_untouched:
+        return []
     done, total = "yes", None
     if job.schedule or job.cron:  # a cron job repeats until disabled (Decision 18)
         total = None if job.cron else _total_runs(job.schedule, job.timezone, settings.timezone)

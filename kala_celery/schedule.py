@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import isodate
 
 __all__ = [
+    "ZERO_INTERVAL_STEP",
     "Duration",
     "Schedule",
     "ScheduleError",
@@ -109,6 +110,11 @@ class Duration:
         """Nominal length in seconds (mean Gregorian month and year, 24-hour days)."""
         days = self.years * _MEAN_YEAR_DAYS + self.months * _MEAN_MONTH_DAYS + self.days
         return days * _SECONDS_PER_DAY + self._time_seconds
+
+
+# A zero interval (PT0S, P0D) with a finite count: its runs follow one another a second
+# apart (Kala runs them back to back; a second is the beat's tick). Forever is refused.
+ZERO_INTERVAL_STEP = Duration(seconds=1)
 
 
 def _beyond() -> ScheduleOverflowError:
@@ -449,5 +455,7 @@ def _parse_schedule(text: str, tz: ZoneInfo) -> Schedule:
         if repeat == 0:
             interval = None
         elif interval.is_zero():
-            raise ScheduleError("interval must be greater than zero for a repeating schedule")
+            if repeat is None:  # back to back forever: a busy loop (Decision 23)
+                raise ScheduleError("interval must be greater than zero for a repeating schedule")
+            interval = ZERO_INTERVAL_STEP  # Kala runs them back to back (Decision 23)
     return Schedule(repeat=repeat, start=start, interval=interval, tz=tz)

@@ -972,14 +972,18 @@ def _fold(key: str) -> str | None:
     return key.lower()
 
 
-def _decode_struct(obj: _Obj, index: dict[str, _Field], path: str, out: dict[str, Any]) -> None:
+def _decode_struct(
+    obj: _Obj, index: dict[str, _Field], struct: str, prefix: str, out: dict[str, Any]
+) -> None:
+    """Decode `obj` into `out`. Go names a field in its errors by its innermost struct type
+    and its full path from the root: `Metadata.metadata.success_count`."""
     for key, value in obj.pairs:
         folded = _fold(key)
         field = index.get(folded) if folded is not None else None
         if field is None:
             continue  # unknown keys are ignored
         name, wire_name, kind, go_type = field
-        field_path = f"{path}.{wire_name}"
+        field_path = f"{struct}.{prefix}{wire_name}"
         if value is None:
             if isinstance(kind, str) and kind in _NIL_ON_NULL:
                 out.pop(name, None)
@@ -988,7 +992,8 @@ def _decode_struct(obj: _Obj, index: dict[str, _Field], path: str, out: dict[str
             if not isinstance(value, _Obj):
                 raise _type_error(value, field_path, go_type)
             # A repeated struct key decodes into the same struct: the keys merge.
-            _decode_struct(value, kind, field_path, out.setdefault(name, {}))
+            _decode_struct(value, kind, go_type.rsplit(".", 1)[-1], f"{prefix}{wire_name}.",
+                           out.setdefault(name, {}))
         elif kind == "string":
             out[name] = _string(value, field_path)
         elif kind == "bool":
@@ -1026,7 +1031,7 @@ def decode_job(body: bytes) -> dict[str, Any]:
         raise WireError(f"json: cannot unmarshal {_kind(value)} into Go value of type job.Job")
     out: dict[str, Any] = {}
     try:
-        _decode_struct(value, _JOB, "Job", out)
+        _decode_struct(value, _JOB, "Job", "", out)
     except RecursionError:
         raise WireError("exceeded max depth") from None
     return out

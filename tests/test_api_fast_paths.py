@@ -49,15 +49,15 @@ def test_a_create_with_links_still_checks_links_first(api: Api) -> None:
     assert api.job(child)["next_run_at"] == "0001-01-01T00:00:00Z"
     refused = api.http.post(
         "/job/",
-        json={
-            "name": "x",
-            "command": "true",
-            "schedule": "R/2001-01-01T00:00:00Z/PT1H",
-            "dependent_jobs": ["missing"],
-        },
+        json={"id": "x", "name": "x", "command": "true", "schedule": f"R/{future()}/PT1H",
+              "dependent_jobs": ["x"]},
     )
     assert refused.status_code == 400
-    assert "'missing' does not exist" in refused.json()["error"]
+    assert "cannot depend on itself" in refused.json()["error"]
+    # unknown dependents are dropped, as Kala skips them at run time (Decision 9)
+    linked = api.create(name="y", command="true", schedule=f"R/{future()}/PT1H",
+                        dependent_jobs=["missing", child])
+    assert api.job(linked)["dependent_jobs"] == [child]
 
 
 # ---------------------------------------------------------------- the job list

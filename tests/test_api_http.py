@@ -69,6 +69,17 @@ def test_body_over_one_mib_is_413_and_stores_nothing(api: Api) -> None:
     assert count(api, Job) == 0
 
 
+def test_a_long_body_whose_document_ends_within_a_mib_is_accepted_as_by_kala(api: Api) -> None:
+    """Decision 2: Kala reads the first MiB; a document that ends there counts, the rest is
+    dropped. The connection stays usable afterwards."""
+    body = b'{"name":"x","command":"true","schedule":"R/2099-01-01T00:00:00Z/PT1H"}'
+    response = api.http.post("/job/", content=body + b" " * (1 << 20) + b"anything")
+    assert response.status_code == 201, response.text
+    assert api.job(response.json()["id"])["command"] == "true"
+    assert api.http.get("/job/").status_code == 200
+    assert count(api, Job) == 1
+
+
 def test_token_auth(make_api) -> None:
     api = make_api(api_token="s3cret")
     for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}]:

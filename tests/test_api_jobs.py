@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
@@ -110,32 +111,25 @@ def test_client_id_is_kept_and_a_taken_id_is_409(api: Api) -> None:
     assert "already exists" in again.json()["error"]
 
 
-def test_bad_or_reserved_client_ids_are_400(api: Api) -> None:
+def test_bad_or_reserved_client_ids_are_ignored_as_kala_ignores_ids(api: Api) -> None:
+    """Decision 14: an id we cannot keep is ignored (Kala ignores every client id)."""
     for bad in ["all", "stats", "a/b", "has space", "x" * 129, "-lead"]:
         response = api.http.post("/job/", json={"id": bad, "name": "n", "command": "true"})
-        assert response.status_code == 400, bad
-        assert response.json()["error"].startswith("Error occurred when initializing the job: ")
-    assert count(api, Job) == 0
+        assert response.status_code == 201, bad
+        assert uuid.UUID(response.json()["id"]).version == 4, bad
+    assert count(api, Job) == 6
 
 
 def test_validation_errors_name_the_reason(api: Api) -> None:
     cases = [
         ({}, "name is required"),
         ({"name": "x"}, "command is required"),
-        ({"name": "x", "command": "   "}, "command is required"),
         ({"name": "x", "type": 1}, "remote_properties.url"),
         ({"name": "x", "type": 3, "command": "true"}, "type must be 0"),
         ({"name": "x", "type": 2, "command": "true"}, "needs celery_task.name"),
-        ({"name": "x", "type": 1, "remote_properties": {"url": "ftp://h/"}}, "http"),
-        ({"name": "x", "type": 1, "remote_properties": {"url": "http://h/", "timeout": -1}},
-         "timeout must not be negative"),
-        ({"name": "x", "type": 1, "remote_properties": {"url": "http://h/", "method": "FETCH"}},
-         "not an HTTP method"),
-        ({"name": "x", "type": 1, "remote_properties": {"url": "http://h/",
-                                                        "headers": {"Bad Name": ["v"]}}},
-         "header name"),
-        ({"name": "x", "command": "true", "TemplateDelimiters": "{{"}, "TemplateDelimiters"),
-        ({"name": "x", "command": "true", "epsilon": "soon"}, "epsilon"),
+        ({"name": "x", "command": "true", "schedule": f"R/{future()}/PT1H", "epsilon": "soon"},
+         "epsilon"),
+        ({"name": "x", "command": "true", "schedule": f"R/{future()}/PT0S"}, "greater than zero"),
         ({"name": "x", "command": "true", "timezone": "Mars/Olympus"}, ""),
         ({"name": "x", "command": "true", "retry_delay": "P1M"}, ""),
         ({"name": "x", "command": "true", "run_timeout": "forever"}, ""),
@@ -150,6 +144,35 @@ def test_validation_errors_name_the_reason(api: Api) -> None:
         assert error.startswith("Error occurred when initializing the job: "), error
         assert reason in error, (body, error)
     assert count(api, Job) == 0
+
+
+def test_bodies_kala_accepts_are_accepted(api: Api) -> None:
+    """Decision 23: what Kala answers 201 to (its runs then fail, as Kala's do)."""
+    start = future()
+    remote = {"name": "x", "type": 1, "schedule": f"R0/{start}/"}
+    parent = api.create(name="p", command="true", schedule=f"R/{start}/PT1H")
+    cases = [
+        {"name": "x", "command": "   ", "schedule": f"R0/{start}/"},
+        {"name": "x", "command": "true", "schedule": f"R0/{start}/", "TemplateDelimiters": "{{"},
+        {"name": "x", "command": "true", "schedule": f"R3/{start}/PT0S"},
+        {"name": "x", "command": "true", "epsilon": "soon", "parent_jobs": [parent]},
+        {"name": "x", "command": "true", "schedule": f"R0/{start}/", "epsilon": ""},
+        {**remote, "remote_properties": {"url": "ftp://h/", "method": "FETCH IT"}},
+        {**remote, "remote_properties": {"url": "http://h/", "timeout": -1,
+                                         "headers": {"Bad Name": ["a\nb"]},
+                                         "expected_response_codes": [42]}},
+        {"name": "x", "command": "true", "schedule": f"R0/{start}/", "id": "all"},
+    ]
+    for body in cases:
+        response = api.http.post("/job/", json=body)
+        assert response.status_code == 201, (body, response.text)
+        job = api.job(response.json()["id"])
+        assert job["remote_properties"] == {
+            "url": "", "method": "", "body": "", "headers": None, "timeout": 0,
+            "expected_response_codes": None, **body.get("remote_properties", {})}, body
+        assert (job["command"], job["schedule"]) == (body.get("command", ""),
+                                                     body.get("schedule", "")), body
+    assert count(api, Job) == len(cases) + 1
 
 
 def test_decode_errors_use_gos_messages(api: Api) -> None:

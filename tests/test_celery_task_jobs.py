@@ -57,13 +57,14 @@ def test_celery_task_decodes_as_plain_json(body: str, decoded: dict | None) -> N
 
 @pytest.mark.parametrize(("body", "message"), [
     ('{"celery_task": []}', "array into Go struct field Job.celery_task of type job.CeleryTask"),
-    ('{"celery_task": {"args": "1"}}', "string into Go struct field Job.celery_task.args"),
-    ('{"celery_task": {"args": {}}}', "object into Go struct field Job.celery_task.args"),
-    ('{"celery_task": {"kwargs": 1}}', "number into Go struct field Job.celery_task.kwargs"),
-    ('{"celery_task": {"kwargs": [{}]}}', "array into Go struct field Job.celery_task.kwargs"),
+    ('{"celery_task": {"args": "1"}}', "string into Go struct field CeleryTask.celery_task.args"),
+    ('{"celery_task": {"args": {}}}', "object into Go struct field CeleryTask.celery_task.args"),
+    ('{"celery_task": {"kwargs": 1}}', "number into Go struct field CeleryTask.celery_task.kwargs"),
+    ('{"celery_task": {"kwargs": [{}]}}',
+     "array into Go struct field CeleryTask.celery_task.kwargs"),
     ('{"celery_task": {"args": [-1e400]}}', "number -1e400 does not fit in a float64"),
     ('{"celery_task": {"kwargs": {"a": [1e999]}}}', "number 1e999 does not fit"),
-    ('{"celery_task": {"name": ["a"]}}', "array into Go struct field Job.celery_task.name"),
+    ('{"celery_task": {"name": ["a"]}}', "array into Go struct field CeleryTask.celery_task.name"),
     ('{"parents_mode": true}', "bool into Go struct field Job.parents_mode of type string"),
 ])
 def test_celery_task_that_is_not_json_of_its_kind_is_refused(body: str, message: str) -> None:

@@ -88,6 +88,9 @@ def test_a_failing_parent_runs_no_children(cluster) -> None:
     assert states(api, "p") == ["failed"] and states(api, "a") == ["skipped"]
     assert api.job("a")["metadata"]["number_of_finished_runs"] == 0
     assert api.http.get("/job/stats/a/").json()["job_stats"] is None
+    # as Kala leaves a child that did not run: never attempted, not done
+    assert api.job("a")["metadata"]["last_attempted_run"] == "0001-01-01T00:00:00Z"
+    assert api.job("a")["is_done"] is False
 
 
 def test_a_disabled_child_is_skipped_and_its_sibling_runs(cluster) -> None:

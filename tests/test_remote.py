@@ -193,6 +193,17 @@ def test_timeout(base: str) -> None:
     assert outcome.error == "context deadline exceeded (timeout after 1 s)"
 
 
+def test_a_negative_timeout_means_none_as_in_kala(base: str) -> None:
+    outcome = _call(f"{base}/sleep?s=1", timeout=-1)  # a body that takes a second: still ok
+    assert outcome.ok, outcome.error
+
+
+def test_a_bad_header_name_fails_the_attempt_cleanly(base: str) -> None:
+    outcome = _call(f"{base}/echo", headers={"bad name": ["x"]})
+    assert not outcome.ok
+    assert outcome.error is not None and "bad name" in outcome.error
+
+
 def test_timeout_covers_a_slowly_arriving_body(base: str) -> None:
     started = time.monotonic()
     outcome = _call(f"{base}/trickle", timeout=1)

@@ -148,6 +148,7 @@ def test_a_child_runs_after_its_parent_succeeded_and_is_skipped_after_a_failure(
     assert run_row(store, child_run).state == "success"
     assert job_row(store, child).is_done is True  # a child has run
     assert job_row(store, parent).is_done is False
+    after_success = job_row(store, child)
 
     with store.sessions.begin() as session:
         [root] = dispatch.record_trees(session, [(parent, now)], trigger="manual", now=now)
@@ -160,6 +161,26 @@ def test_a_child_runs_after_its_parent_succeeded_and_is_skipped_after_a_failure(
     assert (run.state, run.attempts) == ("skipped", 0)
     assert f"parent run {root} ended failed" in run.error
     assert job_row(store, child).number_of_finished_runs == 1  # only the first run
+    # Kala does not run the child at all: its metadata stays exactly as it was
+    kept = ("last_attempted_run", "success_count", "last_success", "error_count", "last_error",
+            "number_of_finished_runs", "is_done")
+    assert {k: getattr(job_row(store, child), k) for k in kept} == {
+        k: getattr(after_success, k) for k in kept}
+
+
+def test_a_child_of_a_failed_parent_keeps_kalas_untouched_metadata(store, settings) -> None:
+    parent = create(store, schedule=FOREVER)
+    child = create(store, schedule=FOREVER, parent_jobs=[parent])
+    now = utcnow()
+    with store.sessions.begin() as session:
+        [root] = dispatch.record_trees(session, [(parent, now)], trigger="manual", now=now)
+        [child_run] = session.scalars(select(Run.id).where(Run.parent_run_id == root)).all()
+    deliver(store, settings, root, Attempts(BAD))
+    deliver(store, settings, child_run, Attempts())
+    job = job_row(store, child)
+    assert run_row(store, child_run).state == "skipped"
+    assert (job.last_attempted_run, job.is_done, job.error_count, job.success_count,
+            job.number_of_finished_runs, job.last_error) == (None, False, 0, 0, 0, None)
 
 
 def test_retries_count_every_failed_attempt_then_the_on_failure_job_runs(

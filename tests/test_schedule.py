@@ -288,6 +288,9 @@ SCHEDULE_OK: list[tuple[str, int | None, datetime, Duration | None]] = [
     (f"R+3/{START}/PT1H", 3, START_DT, Duration(hours=1)),
     (f"R-5/{START}/PT1H", 0, START_DT, None),  # other negatives: run once, as Kala
     (f"R-5/{START}/PT0S", 0, START_DT, None),  # runs once: no busy loop to refuse
+    # a zero interval a few times: runs a second apart (Decision 23; Kala: back to back)
+    (f"R5/{START}/PT0S", 5, START_DT, Duration(seconds=1)),
+    (f"R1/{START}/P0W", 1, START_DT, Duration(seconds=1)),
     (f"R-9223372036854775808/{START}/PT1H", 0, START_DT, None),
     (f"R9223372036854775807/{START}/PT1S", 2**63 - 1, START_DT, Duration(seconds=1)),
     (f"XR5R/{START}/PT1H", 5, START_DT, Duration(hours=1)),  # text after a second R ignored
@@ -349,11 +352,9 @@ SCHEDULE_BAD: list[tuple[str, str]] = [
     (f"R5/{START}/P", "invalid interval"),
     (f"R5/{START}/PT", "invalid interval"),
     (f"R-5/{START}/garbage", "invalid interval"),  # Kala parses it for any non-zero number
-    # zero interval with repeat: we refuse Kala's busy loop
+    # a zero interval forever: we refuse Kala's busy loop (Decision 23)
     (f"R/{START}/PT0S", "interval must be greater than zero for a repeating schedule"),
-    (f"R5/{START}/PT0S", "interval must be greater than zero"),
     (f"R-1/{START}/P0D", "interval must be greater than zero"),
-    (f"R1/{START}/P0W", "interval must be greater than zero"),
 ]
 
 
@@ -1055,3 +1056,12 @@ def test_months_clamp_to_the_month_end(start: datetime, months: int, k: int) -> 
     last = (date(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)).day
     assert (got.year, got.month, got.day) == (year, month, min(start.day, last))
     assert got.time() == start.time()
+
+
+def test_a_finite_zero_interval_runs_a_second_apart_and_stops() -> None:
+    """Decision 23: Kala runs R2/…/PT0S back to back; here its 3 runs are a second apart."""
+    parsed = parse_schedule(f"R2/{START}/PT0S")
+    assert parsed.total_runs == 3
+    assert [parsed.occurrence(k) for k in range(3)] == [
+        START_DT + timedelta(seconds=k) for k in range(3)]
+    assert parsed.index_after(START_DT + timedelta(milliseconds=1500)) == 2

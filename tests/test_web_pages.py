@@ -134,7 +134,6 @@ def test_the_form_stores_what_the_api_would_and_refuses_with_its_message(make: M
         "retries": ("two", "json: cannot unmarshal string into Go struct field Job.retries"),
         "epsilon": ("soon", "epsilon 'soon': invalid epsilon"),
         "timezone": ("Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
-        "url": ("ftp://example.com", "remote_properties.url must be an http"),
         "parents": ("no-such-job", "parent job 'no-such-job' does not exist"),
         "headers": ("no colon here", "is not a 'Name: value' line"),
     }

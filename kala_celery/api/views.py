@@ -13,6 +13,7 @@ from kala_celery import history, jobs, wire
 from kala_celery.api import listing
 from kala_celery.api.http import (
     JSON_TYPE,
+    decode_first_mib,
     empty_response,
     error_response,
     json_response,
@@ -57,7 +58,7 @@ def _documents(session: Session, rows: list[Job]) -> dict[str, dict]:
 
 
 def create_job() -> Response:
-    data = wire.decode_job(read_body())
+    data = decode_first_mib(wire.decode_job)
     with _transaction() as session:
         job, run = jobs.create_job(session, data, kala().rules, utcnow())
     _publish(run)
@@ -82,7 +83,7 @@ def get_job(job_id: str) -> Response:
 
 
 def replace_job(job_id: str) -> Response:
-    data = wire.decode_job(read_body())
+    data = decode_first_mib(wire.decode_job)
     with _transaction() as session:
         job, run = jobs.replace_job(session, job_id, data, kala().rules, utcnow())
         session.flush()

@@ -12,6 +12,7 @@ of the body are kept in memory.
 from __future__ import annotations
 
 import codecs
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -47,11 +48,11 @@ def call(
 ) -> Outcome:
     """Make the job's request and say how it went. Never raises for network or HTTP failures.
 
-    ``timeout`` in seconds for the whole attempt; 0 (or negative, refused upstream) means
-    DEFAULT_TIMEOUT. ``client`` lets a caller reuse a connection pool; without one a
-    short-lived client is used."""
+    ``timeout`` in seconds for the whole attempt; 0 means DEFAULT_TIMEOUT and a negative one
+    none at all (as Kala, Decision 12). ``client`` lets a caller reuse a connection pool;
+    without one a short-lived client is used."""
     method = (method or "GET").upper()
-    seconds = float(timeout) if timeout and timeout > 0 else DEFAULT_TIMEOUT
+    seconds = DEFAULT_TIMEOUT if not timeout else math.inf if timeout < 0 else float(timeout)
     expected = list(expected_codes) if expected_codes else [200]
     if not _METHOD.fullmatch(method):
         return Outcome(ok=False, error=f"net/http: invalid method {method!r}")
@@ -116,7 +117,8 @@ def _exchange(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Deadline
-        request.extensions["timeout"] = httpx.Timeout(remaining).as_dict()
+        limit = None if remaining == math.inf else remaining
+        request.extensions["timeout"] = httpx.Timeout(limit).as_dict()
         response = client.send(request, stream=True, follow_redirects=False)
         try:
             if response.next_request is not None:  # a redirect with a Location

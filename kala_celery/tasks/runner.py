@@ -148,7 +148,9 @@ def execute_run(
     run, job, parent_state = claimed
     made = run.attempts - 1  # attempts made before this delivery (a retry delay, a crash)
 
-    def end(state: str, outcome: Outcome, *, failed_attempt: bool = False) -> Delivery:
+    def end(
+        state: str, outcome: Outcome, *, failed_attempt: bool = False, untouched: bool = False
+    ) -> Delivery:
         def write() -> list[str] | None:
             with engine.begin() as conn:
                 return finish(
@@ -162,6 +164,7 @@ def execute_run(
                     clock(),
                     failed_attempt=failed_attempt,
                     attempts=made if made < counted else None,
+                    job_untouched=untouched,
                 )
 
         follow = durably(write)
@@ -175,9 +178,11 @@ def execute_run(
         return Delivery(publish=tuple(follow), owned=True, ended=state, error=outcome.error)
 
     counted = run.attempts  # the claim counted the attempt it expects to start
-    reason = "job is disabled" if job.disabled else _parent_failed(run, parent_state)
-    if reason:
-        return end("skipped", Outcome(False, error=reason))
+    if job.disabled:
+        return end("skipped", Outcome(False, error="job is disabled"))
+    reason = _parent_failed(run, parent_state)
+    if reason:  # Kala does not run the child at all: its metadata stays as it was
+        return end("skipped", Outcome(False, error=reason), untouched=True)
     policy = RetryPolicy.of(job, run, settings)
     last = Outcome(ok=False, error=run.error)
     if made >= policy.attempts:
