@@ -51,6 +51,7 @@ from kala_celery.config import Settings
 from kala_celery.db import engine_of
 from kala_celery.models import (
     JOB_CELERY_TASK,
+    PARENTS_ALL,
     TERMINAL_STATES,
     Beat,
     Job,
@@ -292,7 +293,16 @@ def _counters(state: str, failed_attempt: bool, done: str) -> Any:
         values.update(success_count=_jobs.c.success_count + 1, last_success=_NOW)
     if state in ("success", "failed", "lost"):
         values["number_of_finished_runs"] = _jobs.c.number_of_finished_runs + 1
-    return update(_jobs).where(_jobs.c.id == _JOB_ID).values(**values)
+    counted = update(_jobs).where(_jobs.c.id == _JOB_ID).values(**values)
+    if state == "success":  # and whether a child waits for all its parents (Decision 20)
+        child = _jobs.alias("child")
+        waits = exists().where(
+            _links.c.parent_id == _jobs.c.id,
+            child.c.id == _links.c.child_id,
+            child.c.parents_mode == PARENTS_ALL,
+        )
+        counted = counted.returning(waits.label("waits"))
+    return counted
 
 
 def claim(
@@ -437,10 +447,12 @@ def finish(
     if job.schedule or job.cron:  # a cron job repeats until disabled (Decision 18)
         total = None if job.cron else _total_runs(job.schedule, job.timezone, settings.timezone)
         done = "child" if total is None else "total"
-    conn.execute(
+    counted = conn.execute(
         _counters(state, failed_attempt, done), {"p_job": job.id, "p_now": now, "p_total": total}
     )
     if state == "success":
+        if not counted.scalar():  # no child waits for all its parents: nothing to mark
+            return []
         return parents.after_success(conn, job.id, run.id, now)
     if state in ("failed", "lost") and job.on_failure_job:
         return _record_on_failure(conn, job, now)
