@@ -18,7 +18,7 @@ import httpx
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from kala_celery import dispatch, schedule, wire
+from kala_celery import dispatch, limits, schedule, wire
 from kala_celery.errors import Conflict, Forbidden, InvalidJob, NotFound
 from kala_celery.models import ID_LENGTH, JOB_LOCAL, JOB_REMOTE, Job, JobLink, Run
 
@@ -103,7 +103,7 @@ def _check_extensions(data: dict[str, Any], rules: Rules) -> None:
         schedule.resolve_zone(data.get("timezone"), rules.default_timezone)
         for key in ("retry_delay", "run_timeout"):
             if data.get(key):
-                schedule.parse_plain_duration(data[key])
+                limits.check_duration(key, schedule.parse_plain_duration(data[key]))
     except schedule.ScheduleError as exc:
         raise InvalidJob(str(exc)) from None
     queue = data.get("queue")
@@ -114,6 +114,7 @@ def _check_extensions(data: dict[str, Any], rules: Rules) -> None:
 
 
 def _validate(data: dict[str, Any], rules: Rules) -> None:
+    limits.check_job(data)  # Decision 25
     job_type = data.get("type", JOB_LOCAL)
     if job_type not in (JOB_LOCAL, JOB_REMOTE):
         raise InvalidJob(f"type must be 0 (local command) or 1 (remote HTTP call), not {job_type}")

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from flask import Response, request, url_for
 from sqlalchemy.orm import Session
 
-from kala_celery import history, jobs, wire
+from kala_celery import history, jobs, limits, wire
 from kala_celery.api import listing
 from kala_celery.api.http import (
     JSON_TYPE,
@@ -166,6 +166,7 @@ def put_params(job_id: str) -> Response:
         text = body.decode()
     except UnicodeDecodeError:
         return error_response("the body must be UTF-8 text", 400)
+    limits.check_text("the body", text)
     with _transaction() as session:
         _remote_job(session, job_id).remote_body = text
     return empty_response(204)
@@ -177,11 +178,7 @@ def put_params(job_id: str) -> Response:
 def _page_args() -> tuple[int | None, int]:
     def number(name: str) -> int | None:
         raw = request.args.get(name)
-        if raw is None:
-            return None
-        if not raw.isdigit():
-            raise ValueError(f"{name} must be a non-negative integer")
-        return int(raw)
+        return None if raw is None else limits.query_int(name, raw)
 
     limit = number("limit")
     return number("offset"), min(limit if limit else PAGE_LIMIT, PAGE_LIMIT)
