@@ -10,7 +10,7 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from kala_celery import limits
-from kala_celery.api import http, views
+from kala_celery.api import http, openapi, views
 from kala_celery.api.state import KalaState, kala
 from kala_celery.db import DatabaseAway
 from kala_celery.errors import JobError, NotFound
@@ -41,6 +41,8 @@ ROUTES = [
     ("/job/<job_id>/executions/", ["GET"], views.list_executions),
     ("/job/<job_id>/executions/<run_id>/", ["GET"], views.get_execution),
     ("/job/<job_id>/executions/<run_id>/", ["PUT"], views.put_execution_status),
+    # kala-celery
+    ("/openapi.json", ["GET"], openapi.openapi_document),
 ]
 
 
