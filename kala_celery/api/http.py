@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Response, request
+from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
@@ -91,8 +91,29 @@ def routing_response() -> Response | None:
             response.headers["Allow"] = allowed
         return response
     if isinstance(exc, NotFound):
+        allowed = _methods_with_slash()
+        if allowed:  # a slash-less path whose slash form has other methods: 405, not 404
+            response = error_response(
+                f"method {request.method} is not allowed on {request.path}/; use {allowed}", 405
+            )
+            response.headers["Allow"] = allowed
+            return response
         return route_miss()
     return None
+
+
+def _methods_with_slash() -> str:
+    """The methods of the route at this path plus "/" ("" if none or it takes this one)."""
+    if request.path.endswith("/"):
+        return ""
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    try:
+        adapter.match(request.path + "/", method=request.method)
+    except MethodNotAllowed as exc:
+        return ", ".join(sorted(exc.valid_methods or ()))
+    except HTTPException:
+        return ""
+    return ""
 
 
 def route_miss() -> Response:

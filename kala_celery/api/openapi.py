@@ -253,8 +253,24 @@ PAGE = [
      "schema": {"type": "integer", "minimum": 0, "maximum": limits.INT64_MAX},
      "description": "runs per page: at most 1000 are shown (0 = 1000)"},
 ]
-BODY = {"required": True, "content": {JSON: {"schema": _ref("JobInput")}}}
+EXAMPLES = {
+    "scheduled": {"summary": "a command every hour, 3 runs", "value": {
+        "name": "hourly", "command": "echo hi", "schedule": "R2/2999-12-01T09:00:00Z/PT1H"}},
+    "remote": {"summary": "an HTTP call every day in a zone", "value": {
+        "name": "hook", "type": 1, "schedule": "R/2999-12-01T09:00:00Z/P1D",
+        "timezone": "Europe/Paris", "retries": 2, "retry_delay": "PT30S",
+        "remote_properties": {"url": "http://127.0.0.1:9/hook", "method": "POST",
+                              "expected_response_codes": [200, 204]}}},
+    "disabled": {"summary": "a disabled one-off", "value": {
+        "name": "later", "command": "echo later", "disabled": True}},
+}
+BODY = {"required": True, "content": {JSON: {"schema": _ref("JobInput"), "examples": EXAMPLES}}}
 REFUSED = _error("the body or a field was refused; the message names it (Decision 25)")
+
+
+def _links(job_id: str, *operations: str) -> dict[str, Schema]:
+    """OpenAPI links: what a client (and schemathesis' stateful phase) can do next."""
+    return {op: {"operationId": op, "parameters": {"job_id": job_id}} for op in operations}
 
 
 def _op(summary: str, responses: dict[str, Schema], **more: Any) -> Schema:
@@ -264,7 +280,9 @@ def _op(summary: str, responses: dict[str, Schema], **more: Any) -> Schema:
 # One operation per view (kala_celery/api/views.py), by the view's name.
 OPERATIONS: dict[str, Schema] = {
     "create_job": _op("create a job", {
-        "201": _json(_closed({"id": STRING}), "created"),
+        "201": {**_json(_closed({"id": STRING}), "created"), "links": _links(
+            "$response.body#/id", "get_job", "replace_job", "start_job", "job_stats",
+            "list_executions", "get_params", "enable_job", "disable_job", "delete_job")},
         "400": REFUSED, "403": _error("local jobs are disabled (KALA_ALLOW_SHELL=false)"),
         "409": _error("the client-chosen id exists, or a concurrent change"),
         "413": _error("the body is larger than 1 MiB"),
@@ -294,8 +312,10 @@ OPERATIONS: dict[str, Schema] = {
         "400": _error("a bad offset or limit"), "404": UNKNOWN_ID,
     }, parameters=PAGE),
     "start_job": _op("run a job now (Decision 10)", {
-        "202": _json(_closed({"id": STRING}), "still running: Location is the execution",
-                     Location=STRING),
+        "202": {**_json(_closed({"id": STRING}), "still running: Location is the execution",
+                        Location=STRING),
+                "links": {"get_execution": {"operationId": "get_execution", "parameters": {
+                    "job_id": "$request.path.job_id", "run_id": "$response.body#/id"}}}},
         "204": _empty("the run finished (whatever its outcome)"),
         "404": UNKNOWN_ID, "409": _error("the job is disabled"),
     }, parameters=[{"name": "wait", "in": "query", "required": False,
@@ -318,8 +338,11 @@ OPERATIONS: dict[str, Schema] = {
         "413": _error("the body is larger than 1 MiB"),
     }, requestBody={"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}}),
     "list_executions": _op("a job's runs (NextKala), oldest first", {
-        "200": _json(_closed({"job_stats": {"type": "array", "items": _ref("Execution")}}),
-                     "the runs", **{"X-Total-Count": TOTAL}),
+        "200": {**_json(_closed({"job_stats": {"type": "array", "items": _ref("Execution")}}),
+                        "the runs", **{"X-Total-Count": TOTAL}),
+                "links": {"get_execution": {"operationId": "get_execution", "parameters": {
+                    "job_id": "$request.path.job_id",
+                    "run_id": "$response.body#/job_stats/0/id"}}}},
         "400": _error("a bad offset or limit"), "404": UNKNOWN_ID,
     }, parameters=PAGE),
     "get_execution": _op("one run (NextKala)", {
@@ -361,6 +384,25 @@ def _path(rule: str) -> tuple[str, list[Schema]]:
     return path, params
 
 
+def _shared_paths(paths: dict[str, Schema]) -> None:
+    """A literal path that a templated one also matches (`/job/all/` and `/job/{job_id}/`)
+    answers that one's other methods too (GET /job/all/ is get_job with the id "all"): say so
+    on the literal path, as werkzeug routes it."""
+    templated = [(re.compile(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(t))), t)
+                 for t in paths if "{" in t]
+    for path, item in paths.items():
+        if "{" in path:
+            continue
+        for pattern, template in templated:
+            if not pattern.fullmatch(path):
+                continue
+            for method, operation in paths[template].items():
+                if method != "parameters" and method not in item:
+                    item[method] = {**operation, "operationId": f"{operation['operationId']}_"
+                                    f"{path.rstrip('/').rsplit('/', 1)[-1]}"}
+                    item[method].pop("parameters", None)
+
+
 def document(
     routes: Iterable[Route],
     prefix: str = "/api/v1",
@@ -389,6 +431,7 @@ def document(
                     "responses": REDIRECT if method == "GET" else {"308": REDIRECT["308"],
                                                                    "401": REDIRECT["401"]},
                 }
+    _shared_paths(paths)
     if health_path:
         paths[health_path] = {"get": _op("is the job store reachable, is the broker", {
             "200": _json(_ref("Health"), "both are"),
