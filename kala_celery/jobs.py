@@ -101,11 +101,14 @@ def _check_delimiters(delimiters: str) -> None:
 def _check_extensions(data: dict[str, Any], rules: Rules) -> None:
     try:
         schedule.resolve_zone(data.get("timezone"), rules.default_timezone)
-        for key in ("retry_delay", "run_timeout"):
-            if data.get(key):
-                limits.check_duration(key, schedule.parse_plain_duration(data[key]))
     except schedule.ScheduleError as exc:
         raise InvalidJob(str(exc)) from None
+    for key in ("retry_delay", "run_timeout"):
+        try:
+            if data.get(key):
+                limits.check_duration(key, schedule.parse_plain_duration(data[key]))
+        except schedule.ScheduleError as exc:
+            raise InvalidJob(f"{key}: {exc}") from None
     queue = data.get("queue")
     if queue is not None and not _QUEUE_RE.fullmatch(queue):
         raise InvalidJob(
@@ -412,7 +415,7 @@ def replace_job(
     starts over and its start must be in the future. Metadata counters are kept unless the
     body gives them; children are kept unless the body lists `dependent_jobs`.
     """
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, lock=True)
     _validate(data, rules)
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
@@ -451,8 +454,10 @@ def rearm(job: Job, rules: Rules, now: datetime) -> None:
 # ---------------------------------------------------------------- read
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+def get_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
+    """The job (NotFound if none). lock: take its row lock first (FOR UPDATE on PostgreSQL),
+    so concurrent changes of one job queue up instead of deadlocking."""
+    job = session.get(Job, job_id, with_for_update=lock or None)
     if job is None:
         raise NotFound(job_id)
     return job
@@ -465,7 +470,7 @@ def delete_job(session: Session, job_id: str) -> list[str]:
     """Delete a job with Kala's cascade, atomically: each child whose every parent is being
     deleted goes too (recursively); children with another parent just lose the link.
     Returns the ids deleted."""
-    get_job(session, job_id)
+    get_job(session, job_id, lock=True)
     doomed = {job_id}
     frontier = [job_id]
     while frontier:
@@ -506,7 +511,7 @@ def delete_all(session: Session) -> None:
 
 
 def disable_job(session: Session, job_id: str) -> Job:
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, lock=True)
     job.disabled = True
     job.next_run_at = None
     return job
@@ -517,7 +522,7 @@ def enable_job(
 ) -> tuple[Job, Run | None]:
     """Enable: a scheduled job gets its next occurrence at or after now (Decision 8); a one-off
     that never ran runs now."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, lock=True)
     if not job.disabled:
         return job, None
     job.disabled = False
@@ -536,7 +541,7 @@ def enable_job(
 
 def start_job(session: Session, job_id: str, rules: Rules, now: datetime) -> Run:
     """A manual start: record a run now. It counts as one of the schedule's runs (Decision 4)."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, lock=True)
     if job.disabled:
         raise Conflict("the job is disabled; enable it to start it")
     run = dispatch.record_tree(session, job, trigger="manual", scheduled_for=now, now=now)

@@ -18,7 +18,8 @@ from kala_celery.models import ID_LENGTH
 
 MAX_BODY = 1 << 20  # bytes of a request body (Decision 2: more is a 413)
 INT64_MAX = (1 << 63) - 1  # the job store's BIGINT (Go's uint and int are 64-bit)
-MAX_NESTING = 512  # JSON levels; Python's parser gives out near 1,000 (Go allows 10,000)
+MAX_NESTING = 256  # JSON levels: decoding recurses up to twice a level, and Python stops near
+# 1,000 frames (Go allows 10,000)
 MAX_SECONDS = 100 * 365 * 86_400  # a wait: Python's timers overflow past ~292 years
 MAX_DURATION = timedelta(seconds=MAX_SECONDS)
 SHORT_TEXT = 64  # the columns of timezone, retry_delay and run_timeout

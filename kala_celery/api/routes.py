@@ -7,6 +7,7 @@ import time
 
 from flask import Blueprint, Response, request
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
 from kala_celery import limits
@@ -19,6 +20,7 @@ from kala_celery.wire import WireError
 
 log = logging.getLogger(__name__)
 
+CONFLICT_STATES = frozenset({"40001", "40P01"})  # PostgreSQL: serialization failure, deadlock
 RETRY_AFTER = 5  # seconds a client is told to wait while the job store is unavailable
 
 # (path under the prefix, methods, view). Every path ends with "/" (Kala's StrictSlash).
@@ -115,6 +117,12 @@ def build_blueprint(name: str = "kala") -> Blueprint:
     def bad_query(exc: ValueError) -> Response:
         return http.error_response(str(exc), 400)
 
+    @bp.errorhandler(StaleDataError)
+    def vanished(_exc: StaleDataError) -> Response:
+        """The job was deleted by a concurrent request between reading and writing it: as if
+        the delete came first, Kala's empty 404; nothing was stored."""
+        return http.empty_response(404)
+
     @bp.errorhandler(IntegrityError)
     def raced(exc: IntegrityError) -> Response:
         """A concurrent request changed the same jobs first (a link to a job deleted
@@ -134,6 +142,9 @@ def build_blueprint(name: str = "kala") -> Blueprint:
     def database_down(exc: SQLAlchemyError) -> Response:
         """The database is away (or refused the statement): 503 with Retry-After, never a
         500 page; nothing was stored."""
+        if getattr(getattr(exc, "orig", None), "sqlstate", None) in CONFLICT_STATES:
+            log.info("concurrent change refused by the job store: %s", exc.orig)
+            return http.error_response("the job was changed by another request; try again", 409)
         if isinstance(exc, DatabaseAway):
             if outage["since"] is None:
                 outage["since"] = time.monotonic()

@@ -148,7 +148,7 @@ def _wait_until_finished(run_id: str, seconds: float) -> bool:
 
 
 def _remote_job(session: Session, job_id: str) -> Job:
-    job = jobs.get_job(session, job_id)
+    job = jobs.get_job(session, job_id, lock=True)
     if job.job_type != JOB_REMOTE:
         raise Forbidden("Job is not a remote job")
     return job
