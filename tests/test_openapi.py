@@ -91,3 +91,9 @@ def test_the_checker_passes_kala_shapes() -> None:
     check(checker, "PATCH", "/api/v1/job/x/", 405, "application/json", b'{"error": "no"}')
     check(checker, "GET", "/api/v1/job/stats/x/", 200, "application/json",
           b'{"job_stats": null}')
+
+
+def test_the_dashboard_links_the_document(api: Api) -> None:
+    page = api.raw.get("/webui/")
+    assert page.status_code == 200
+    assert 'href="/api/v1/openapi.json"' in page.text
