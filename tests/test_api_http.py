@@ -186,6 +186,11 @@ def test_params_of_remote_jobs(api: Api) -> None:
     assert (got.status_code, got.content) == (200, b'{"a":1}')
     assert api.http.put(f"/job/{remote}/params/", content=b'{"b":2}').status_code == 204
     assert api.job(remote)["remote_properties"]["body"] == '{"b":2}'
+    assert api.http.get(f"/job/{remote}/params/").headers["content-type"] == (
+        "application/json;charset=UTF-8")  # NextKala's
+    assert api.http.put(f"/job/{remote}/params/", content=b"a=1&b").status_code == 204
+    text = api.http.get(f"/job/{remote}/params/")  # not JSON: said to be text (Decision 26)
+    assert (text.content, text.headers["content-type"]) == (b"a=1&b", "text/plain; charset=utf-8")
     local = api.create(name="l", command="true", schedule=f"R/{future()}/PT1H")
     refused = api.http.get(f"/job/{local}/params/")
     assert (refused.status_code, refused.json()) == (403, {"error": "Job is not a remote job"})

@@ -329,7 +329,8 @@ OPERATIONS: dict[str, Schema] = {
     }),
     "app_stats": _op("Kala's app stats", {"200": _json(_ref("AppStats"), "the stats")}),
     "get_params": _op("a remote job's request body (NextKala)", {
-        "200": {"description": "the body as stored", "content": {JSON: {"schema": {}}}},
+        "200": {"description": "the body as stored: as JSON, or as text when it is not JSON",
+                "content": {JSON: {"schema": {}}, "text/plain": {"schema": STRING}}},
         "403": _error("not a remote job"), "404": UNKNOWN_ID,
     }),
     "put_params": _op("set a remote job's request body (NextKala)", {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -157,7 +158,12 @@ def _remote_job(session: Session, job_id: str) -> Job:
 def get_params(job_id: str) -> Response:
     with _transaction() as session:
         body = _remote_job(session, job_id).remote_body
-    return Response(body.encode(), status=200, content_type="application/json;charset=UTF-8")
+    try:  # NextKala says JSON whatever it is; a body that is not JSON is said to be text
+        json.loads(body)
+        kind = JSON_TYPE
+    except ValueError:
+        kind = "text/plain; charset=utf-8"
+    return Response(body.encode(), status=200, content_type=kind)
 
 
 def put_params(job_id: str) -> Response:
