@@ -115,8 +115,9 @@ JOB_INPUT: Schema = {
                     _int("finished runs", "metadata.number_of_finished_runs")),
             },
         }),
-        "type": _null_or({"type": "integer", "enum": [0, 1],
-                          "description": "0 = local command, 1 = remote HTTP call"}),
+        "type": _null_or({"type": "integer", "enum": [0, 1, 2],
+                          "description": "0 = local command, 1 = remote HTTP call, 2 = Celery "
+                                         "task (from issue 15's merge on)"}),
         "remote_properties": _null_or({
             "type": "object",
             "description": "a remote job's HTTP call (type 1, Decision 12)",
@@ -141,6 +142,23 @@ JOB_INPUT: Schema = {
         "allow_overlap": _null_or({"type": "boolean", "description": "runs may overlap"}),
         "queue": _null_or(_text("Celery queue of its runs (Decision 17)", "queue",
                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")),
+        # Extensions of issue 15 (Decisions 18-21): the server reads them from that merge on
+        "cron": _null_or(_text("a cron expression instead of schedule, in timezone "
+                               "(Decision 18)")),
+        "overlap": _null_or({"enum": ["buffer", "skip", "allow"],
+                             "description": "while a run is in flight (Decision 21)"}),
+        "parents_mode": _null_or({"enum": ["any", "all"],
+                                  "description": "a child runs after any or all parents "
+                                                 "succeeded (Decision 20)"}),
+        "celery_task": _null_or({
+            "type": "object",
+            "description": "type 2: a task of the workers' Celery app (Decision 19)",
+            "properties": {
+                "name": _null_or(_text("the task's registered name")),
+                "args": _null_or({"type": "array"}),
+                "kwargs": _null_or({"type": "object"}),
+            },
+        }),
     },
 }
 
@@ -160,7 +178,7 @@ KALA_STAT = _closed({
     "execution_duration": {**COUNT, "description": "nanoseconds"},
 })
 EXTENSIONS = ("timezone", "retry_delay", "retry_backoff", "run_timeout", "allow_overlap",
-              "queue")
+              "queue", "cron", "overlap", "celery_task", "parents_mode")
 JOB: Schema = _closed(
     {
         "name": STRING, "id": STRING, "command": STRING, "owner": STRING,
@@ -189,6 +207,11 @@ JOB: Schema = _closed(
         "is_done": {"type": "boolean"},
         "timezone": STRING, "retry_delay": STRING, "retry_backoff": {"const": True},
         "run_timeout": STRING, "allow_overlap": {"const": True}, "queue": STRING,
+        "cron": STRING, "overlap": {"enum": ["skip", "allow"]},
+        "celery_task": {"type": "object", "required": ["name"],
+                        "properties": {"name": STRING, "args": {"type": ["array", "null"]},
+                                       "kwargs": {"type": ["object", "null"]}}},
+        "parents_mode": {"const": "all"},
     },
     optional=EXTENSIONS,
 )
@@ -244,6 +267,7 @@ def _error(description: str, **headers: Schema) -> Schema:
 
 
 UNKNOWN_ID = _empty("no such job or run (Kala's empty 404)")
+NEXT = _closed({"next": {"type": "array", "items": SHOWN_TIME, "maxItems": 100}})
 TOTAL = {"type": "string", "pattern": "^[0-9]+$"}
 PAGE = [
     {"name": "offset", "in": "query", "required": False,
@@ -356,6 +380,23 @@ OPERATIONS: dict[str, Schema] = {
         "type": "string", "enum": ["Success", "Failed", "Started", "Running"],
         "description": "any case"}}}}),
     "openapi_document": _op("this document", {"200": _json({"type": "object"}, "OpenAPI 3.1")}),
+    # Issue 15's previews (Decision 24): in the document once their routes are in ROUTES
+    "job_next": _op("the next occurrences the beat fires for a job", {
+        "200": _json(NEXT, "none when nothing is scheduled"),
+        "400": _error("count is not 1-100"), "404": UNKNOWN_ID,
+    }, parameters=[{"name": "count", "in": "query", "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]),
+    "schedule_preview": _op("the first occurrences of a schedule or cron, before a job exists", {
+        "200": _json(NEXT, "the occurrences"),
+        "400": _error("not a JSON object, or the schedule a create would refuse"),
+        "413": _error("the body is larger than 1 MiB"),
+    }, requestBody={"required": True, "content": {JSON: {"schema": {
+        "type": "object",
+        "properties": {"schedule": _null_or(_text("as a job's schedule")),
+                       "cron": _null_or(_text("as a job's cron")),
+                       "timezone": _null_or(_text("IANA zone", "timezone")),
+                       "count": _null_or({"type": "integer", "minimum": 1, "maximum": 100})},
+    }}}}),
 }
 
 # Every operation under the prefix may also answer these (Decisions 1, 2, 16, 26).
