@@ -408,13 +408,15 @@ COMMON = {
                   **{"Retry-After": STRING}),
 }
 REDIRECT = {
-    "301": {"description": "GET/HEAD without the trailing slash (Kala): Location has it",
+    "301": {"description": "GET/HEAD without the trailing slash (Kala), or an unclean path "
+                           "(`//`, `/./`): Location is the clean one",
             "headers": {"Location": {"schema": STRING}},
             "content": {"text/html": {"schema": STRING}}},
-    "308": _empty("other methods without the trailing slash (Decision 1): same method and body",
-                  Location=STRING),
+    "308": _empty("other methods without the trailing slash, or an unclean path (Decision 1): "
+                  "same method and body", Location=STRING),
     "401": COMMON["401"],
 }
+COMMON.update({"301": REDIRECT["301"], "308": REDIRECT["308"]})  # unclean paths, Decision 1
 
 
 def _path(rule: str) -> tuple[str, list[Schema]]:
