@@ -22,6 +22,7 @@ MODULES = {
     "metrics": "bench.metrics",
     "import": "bench.importer",
     "vs-kala": "bench.vs_kala",
+    "fuzz": "bench.fuzz",
 }
 
 
@@ -69,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--metric-jobs", type=size, help="stored jobs (1M; smoke: 1k)")
     g.add_argument("--metric-runs", type=size, help="stored runs (10M; smoke: 10k)")
     g.add_argument("--scrapes", type=int, help="timed scrapes per store (200; smoke: 20)")
+    g = p.add_argument_group("fuzz")
+    g.add_argument("--requests", type=size, help="requests per store (20k; smoke: 300)")
+    g.add_argument("--examples", type=int, help="per operation and phase, per run (100)")
     return p
 
 

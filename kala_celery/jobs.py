@@ -18,7 +18,7 @@ from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from kala_celery import cron, dispatch, occurrences, schedule, wire
+from kala_celery import cron, dispatch, limits, occurrences, schedule, wire
 from kala_celery.errors import Conflict, Forbidden, InvalidJob, NotFound
 from kala_celery.models import (
     ID_LENGTH,
@@ -90,11 +90,14 @@ def _client_id(session: Session, job_id: str | None) -> str:
 def _check_extensions(data: dict[str, Any], rules: Rules) -> None:
     try:
         schedule.resolve_zone(data.get("timezone"), rules.default_timezone)
-        for key in ("retry_delay", "run_timeout"):
-            if data.get(key):
-                schedule.parse_plain_duration(data[key])
     except schedule.ScheduleError as exc:
         raise InvalidJob(str(exc)) from None
+    for key in ("retry_delay", "run_timeout"):
+        try:
+            if data.get(key):
+                limits.check_duration(key, schedule.parse_plain_duration(data[key]))
+        except schedule.ScheduleError as exc:
+            raise InvalidJob(f"{key}: {exc}") from None
     queue = data.get("queue")
     if queue is not None and not _QUEUE_RE.fullmatch(queue):
         raise InvalidJob(
@@ -117,6 +120,8 @@ def overlap_policy(data: dict[str, Any]) -> str | None:
     """The stored policy of a validated body: None (buffer), "skip" or "allow"."""
     policy = data.get("overlap") or ("allow" if data.get("allow_overlap") else None)
     return None if policy == "buffer" else policy
+
+
 def _check_celery_task(data: dict[str, Any]) -> None:
     """Decision 19: a type 2 job names a task; args and kwargs are JSON (the decoder checked
     their shapes) and nothing of a command applies to it."""
@@ -143,6 +148,7 @@ def _check_parents_mode(data: dict[str, Any]) -> None:
 
 
 def _validate(data: dict[str, Any], rules: Rules) -> None:
+    limits.check_job(data)  # Decision 25
     job_type = data.get("type", JOB_LOCAL)
     if job_type not in (JOB_LOCAL, JOB_REMOTE, JOB_CELERY_TASK):
         raise InvalidJob(
@@ -502,7 +508,7 @@ def replace_job(
     starts over and its start must be in the future. Metadata counters are kept unless the
     body gives them; children are kept unless the body lists `dependent_jobs`.
     """
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, lock=True)
     _validate(data, rules)
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
@@ -545,8 +551,10 @@ def rearm(job: Job, rules: Rules, now: datetime) -> None:
 # ---------------------------------------------------------------- read
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+def get_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
+    """The job (NotFound if none). lock: take its row lock first (FOR UPDATE on PostgreSQL),
+    so concurrent changes of one job queue up instead of deadlocking."""
+    job = session.get(Job, job_id, with_for_update=lock or None)
     if job is None:
         raise NotFound(job_id)
     return job
@@ -559,7 +567,7 @@ def delete_job(session: Session, job_id: str) -> list[str]:
     """Delete a job with Kala's cascade, atomically: each child whose every parent is being
     deleted goes too (recursively); children with another parent just lose the link.
     Returns the ids deleted."""
-    get_job(session, job_id)
+    get_job(session, job_id, lock=True)
     doomed = {job_id}
     frontier = [job_id]
     while frontier:
@@ -600,7 +608,7 @@ def delete_all(session: Session) -> None:
 
 
 def disable_job(session: Session, job_id: str) -> Job:
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, lock=True)
     job.disabled = True
     job.next_run_at = None
     return job
@@ -611,7 +619,7 @@ def enable_job(
 ) -> tuple[Job, Run | None]:
     """Enable: a scheduled job gets its next occurrence at or after now (docs/design.md
     Decision 8); a one-off that never ran runs now."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, lock=True)
     if not job.disabled:
         return job, None
     job.disabled = False
@@ -631,7 +639,7 @@ def enable_job(
 def start_job(session: Session, job_id: str, rules: Rules, now: datetime) -> Run:
     """A manual start: record a run now. It counts as one of the schedule's runs
     (docs/design.md Decision 4)."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, lock=True)
     if job.disabled:
         raise Conflict("the job is disabled; enable it to start it")
     run = dispatch.record_tree(session, job, trigger="manual", scheduled_for=now, now=now)
@@ -658,25 +666,33 @@ class AppStats:
     last_attempted_run: datetime | None
 
 
+def _sum64(column: Any) -> tuple[Any, Any]:
+    """SUM of a 64-bit counter as (high, low) 32-bit halves, so that counters near the limit
+    (Decision 25) do not overflow SQLite's 64-bit SUM; the total is high << 32 + low."""
+    high = func.coalesce(func.sum(column.op("/")(1 << 32)), 0)
+    return high, func.coalesce(func.sum(column.op("%")(1 << 32)), 0)
+
+
 def app_stats(session: Session) -> AppStats:
     """Kala's /stats/ over all jobs in one aggregate query (docs/kala.md §12)."""
     row = session.execute(
         select(
             func.count(),
             func.coalesce(func.sum(case((Job.disabled, 1), else_=0)), 0),
-            func.coalesce(func.sum(Job.success_count), 0),
-            func.coalesce(func.sum(Job.error_count), 0),
+            *_sum64(Job.success_count),
+            *_sum64(Job.error_count),
             func.min(Job.next_run_at),
             func.max(Job.last_attempted_run),
         )
     ).one()
-    total, disabled, successes, errors, next_run, last_attempt = row
+    total, disabled, success_high, success_low, error_high, error_low, *times = row
+    next_run, last_attempt = times
     return AppStats(
         jobs=total,
         disabled_jobs=int(disabled),
         active_jobs=total - int(disabled),
-        success_count=int(successes),
-        error_count=int(errors),
+        success_count=(int(success_high) << 32) + int(success_low),
+        error_count=(int(error_high) << 32) + int(error_low),
         next_run_at=next_run,
         last_attempted_run=last_attempt,
     )

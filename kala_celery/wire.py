@@ -16,6 +16,8 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from kala_celery import limits
+
 __all__ = [
     "ZERO_DATETIME",
     "ZERO_TIME",
@@ -680,7 +682,7 @@ def _parse(body: bytes | bytearray | memoryview | str) -> Any:
     """Parse a JSON document into str/_Num/bool/None/list/_Obj, or raise WireError."""
     data = _as_bytes(body)
     try:
-        return json.loads(
+        value = json.loads(
             data.decode("utf-8"),
             object_pairs_hook=_Obj,
             parse_int=_Num,
@@ -693,10 +695,22 @@ def _parse(body: bytes | bytearray | memoryview | str) -> Any:
             if isinstance(exc, UnicodeDecodeError):
                 message = f"invalid UTF-8 in JSON input at offset {exc.start}"
             elif isinstance(exc, RecursionError):
-                message = "exceeded max depth"
+                message = limits.NESTING_ERROR
             else:  # not expected: the scanner and Python's json agree on validity
                 message = f"invalid JSON input: {exc}"
         raise WireError(message) from None
+    if not limits.nesting_depth_ok(data, value, _containers):  # Decision 25
+        raise WireError(limits.NESTING_ERROR)
+    return value
+
+
+def _containers(value: Any) -> list[Any]:
+    """The arrays and objects directly inside a parsed value (for the nesting limit)."""
+    if isinstance(value, _Obj):
+        items = [item for _key, item in value.pairs]
+    else:
+        items = value if isinstance(value, list) else []
+    return [item for item in items if isinstance(item, (list, _Obj))]
 
 
 # ================================================================ input: Go types

@@ -12,6 +12,9 @@ from werkzeug.serving import make_server
 from kala_celery.api import create_app
 from kala_celery.api.state import KalaState
 from kala_celery.config import Settings
+from tests.openapi_check import CheckedClient, checker_for
+
+API_PATHS = ("/api/v1", "/health", "/metrics")  # create_app's; the dashboard is not the API
 
 
 class LiveServer:
@@ -56,9 +59,10 @@ def start_api(settings: Settings) -> Api:
     """The API for `settings` on a real socket of 127.0.0.1 (stop it with `close()`)."""
     app = create_app(settings)
     server = LiveServer(app)
+    checker = checker_for()  # every response must conform to the OpenAPI document
     return Api(
         server=server,
         state=app.extensions["kala"],
-        http=httpx.Client(base_url=f"{server.url}/api/v1", timeout=30),
-        raw=httpx.Client(base_url=server.url, timeout=30),
+        http=CheckedClient(checker, API_PATHS, base_url=f"{server.url}/api/v1", timeout=30),
+        raw=CheckedClient(checker, API_PATHS, base_url=server.url, timeout=30),
     )

@@ -36,16 +36,28 @@ def test_unclean_paths_redirect(api: Api) -> None:
     assert response.status_code == 301 and response.headers["location"] == "/api/v1/job/"
 
 
-def test_wrong_method_is_405_and_misses_are_kala_404(api: Api) -> None:
-    for method, path in [("PATCH", "/job/x/"), ("GET", "/job/start/x/"), ("PUT", "/stats/"),
-                         ("OPTIONS", "/job/")]:
+def test_wrong_method_is_405_and_misses_are_kala_404_as_json(api: Api) -> None:
+    """Decision 26: Kala's route-miss text and NextKala's 405, as JSON errors."""
+    for method, path, allow in [("PATCH", "/job/x/", "DELETE, GET, HEAD, PUT"),
+                                ("GET", "/job/start/x/", "POST"), ("PUT", "/stats/", "GET, HEAD"),
+                                ("OPTIONS", "/job/", "GET, HEAD, POST")]:
         response = api.http.request(method, path)
-        assert (response.status_code, response.content) == (405, b""), (method, path)
+        assert response.status_code == 405, (method, path)
+        assert response.headers["allow"] == allow
+        assert response.json() == {
+            "error": f"method {method} is not allowed on /api/v1{path}; use {allow}"
+        }
     for path in ["/", "/nothing/", "/job/a/b/c/d/"]:
         response = api.http.get(path)
-        assert (response.status_code, response.content) == (404, b"404 page not found\n")
-        assert response.headers["content-type"] == "text/plain; charset=utf-8"
+        assert response.status_code == 404
+        assert response.content == b'{"error":"404 page not found"}\n'
+        assert response.headers["content-type"] == "application/json;charset=UTF-8"
     assert api.raw.get("/api/v1/").status_code == 404
+    for path in ["/nothing", "/webuix"]:  # outside the API too: JSON, not Flask's HTML page
+        response = api.raw.get(path)
+        assert response.status_code == 404 and response.json() == {"error": "404 page not found"}
+    response = api.raw.post("/health")
+    assert response.status_code == 405 and "not allowed" in response.json()["error"]
 
 
 def test_gzip_only_when_asked(api: Api) -> None:
@@ -59,7 +71,7 @@ def test_gzip_only_when_asked(api: Api) -> None:
     assert gzip.decompress(raw) == plain.content
     missing = api.http.get("/nothing/", headers={"Accept-Encoding": "gzip"})
     assert missing.headers["content-encoding"] == "gzip"  # Kala gzips its 404s too
-    assert missing.content == b"404 page not found\n"
+    assert missing.content == b'{"error":"404 page not found"}\n'
 
 
 def test_body_over_one_mib_is_413_and_stores_nothing(api: Api) -> None:
@@ -185,6 +197,11 @@ def test_params_of_remote_jobs(api: Api) -> None:
     assert (got.status_code, got.content) == (200, b'{"a":1}')
     assert api.http.put(f"/job/{remote}/params/", content=b'{"b":2}').status_code == 204
     assert api.job(remote)["remote_properties"]["body"] == '{"b":2}'
+    assert api.http.get(f"/job/{remote}/params/").headers["content-type"] == (
+        "application/json;charset=UTF-8")  # NextKala's
+    assert api.http.put(f"/job/{remote}/params/", content=b"a=1&b").status_code == 204
+    text = api.http.get(f"/job/{remote}/params/")  # not JSON: said to be text (Decision 26)
+    assert (text.content, text.headers["content-type"]) == (b"a=1&b", "text/plain; charset=utf-8")
     local = api.create(name="l", command="true", schedule=f"R/{future()}/PT1H")
     refused = api.http.get(f"/job/{local}/params/")
     assert (refused.status_code, refused.json()) == (403, {"error": "Job is not a remote job"})

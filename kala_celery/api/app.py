@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
 
+from kala_celery.api import http
 from kala_celery.api.routes import build_blueprint
 from kala_celery.api.state import KalaState, Publisher
 from kala_celery.celery_app import make_celery
@@ -64,9 +66,31 @@ def create_app(settings: Settings | None = None, **kwargs: object) -> Flask:
     """The standalone API: Kala's routes under /api/v1, the dashboard, /metrics and /health."""
     app = Flask("kala_celery")
     kwargs = {"metrics_path": "/metrics", "health_path": "/health", **kwargs}
-    init_kala(app, settings, **kwargs)  # type: ignore[arg-type]
+    state = init_kala(app, settings, **kwargs)  # type: ignore[arg-type]
+    pages = None
     if kwargs.get("webui", True) is not False:
         from kala_celery import web
 
         web.redirect_root(app)  # `/` shows the dashboard
+        webui = kwargs.get("webui", True)
+        pages = web.webui_prefix(state.url_prefix) if webui is True else str(webui)
+    _json_errors(app, pages)
     return app
+
+
+def _json_errors(app: Flask, pages: str | None) -> None:
+    """Decision 26: the standalone server answers every error as JSON (the dashboard's pages,
+    under `pages`, keep their HTML), and a bug as a JSON 500 with an error id."""
+
+    def dashboard() -> bool:
+        return pages is not None and http.under(pages)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response | HTTPException:
+        return exc if dashboard() else http.http_error(exc)
+
+    @app.errorhandler(Exception)
+    def bug(exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            return http_error(exc)  # type: ignore[return-value]
+        return http.unexpected(exc)

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import gzip
 import hmac
+import logging
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Response, request
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from flask import Response, current_app, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
-from kala_celery import wire
+from kala_celery import limits, wire
 
 JSON_TYPE = "application/json;charset=UTF-8"
-MAX_BODY = 1 << 20  # Kala reads at most 1 MiB of a request body
+log = logging.getLogger("kala_celery.api")
+MAX_BODY = limits.MAX_BODY  # Kala reads at most 1 MiB of a request body
 T = TypeVar("T")
 
 
@@ -100,20 +103,67 @@ def routing_response() -> Response | None:
         response.headers["Location"] = location
         return response
     if isinstance(exc, MethodNotAllowed):
-        response = empty_response(405)
-        if exc.valid_methods:
-            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        allowed = ", ".join(sorted(exc.valid_methods or ()))
+        response = error_response(
+            f"method {request.method} is not allowed on {request.path}; use {allowed}", 405
+        )
+        if allowed:
+            response.headers["Allow"] = allowed
         return response
     if isinstance(exc, NotFound):
+        allowed = _methods_with_slash()
+        if allowed:  # a slash-less path whose slash form has other methods: 405, not 404
+            response = error_response(
+                f"method {request.method} is not allowed on {request.path}/; use {allowed}", 405
+            )
+            response.headers["Allow"] = allowed
+            return response
         return route_miss()
     return None
 
 
+def _methods_with_slash() -> str:
+    """The methods of the route at this path plus "/" ("" if none or it takes this one)."""
+    if request.path.endswith("/"):
+        return ""
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    try:
+        adapter.match(request.path + "/", method=request.method)
+    except MethodNotAllowed as exc:
+        return ", ".join(sorted(exc.valid_methods or ()))
+    except HTTPException:
+        return ""
+    return ""
+
+
 def route_miss() -> Response:
-    response = Response(b"404 page not found\n", status=404)
-    response.headers["Content-Type"] = "text/plain; charset=utf-8"
+    """Decision 26: Kala's `404 page not found`, as a JSON error."""
+    response = error_response("404 page not found", 404)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def http_error(exc: HTTPException) -> Response:
+    """A werkzeug HTTP error (raised by Flask itself) as a JSON error, never its HTML page."""
+    code = exc.code or 500
+    if code == 404:
+        return route_miss()
+    response = error_response(f"{code} {exc.name}: {exc.description}", code)
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def unexpected(exc: BaseException) -> Response:
+    """Decision 26: a bug, logged with its traceback under an error id that the JSON 500
+    names, so an operator can find the trace a user reports."""
+    error_id = uuid.uuid4().hex[:16]
+    log.error(
+        "unexpected error %s on %s %s", error_id, request.method, request.path, exc_info=exc
+    )
+    message = f"internal error ({type(exc).__name__}); error id {error_id}"
+    return json_response({"error": message, "error_id": error_id}, 500)
 
 
 def gzip_if_asked(response: Response) -> Response:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Blueprint, Response
-from sqlalchemy.exc import SQLAlchemyError
+from flask import Blueprint, Response, request
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
-from kala_celery.api import http, preview, views
-from kala_celery.api.state import kala
+from kala_celery import limits
+from kala_celery.api import http, openapi, preview, views
+from kala_celery.api.state import KalaState, kala
 from kala_celery.db import DatabaseAway
 from kala_celery.errors import JobError, NotFound
 from kala_celery.schema import SchemaError
@@ -18,6 +20,7 @@ from kala_celery.wire import WireError
 
 log = logging.getLogger(__name__)
 
+CONFLICT_STATES = frozenset({"40001", "40P01"})  # PostgreSQL: serialization failure, deadlock
 RETRY_AFTER = 5  # seconds a client is told to wait while the job store is unavailable
 
 # (path under the prefix, methods, view). Every path ends with "/" (Kala's StrictSlash).
@@ -43,6 +46,8 @@ ROUTES = [
     # Ours: previews (docs/design.md Decision 24)
     ("/job/<job_id>/next/", ["GET"], preview.job_next),
     ("/schedule/preview/", ["POST"], preview.schedule_preview),
+    # kala-celery
+    ("/openapi.json", ["GET"], openapi.openapi_document),
 ]
 
 
@@ -63,7 +68,16 @@ def build_blueprint(name: str = "kala") -> Blueprint:
         state = kala()
         if not http.under(state.url_prefix):
             return None
+        try:
+            return conventions(state)
+        except Exception as exc:  # a bug here must not become the host app's HTML 500
+            return unexpected(exc)
+
+    def conventions(state: KalaState) -> Response | None:
         refused = http.check_token(state.settings.api_token) or http.routing_response()
+        ids = (request.view_args or {}).values()
+        if refused is None and not all(limits.path_id_possible(str(v)) for v in ids):
+            return http.empty_response(404)  # no job or run has such an id (Decision 25)
         if refused is None and not state.schema_ready:
             try:
                 state.ensure_schema()
@@ -106,10 +120,34 @@ def build_blueprint(name: str = "kala") -> Blueprint:
     def bad_query(exc: ValueError) -> Response:
         return http.error_response(str(exc), 400)
 
+    @bp.errorhandler(StaleDataError)
+    def vanished(_exc: StaleDataError) -> Response:
+        """The job was deleted by a concurrent request between reading and writing it: as if
+        the delete came first, Kala's empty 404; nothing was stored."""
+        return http.empty_response(404)
+
+    @bp.errorhandler(IntegrityError)
+    def raced(exc: IntegrityError) -> Response:
+        """A concurrent request changed the same jobs first (a link to a job deleted
+        meanwhile, the same new id twice): nothing was stored; 409, as for any conflict."""
+        log.info("conflicting concurrent change: %s", exc.orig)
+        return http.error_response("the job was changed by another request; try again", 409)
+
+    @bp.errorhandler(DataError)
+    def refused_value(exc: DataError) -> Response:
+        """A value the database refused that the limits (Decision 25) let through: a bug in
+        the limits, but the client's value: 400, nothing stored."""
+        log.warning("the job store refused a value: %s", exc.orig)
+        first = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        return http.error_response(f"the job store refused a value: {first}", 400)
+
     @bp.errorhandler(SQLAlchemyError)
     def database_down(exc: SQLAlchemyError) -> Response:
         """The database is away (or refused the statement): 503 with Retry-After, never a
         500 page; nothing was stored."""
+        if getattr(getattr(exc, "orig", None), "sqlstate", None) in CONFLICT_STATES:
+            log.info("concurrent change refused by the job store: %s", exc.orig)
+            return http.error_response("the job was changed by another request; try again", 409)
         if isinstance(exc, DatabaseAway):
             if outage["since"] is None:
                 outage["since"] = time.monotonic()
@@ -125,11 +163,10 @@ def build_blueprint(name: str = "kala") -> Blueprint:
         return response
 
     @bp.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response | HTTPException:
-        """A bug: logged with its trace back, answered as JSON (no HTML 500 page)."""
+    def unexpected(exc: Exception) -> Response:
+        """A bug: logged with its traceback, answered as a JSON 500 with an error id."""
         if isinstance(exc, HTTPException):
-            return exc
-        log.exception("unexpected error")
-        return http.error_response(f"internal error ({type(exc).__name__})", 500)
+            return http.http_error(exc)
+        return http.unexpected(exc)
 
     return bp

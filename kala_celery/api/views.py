@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,7 +10,7 @@ from contextlib import contextmanager
 from flask import Response, request, url_for
 from sqlalchemy.orm import Session
 
-from kala_celery import history, jobs, wire
+from kala_celery import history, jobs, limits, wire
 from kala_celery.api import listing
 from kala_celery.api.http import (
     JSON_TYPE,
@@ -150,7 +151,7 @@ def _wait_until_finished(run_id: str, seconds: float) -> bool:
 
 
 def _remote_job(session: Session, job_id: str) -> Job:
-    job = jobs.get_job(session, job_id)
+    job = jobs.get_job(session, job_id, lock=True)
     if job.job_type != JOB_REMOTE:
         raise Forbidden("Job is not a remote job")
     return job
@@ -159,7 +160,12 @@ def _remote_job(session: Session, job_id: str) -> Job:
 def get_params(job_id: str) -> Response:
     with _transaction() as session:
         body = _remote_job(session, job_id).remote_body
-    return Response(body.encode(), status=200, content_type="application/json;charset=UTF-8")
+    try:  # NextKala says JSON whatever it is; a body that is not JSON is said to be text
+        json.loads(body)
+        kind = JSON_TYPE
+    except ValueError:
+        kind = "text/plain; charset=utf-8"
+    return Response(body.encode(), status=200, content_type=kind)
 
 
 def put_params(job_id: str) -> Response:
@@ -168,6 +174,7 @@ def put_params(job_id: str) -> Response:
         text = body.decode()
     except UnicodeDecodeError:
         return error_response("the body must be UTF-8 text", 400)
+    limits.check_text("the body", text)
     with _transaction() as session:
         _remote_job(session, job_id).remote_body = text
     return empty_response(204)
@@ -179,11 +186,7 @@ def put_params(job_id: str) -> Response:
 def _page_args() -> tuple[int | None, int]:
     def number(name: str) -> int | None:
         raw = request.args.get(name)
-        if raw is None:
-            return None
-        if not raw.isdigit():
-            raise ValueError(f"{name} must be a non-negative integer")
-        return int(raw)
+        return None if raw is None else limits.query_int(name, raw)
 
     limit = number("limit")
     return number("offset"), min(limit if limit else PAGE_LIMIT, PAGE_LIMIT)
