@@ -1,6 +1,7 @@
 """The API's fast paths (issue 7) answer exactly what the plain paths answer, on SQLite and
-PostgreSQL: a create is one INSERT, and the job list is byte for byte the documents of
-`wire.job_document`."""
+PostgreSQL: a create is one INSERT, and the job list (plain rows as the drivers give them)
+is byte for byte the documents written from Job objects (`wire.job_document`); both go through
+the one formatter, `wire.job_json`."""
 
 from __future__ import annotations
 
