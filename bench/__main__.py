@@ -22,6 +22,7 @@ MODULES = {
     "metrics": "bench.metrics",
     "import": "bench.importer",
     "vs-kala": "bench.vs_kala",
+    "wsgi-servers": "bench.wsgi_servers",
 }
 
 
