@@ -23,6 +23,7 @@ MODULES = {
     "import": "bench.importer",
     "vs-kala": "bench.vs_kala",
     "fuzz": "bench.fuzz",
+    "wsgi-servers": "bench.wsgi_servers",
 }
 
 

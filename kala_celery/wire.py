@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from kala_celery import limits
 
 __all__ = [
+    "JOB_FIELDS",
     "ZERO_DATETIME",
     "ZERO_TIME",
     "WireError",
@@ -32,6 +34,8 @@ __all__ = [
     "format_time",
     "is_zero_time",
     "job_document",
+    "job_json",
+    "job_values",
     "kala_stat",
     "sorted_map",
 ]
@@ -146,9 +150,217 @@ def _int(value: Any) -> int:
     return 0 if value is None else int(value)
 
 
-def _set(value: Any) -> bool:
-    """An extension string is "set" unless it is None or empty."""
-    return value is not None and value != ""
+# ---------------------------------------------------------------- the job document
+#
+# One formatter for Kala's Job object (docs/kala.md §4): job_json
+# writes it as JSON text straight from a tuple of JOB_FIELDS values, which is what GET /job/
+# reads from the database for 10k jobs at a time (plain rows: no ORM objects, no dicts), and
+# what job_values makes of a Job object for the single-job answers.
+
+# The extension keys (docs/design.md Decisions 3, 6, 7, 11, 17-21), in the order they are
+# written after "is_done", each only when it is not at its default, so that a plain Kala job
+# keeps Kala's shape. A new key is one row here (the column of the same name on models.Job).
+# How a value is judged set: "text" unless None or ""; "delay" the same and not "PT0S" (Kala's
+# immediate retry); "flag" when true (written as true); "json" a JSON column, when the parsed
+# value is not empty.
+_EXTENSIONS: tuple[tuple[str, str], ...] = (
+    ("timezone", "text"),
+    ("retry_delay", "delay"),
+    ("retry_backoff", "flag"),
+    ("run_timeout", "text"),
+    ("allow_overlap", "flag"),
+    ("queue", "text"),
+    ("cron", "text"),  # Decision 18
+    ("overlap", "text"),  # Decision 21: "skip" or "allow"; buffer is unset
+    ("celery_task", "json"),  # Decision 19
+    ("parents_mode", "text"),  # Decision 20
+)
+
+# The Job columns a document is written from, in the order job_json unpacks them.
+JOB_FIELDS: tuple[str, ...] = (
+    "name",
+    "id",
+    "command",
+    "owner",
+    "disabled",
+    "on_failure_job",
+    "schedule",
+    "retries",
+    "epsilon",
+    "next_run_at",
+    "template_delimiters",
+    "resume_at_next_scheduled_time",
+    "success_count",
+    "last_success",
+    "error_count",
+    "last_error",
+    "last_attempted_run",
+    "number_of_finished_runs",
+    "job_type",
+    "remote_url",
+    "remote_method",
+    "remote_body",
+    "remote_headers",
+    "remote_timeout",
+    "remote_expected_codes",
+    "is_done",
+    *(name for name, _ in _EXTENSIONS),
+)
+_CORE = JOB_FIELDS.index("is_done") + 1
+_TEXT_FIELDS = frozenset(
+    {"name", "id", "command", "owner", "on_failure_job", "schedule", "epsilon",
+     "template_delimiters", "remote_url", "remote_method", "remote_body"}
+)  # fmt: skip
+_INT_FIELDS = frozenset(
+    {"retries", "success_count", "error_count", "number_of_finished_runs", "job_type",
+     "remote_timeout"}
+)  # fmt: skip
+_EXTENSION_WRITERS = tuple((f',"{name}":', rule) for name, rule in _EXTENSIONS)
+
+_quote = json.encoder.encode_basestring  # the C encoder json.dumps(ensure_ascii=False) uses
+
+
+def job_values(job: Any) -> tuple[Any, ...]:
+    """A Job object (or anything with its attributes; missing extensions count as unset) as
+    the tuple of JOB_FIELDS that job_json takes: texts as str, counters as int."""
+    values = []
+    for name in JOB_FIELDS:
+        value = getattr(job, name, None)
+        if name in _TEXT_FIELDS:
+            value = _text(value)
+        elif name in _INT_FIELDS:
+            value = _int(value)
+        values.append(value)
+    return tuple(values)
+
+
+def _time_text(t: Any) -> str:
+    """format_time of a time column as a driver gives it: None, a datetime, or SQLite's text
+    (naive UTC, "YYYY-MM-DD HH:MM:SS.ffffff")."""
+    if t is None:
+        return ZERO_TIME
+    if t.__class__ is str:
+        if len(t) == 26 and t[10] == " " and t[19] == ".":
+            fraction = t[20:].rstrip("0")
+            return f"{t[:10]}T{t[11:19]}{'.' + fraction if fraction else ''}Z"
+        t = datetime.fromisoformat(t)  # any other spelling SQLite may hold
+    return format_time(t)
+
+
+def _json_value(value: Any) -> Any:
+    """A JSON column's value: parsed already (PostgreSQL, ORM) or text (SQLite)."""
+    if value is None or value == "null":
+        return None
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _ids(ids: Any) -> str:
+    return "[" + ",".join([_quote(i) for i in ids]) + "]"
+
+
+# A job whose counters are all zero and that never ran, and a job without remote properties:
+# most jobs, and the same text every time.
+_NO_METADATA = (
+    f'"metadata":{{"success_count":0,"last_success":"{ZERO_TIME}","error_count":0,'
+    f'"last_error":"{ZERO_TIME}","last_attempted_run":"{ZERO_TIME}","number_of_finished_runs":0}}'
+)
+_NO_REMOTE = (
+    '"remote_properties":{"url":"","method":"","body":"","headers":null,"timeout":0,'
+    '"expected_response_codes":null}'
+)
+
+
+def _metadata(
+    successes: int, last_success: Any, errors: int, last_error: Any, last_attempt: Any,
+    finished: int,
+) -> str:  # fmt: skip
+    if (
+        last_success is None
+        and last_error is None
+        and last_attempt is None
+        and not (successes or errors or finished)
+    ):
+        return _NO_METADATA
+    return (
+        f'"metadata":{{"success_count":{int(successes)},'
+        f'"last_success":"{_time_text(last_success)}","error_count":{int(errors)},'
+        f'"last_error":"{_time_text(last_error)}",'
+        f'"last_attempted_run":"{_time_text(last_attempt)}",'
+        f'"number_of_finished_runs":{int(finished)}}}'
+    )
+
+
+def _remote(url: str, method: str, body: str, headers: Any, timeout: int, codes: Any) -> str:
+    if not (url or method or body or timeout) and headers is None and codes is None:
+        return _NO_REMOTE
+    headers, codes = _json_value(headers), _json_value(codes)
+    if headers is not None:
+        headers = {name: list(values) for name, values in sorted(headers.items())}
+    return (
+        f'"remote_properties":{{"url":{_quote(url)},"method":{_quote(method)},'
+        f'"body":{_quote(body)},"headers":{compact_json(headers)},'
+        f'"timeout":{int(timeout)},"expected_response_codes":'
+        f"{'null' if codes is None else compact_json([int(c) for c in codes])}}}"
+    )
+
+
+def _extensions(values: Sequence[Any]) -> str:
+    """The extension keys that are set (see _EXTENSIONS), each as `,"key":value`."""
+    out = []
+    for (key, rule), value in zip(_EXTENSION_WRITERS, values, strict=True):
+        if not value:
+            continue
+        if rule == "flag":
+            out.append(key + "true")
+        elif rule == "json":
+            value = _json_value(value)
+            if value:
+                out.append(key + compact_json(value))
+        elif rule == "text" or value != "PT0S":
+            out.append(key + _quote(value if value.__class__ is str else str(value)))
+    return "".join(out)
+
+
+def job_json(
+    values: Sequence[Any],
+    *,
+    parent_ids: Sequence[str] | None,
+    child_ids: Sequence[str] | None,
+    stats: Sequence[Any] | None,
+    include_stats: bool = True,
+) -> str:
+    """Kala's Job object plus the extension keys that are set, as compact JSON text before
+    Go's escaping (wrap it and pass it to finish_json, as dumps does).
+
+    ``values`` are the job's JOB_FIELDS: from job_values, or a database row of those columns
+    as the driver gives it (texts str and counters int, as the columns are NOT NULL; booleans
+    bool or 0/1; times datetime, naive UTC or SQLite's text; JSON parsed or text).
+    """
+    (
+        name, job_id, command, owner, disabled, on_failure_job, schedule, retries, epsilon,
+        next_run_at, template_delimiters, resume, *metadata,
+    ) = values[:18]  # fmt: skip
+    job_type, *remote = values[18:25]
+    is_done = values[25]
+    extensions = values[_CORE:]
+    stats_text = ""
+    if include_stats:
+        listed = compact_json([kala_stat(r) for r in stats]) if stats else "null"
+        stats_text = f',"stats":{listed}'
+    return (
+        f'{{"name":{_quote(name)},"id":{_quote(job_id)},"command":{_quote(command)},'
+        f'"owner":{_quote(owner)},"disabled":{"true" if disabled else "false"},'
+        f'"dependent_jobs":{_ids(child_ids) if child_ids else "null"},'
+        f'"parent_jobs":{_ids(parent_ids) if parent_ids else "null"},'
+        f'"on_failure_job":{_quote(on_failure_job)},"schedule":{_quote(schedule)},'
+        f'"retries":{int(retries)},"epsilon":{_quote(epsilon)},'
+        f'"next_run_at":"{_time_text(next_run_at)}",'
+        f'"TemplateDelimiters":{_quote(template_delimiters)},'
+        f'"resume_at_next_scheduled_time":{"true" if resume else "false"},'
+        f'{_metadata(*metadata)},"type":{int(job_type)},{_remote(*remote)}'
+        f'{stats_text},"is_done":{"true" if is_done else "false"}'
+        f"{_extensions(extensions) if any(extensions) else ''}}}"
+    )
 
 
 def job_document(
@@ -159,78 +371,16 @@ def job_document(
     stats: list[Any] | None,
     include_stats: bool = True,
 ) -> dict[str, Any]:
-    """Kala's Job object (docs/kala.md §4) plus the extension keys that are not at their default."""
-    headers = job.remote_headers
-    if headers is not None:
-        headers = {name: list(values) for name, values in sorted(headers.items())}
-    codes = job.remote_expected_codes
-    doc: dict[str, Any] = {
-        "name": _text(job.name),
-        "id": _text(job.id),
-        "command": _text(job.command),
-        "owner": _text(job.owner),
-        "disabled": bool(job.disabled),
-        "dependent_jobs": list(child_ids) if child_ids else None,
-        "parent_jobs": list(parent_ids) if parent_ids else None,
-        "on_failure_job": _text(job.on_failure_job),
-        "schedule": _text(job.schedule),
-        "retries": _int(job.retries),
-        "epsilon": _text(job.epsilon),
-        "next_run_at": format_time(job.next_run_at),
-        "TemplateDelimiters": _text(job.template_delimiters),
-        "resume_at_next_scheduled_time": bool(job.resume_at_next_scheduled_time),
-        "metadata": {
-            "success_count": _int(job.success_count),
-            "last_success": format_time(job.last_success),
-            "error_count": _int(job.error_count),
-            "last_error": format_time(job.last_error),
-            "last_attempted_run": format_time(job.last_attempted_run),
-            "number_of_finished_runs": _int(job.number_of_finished_runs),
-        },
-        "type": _int(job.job_type),
-        "remote_properties": {
-            "url": _text(job.remote_url),
-            "method": _text(job.remote_method),
-            "body": _text(job.remote_body),
-            "headers": headers,
-            "timeout": _int(job.remote_timeout),
-            "expected_response_codes": None if codes is None else [int(c) for c in codes],
-        },
-    }
-    if include_stats:
-        doc["stats"] = [kala_stat(run) for run in stats] if stats else None
-    doc["is_done"] = bool(job.is_done)
-
-    # Extensions (docs/design.md Decisions): only when set, so a plain Kala job keeps Kala's shape.
-    timezone_name = getattr(job, "timezone", None)
-    if _set(timezone_name):
-        doc["timezone"] = timezone_name
-    retry_delay = getattr(job, "retry_delay", None)
-    if _set(retry_delay) and retry_delay != "PT0S":  # PT0S is the default (Kala's immediate retry)
-        doc["retry_delay"] = retry_delay
-    if getattr(job, "retry_backoff", False):
-        doc["retry_backoff"] = True
-    run_timeout = getattr(job, "run_timeout", None)
-    if _set(run_timeout):
-        doc["run_timeout"] = run_timeout
-    if getattr(job, "allow_overlap", False):
-        doc["allow_overlap"] = True
-    queue = getattr(job, "queue", None)
-    if _set(queue):
-        doc["queue"] = queue
-    cron = getattr(job, "cron", None)
-    if _set(cron):
-        doc["cron"] = cron
-    overlap = getattr(job, "overlap", None)
-    if _set(overlap):  # "skip" or "allow" (with allow_overlap: true above); buffer is unset
-        doc["overlap"] = overlap
-    task = getattr(job, "celery_task", None)
-    if task:
-        doc["celery_task"] = task
-    parents_mode = getattr(job, "parents_mode", None)
-    if _set(parents_mode):
-        doc["parents_mode"] = parents_mode
-    return doc
+    """job_json of a Job object, parsed back: the document as a dict, for callers that want
+    one (the API answers with job_json's text)."""
+    text = job_json(
+        job_values(job),
+        parent_ids=parent_ids,
+        child_ids=child_ids,
+        stats=stats,
+        include_stats=include_stats,
+    )
+    return json.loads(text)
 
 
 def kala_stat(run: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The API's fast paths (issue 7) answer exactly what the plain paths answer, on SQLite and
-PostgreSQL: a create is one INSERT, and the job list is byte for byte the documents of
-`wire.job_document`."""
+PostgreSQL: a create is one INSERT, and the job list (plain rows as the drivers give them)
+is byte for byte the documents written from Job objects (`wire.job_document`); both go through
+the one formatter, `wire.job_json`."""
 
 from __future__ import annotations
 
@@ -67,13 +68,13 @@ def as_row(job: FakeJob, *, sqlite_style: bool) -> tuple:
     """A FakeJob as `listing.job_rows` reads it: SQLite gives text times, JSON text and 0/1;
     PostgreSQL gives naive datetimes, parsed JSON and booleans."""
     values = []
-    for name in listing.FIELDS:
+    for name in wire.JOB_FIELDS:
         value = getattr(job, name)
         if isinstance(value, datetime):
             naive = value.astimezone(UTC).replace(tzinfo=None)
             value = naive.isoformat(" ", "microseconds") if sqlite_style else naive
         elif name in ("remote_headers", "remote_expected_codes", "celery_task") and sqlite_style:
-            value = json.dumps(value)  # None is stored as JSON null by the ORM
+            value = None if value is None else json.dumps(value)  # job_rows reads JSON null as NULL
         elif isinstance(value, bool) and sqlite_style:
             value = int(value)
         values.append(value)

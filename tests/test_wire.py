@@ -1101,3 +1101,39 @@ def test_fuzz_dumps_is_valid_json_and_html_safe(text: str) -> None:
         assert ch not in out
     cleaned = wire._SURROGATE.sub("\ufffd", text)
     assert json.loads(out) == {"k": cleaned, cleaned: [cleaned]}
+
+
+# ================================================================ job_json from driver values
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59))
+)
+def test_time_text_reads_every_spelling_of_a_stored_time(t: datetime) -> None:
+    """SQLite's text (with and without a fraction), a naive and an aware datetime: all give
+    format_time's text."""
+    expected = wire.format_time(t.replace(tzinfo=UTC))
+    assert wire._time_text(t.isoformat(" ", "microseconds")) == expected
+    assert wire._time_text(t.isoformat(" ")) == expected
+    assert wire._time_text(t) == expected
+    assert wire._time_text(t.replace(tzinfo=UTC)) == expected
+
+
+def test_json_null_text_is_an_unset_json_column() -> None:
+    values = list(wire.job_values(FakeJob()))
+    for name in ("remote_headers", "remote_expected_codes", "celery_task"):
+        values[wire.JOB_FIELDS.index(name)] = "null"
+    text = wire.job_json(values, parent_ids=None, child_ids=None, stats=None)
+    assert wire.finish_json('{"job":' + text + "}") == SPEC_FRESH_JOB
+
+
+def test_every_extension_key_is_a_job_column_that_decodes() -> None:
+    """Adding an extension key is one row in wire._EXTENSIONS: it must name a column of
+    models.Job and a key the decoder reads."""
+    from kala_celery.models import Job
+
+    for name, rule in wire._EXTENSIONS:
+        assert name in Job.__table__.c
+        assert name in wire._JOB
+        assert rule in ("text", "delay", "flag", "json")
+    assert wire.JOB_FIELDS[-len(wire._EXTENSIONS) :] == tuple(n for n, _ in wire._EXTENSIONS)

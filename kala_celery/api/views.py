@@ -40,19 +40,17 @@ def _publish(*runs: Run | None) -> bool:
     return not ready or bool(kala().publish(ready))
 
 
-def _documents(session: Session, rows: list[Job]) -> dict[str, dict]:
-    ids = [job.id for job in rows]
-    parents, children = jobs.links_of(session, ids)
-    stats = history.recent_stats(session, ids, kala().settings.stats_in_job)
-    return {
-        job.id: wire.job_document(
-            job,
-            parent_ids=parents.get(job.id, []),
-            child_ids=children.get(job.id, []),
-            stats=stats.get(job.id),
-        )
-        for job in rows
-    }
+def _job_response(session: Session, job: Job) -> Response:
+    """Kala's `{"job": {...}}` for one job, written by the list's formatter (wire.job_json)."""
+    parents, children = jobs.links_of(session, [job.id])
+    stats = history.recent_stats(session, [job.id], kala().settings.stats_in_job)
+    text = wire.job_json(
+        wire.job_values(job),
+        parent_ids=parents.get(job.id),
+        child_ids=children.get(job.id),
+        stats=stats.get(job.id),
+    )
+    return Response(wire.finish_json('{"job":' + text + "}"), status=200, content_type=JSON_TYPE)
 
 
 # ---------------------------------------------------------------- jobs
@@ -79,8 +77,7 @@ def list_jobs() -> Response:
 def get_job(job_id: str) -> Response:
     with _transaction() as session:
         job = jobs.get_job(session, job_id)
-        doc = _documents(session, [job])[job_id]
-    return json_response({"job": doc})
+        return _job_response(session, job)
 
 
 def replace_job(job_id: str) -> Response:
@@ -88,9 +85,9 @@ def replace_job(job_id: str) -> Response:
     with _transaction() as session:
         job, run = jobs.replace_job(session, job_id, data, kala().rules, utcnow())
         session.flush()
-        doc = _documents(session, [job])[job_id]
+        response = _job_response(session, job)
     _publish(run)
-    return json_response({"job": doc})
+    return response
 
 
 def delete_job(job_id: str) -> Response:
