@@ -295,11 +295,12 @@ def _counters(state: str, failed_attempt: bool, done: str) -> Any:
         values["number_of_finished_runs"] = _jobs.c.number_of_finished_runs + 1
     counted = update(_jobs).where(_jobs.c.id == _JOB_ID).values(**values)
     if state == "success":  # and whether a child waits for all its parents (Decision 20)
-        child = _jobs.alias("child")
+        # One table per SELECT: SQLAlchemy writes RETURNING's columns unqualified.
+        all_mode = select(_jobs.c.id).where(
+            _jobs.c.id == _links.c.child_id, _jobs.c.parents_mode == PARENTS_ALL
+        )
         waits = exists().where(
-            _links.c.parent_id == _jobs.c.id,
-            child.c.id == _links.c.child_id,
-            child.c.parents_mode == PARENTS_ALL,
+            _links.c.parent_id == _JOB_ID, _links.c.child_id.in_(all_mode.scalar_subquery())
         )
         counted = counted.returning(waits.label("waits"))
     return counted
