@@ -22,6 +22,7 @@ MODULES = {
     "metrics": "bench.metrics",
     "import": "bench.importer",
     "vs-kala": "bench.vs_kala",
+    "scale": "bench.scale",
 }
 
 
@@ -57,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("vs-kala")
     g.add_argument("--stores", nargs="+", choices=["embedded", "postgresql"],
                    help="kala-celery serve's stores beside Kala (embedded)")
+    g = p.add_argument_group("scale")
+    g.add_argument("--scale-jobs", type=size, help="jobs every minute (10k; smoke: 60)")
+    g.add_argument("--minutes", type=int, help="minutes of the run (10; smoke: one 10 s period)")
     g = p.add_argument_group("chaos")
     g.add_argument("--workers", type=int, help="celery workers (3; smoke: 2)")
     g.add_argument("--beats", type=int, help="celery beats (2)")
