@@ -37,7 +37,7 @@ from bench.common import (
     utcnow,
     wait_until,
 )
-from bench.vs_kala import Side, start_ours
+from bench.vs_kala import Side, due_runs, start_ours
 from kala_celery.db import make_engine
 
 COMMAND = "date +%s.%N"
@@ -84,6 +84,8 @@ def run(args, servers: Servers) -> Report:
     side = start_ours(servers, "postgresql", "scale")
     engine = make_engine(side.db_url)
     try:
+        log("warm-up run (the worker is up and connected)")
+        due_runs(side, 1, "warm", 1.2, 60)
         first = datetime.fromtimestamp(int(time.time()) + 8, UTC)
         log(f"inserting {jobs:,} jobs every {period} s, spread over {period} s from {first:%X}")
         took = insert_jobs(engine, jobs, first_due=first, spread_seconds=period, prefix="scale-",
