@@ -49,7 +49,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--dbs", nargs="+", choices=["sqlite", "postgresql"], help="job stores")
     g.add_argument("--jobs", type=int, help="lateness: jobs due at one instant (200)")
     g.add_argument("--trials", type=int, help="lateness: single-job trials (30)")
-    g.add_argument("--concurrency", type=int, help="worker processes (default: cores)")
+    g.add_argument("--concurrency", type=int,
+                   help="worker slots (default: cores; throughput -P threads: 32)")
+    g.add_argument("--pool", choices=["prefork", "threads"],
+                   help="throughput: the worker's pool (prefork)")
     g.add_argument("--seconds", type=float, help="api: seconds per create phase (10); "
                    "throughput: measured window (60); chaos: length of the fault plan (300)")
     g.add_argument("--list-jobs", type=size,
