@@ -24,6 +24,7 @@ MODULES = {
     "vs-kala": "bench.vs_kala",
     "fuzz": "bench.fuzz",
     "wsgi-servers": "bench.wsgi_servers",
+    "scale": "bench.scale",
 }
 
 
@@ -50,7 +51,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--dbs", nargs="+", choices=["sqlite", "postgresql"], help="job stores")
     g.add_argument("--jobs", type=int, help="lateness: jobs due at one instant (200)")
     g.add_argument("--trials", type=int, help="lateness: single-job trials (30)")
-    g.add_argument("--concurrency", type=int, help="worker processes (default: cores)")
+    g.add_argument("--concurrency", type=int,
+                   help="worker slots (default: cores; throughput -P threads: 32)")
+    g.add_argument("--pool", choices=["prefork", "threads"],
+                   help="throughput: the worker's pool (prefork)")
     g.add_argument("--seconds", type=float, help="api: seconds per create phase (10); "
                    "throughput: measured window (60); chaos: length of the fault plan (300)")
     g.add_argument("--list-jobs", type=size,
@@ -59,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("vs-kala")
     g.add_argument("--stores", nargs="+", choices=["embedded", "postgresql"],
                    help="kala-celery serve's stores beside Kala (embedded)")
+    g = p.add_argument_group("scale")
+    g.add_argument("--scale-jobs", type=size, help="jobs every minute (10k; smoke: 60)")
+    g.add_argument("--minutes", type=int, help="minutes of the run (10; smoke: one 10 s period)")
     g = p.add_argument_group("chaos")
     g.add_argument("--workers", type=int, help="celery workers (3; smoke: 2)")
     g.add_argument("--beats", type=int, help="celery beats (2)")

@@ -38,9 +38,10 @@ class Cluster:
 
     # -- processes --------------------------------------------------------------------
 
-    def start_worker(self, concurrency: int) -> Proc:
-        log(f"starting a celery worker (-c {concurrency}) on {self.store}")
-        proc = celery_worker(self.env, self.dir / f"worker{len(self.procs)}.log", concurrency)
+    def start_worker(self, concurrency: int, pool: str = "prefork") -> Proc:
+        log(f"starting a celery worker (-P {pool} -c {concurrency}) on {self.store}")
+        proc = celery_worker(self.env, self.dir / f"worker{len(self.procs)}.log", concurrency,
+                             pool)
         self.procs.append(proc)
         wait_worker_ready(self.redis_url, proc)
         return proc

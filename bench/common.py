@@ -431,10 +431,11 @@ def kala_env(db_url: str, broker_url: str, data_dir: Path) -> dict[str, str]:
     }
 
 
-def celery_worker(env: dict[str, str], log_path: Path, concurrency: int) -> Proc:
+def celery_worker(env: dict[str, str], log_path: Path, concurrency: int,
+                  pool: str = "prefork") -> Proc:
     proc = Proc(
         [sys.executable, "-m", "celery", "-A", "kala_celery", "worker", "-l", "warning",
-         "-c", str(concurrency), "-n", f"bench-{os.getpid()}@%h",
+         "-c", str(concurrency), "-P", pool, "-n", f"bench-{os.getpid()}@%h",
          "--without-gossip", "--without-mingle", "--without-heartbeat"],
         log_path,
         env,

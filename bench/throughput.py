@@ -34,6 +34,7 @@ from bench.common import (
     log,
     pyspy_available,
     pyspy_record,
+    secs,
     summarize_collapsed,
     utcnow,
 )
@@ -128,6 +129,13 @@ class Feeder(threading.Thread):
             self.error = exc
 
 
+def last_finished(cluster: Cluster, since, until):
+    """When the last run that finished inside [since, until) finished."""
+    with cluster.state.sessions() as session:
+        return session.scalar(select(func.max(Run.finished_at))
+                              .where(Run.finished_at >= since, Run.finished_at < until))
+
+
 def count_finished(cluster: Cluster, state: str, since, until) -> int:
     with cluster.state.sessions() as session:
         return int(session.scalar(
@@ -141,29 +149,31 @@ def run(args, servers: Servers) -> Report:
     window = args.seconds or (1.5 if args.smoke else 60.0)
     warmup = 1.0 if args.smoke else 5.0
     raw_seconds = 0.5 if args.smoke else 10.0
-    concurrency = args.concurrency or cores()
+    pool = args.pool or "prefork"
+    concurrency = args.concurrency or (32 if pool == "threads" else cores())
     stores = args.dbs or ["postgresql"]
 
-    log(f"raw fork/exec rate of `{COMMAND}`: 1 loop, then {concurrency} loops")
+    loops = cores()
+    log(f"raw fork/exec rate of `{COMMAND}`: 1 loop, then {loops} loops")
     raw1 = raw_rate(1, raw_seconds)
-    rawc = raw_rate(concurrency, raw_seconds)
+    rawc = raw_rate(loops, raw_seconds)
     table = report.table(
-        f"Sustained runs of `{COMMAND}` through one worker (-c {concurrency}) for {window:.0f} s "
-        "vs the raw fork/exec rate of the same command",
+        f"Sustained runs of `{COMMAND}` through one worker (-P {pool} -c {concurrency}) for "
+        f"{window:.0f} s vs the raw fork/exec rate of the same command",
         ["what", "store", "runs/s", "of the raw limit", "finished in window", "failed",
          "CPU s: worker", "CPU s: database", "CPU s: redis", "still queued at the end"],
     )
     limit = max(raw1, rawc)  # the physical limit: the better of one loop and `cores` loops
     table.add("raw fork/exec, 1 loop", "—", f"{raw1:,.0f}", f"{raw1 / limit:.0%}", "—", "—",
               "—", "—", "—", "—")
-    table.add(f"raw fork/exec, {concurrency} loops", "—", f"{rawc:,.0f}", f"{rawc / limit:.0%}",
+    table.add(f"raw fork/exec, {loops} loops", "—", f"{rawc:,.0f}", f"{rawc / limit:.0%}",
               "—", "—", "—", "—", "—", "—")
     targets = report.table("Targets", ["target", "measured", "met"])
     for store in stores:
         cluster = Cluster(servers, store, "throughput")
         feeder = None
         try:
-            worker = cluster.start_worker(concurrency)
+            worker = cluster.start_worker(concurrency, pool)
             future = kala_time(utcnow() + timedelta(days=2))
             job_ids = cluster.create_jobs([
                 {"name": f"tp-{i}", "command": COMMAND, "schedule": f"R/{future}/PT1H"}
@@ -200,8 +210,12 @@ def run(args, servers: Servers) -> Report:
             until = utcnow()
             cpu1 = [cpu_seconds(worker_pids), cpu_seconds(db_pids), cpu_seconds(redis_pids)]
             left = cluster.queue_length()
-            if left == 0:
-                report.note(f"{store}: the queue ran dry inside the window (the rate is a floor)")
+            busy_until = until
+            if left == 0:  # the rate over the time the worker had work, not the whole window
+                busy_until = last_finished(cluster, since, until) or until
+                dry = secs((busy_until - since).total_seconds())
+                report.note(f"{store}: the queue ran dry {dry} into the window: the rate is "
+                            "over that time")
             spy = None
             if args.profile and pyspy_available() and left > 0:  # after the window: no overhead
                 spy = pyspy_record(worker.pid, 15, cluster.dir / "worker.pyspy.txt",
@@ -209,7 +223,7 @@ def run(args, servers: Servers) -> Report:
             time.sleep(1.0)  # runs finishing at the window's edge get their row written
             done = count_finished(cluster, "success", since, until)
             failed = count_finished(cluster, "failed", since, until)
-            rate = done / (until - since).total_seconds()
+            rate = done / max((busy_until - since).total_seconds(), 1e-3)
             cpu = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
             table.add("kala-celery worker", store, f"{rate:,.0f}", f"{rate / limit:.1%}",
                       f"{done:,}", failed, *(f"{c:.1f}" for c in cpu), f"{left:,}")

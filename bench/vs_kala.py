@@ -68,6 +68,7 @@ class Side:
     stop: Callable[[], None]
     work: Path
     notes: list[str] = field(default_factory=list)
+    db_url: str = ""  # ours: the job store the side's `serve` uses
 
     @property
     def api(self) -> str:
@@ -106,25 +107,27 @@ def start_kala_side(servers: Servers) -> Side | None:
                 servers.dir("vs-kala-kala"))
 
 
-def start_ours(servers: Servers, store: str) -> Side:
-    work = servers.dir(f"vs-kala-{store}")
+def start_ours(servers: Servers, store: str, label: str = "vs-kala") -> Side:
+    """`kala-celery serve` on the embedded default or on PostgreSQL + Redis."""
+    work = servers.dir(f"{label}-{store}")
     port = free_port()
     args = [sys.executable, "-m", "kala_celery", "serve", "-p", str(port),
             "--data-dir", str(work / "data")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KALA_")}
     if store == "postgresql":
-        url = servers.database("postgresql", "vskala")
+        url = servers.database("postgresql", label.replace("-", ""))
         env.update(kala_env(url, servers.fresh_redis(), work / "data"))
         name = "ours, PostgreSQL + Redis"
     else:
         env["PYTHONPATH"] = kala_env("", "", work)["PYTHONPATH"]
+        url = f"sqlite:///{work / 'data' / 'kala.db'}"
         name = "ours, embedded"
     log(f"starting {name} on port {port}")
     proc = Proc(args, work / "serve.log", env, inherit=False)
     wait_until(lambda: port_open(port) or not proc.alive(), 90, f"{name} to listen", 0.1)
     if not proc.alive():
         raise RuntimeError(f"{name} exited:\n{proc.output()[-3000:]}")
-    return Side(name, port, proc.pid, proc.stop, work)
+    return Side(name, port, proc.pid, proc.stop, work, db_url=url)
 
 
 

@@ -86,9 +86,9 @@ class Settings:
     # How often a worker asks a SQL broker (the embedded default) for messages, in seconds
     # (kombu's default is 1: one poll a second, at most a prefetch's worth of runs a second).
     broker_poll_interval: float = 0.1
-    # `serve`'s worker: Celery pool ("": threads on the embedded broker, whose runs mostly
-    # wait on their command and on SQLite; prefork otherwise) and slots (0: 32 threads, or
-    # one prefork process per CPU).
+    # `serve`'s worker: Celery pool ("": threads, on every broker: its runs mostly wait on
+    # their command and on the database) and slots (0: 32 threads, or one prefork process
+    # per CPU).
     worker_pool: str = ""
     worker_concurrency: int = 0
 
@@ -128,7 +128,7 @@ class Settings:
 
     @property
     def serve_pool(self) -> str:
-        return self.worker_pool or ("threads" if self.embedded_broker else "prefork")
+        return self.worker_pool or "threads"
 
     @property
     def serve_concurrency(self) -> int | None:

@@ -35,6 +35,19 @@ def sqlite_connection(path: str) -> sqlite3.Connection:
     return connection
 
 
+POOL_SIZE = 5  # SQLAlchemy's default: connections an engine keeps open
+_threads = 0  # tasks this process runs at once in threads (a threads-pool worker); see below
+
+
+def size_pools_for(threads: int) -> None:
+    """This process runs up to `threads` runs at once in threads (`celery worker --pool
+    threads -c N`): its engines keep that many connections open. With SQLAlchemy's default
+    5 (+ 10 overflow), 32 threads queued for a connection, and every connection past the 5th
+    was opened for one checkout and closed after it: a new PostgreSQL backend per claim."""
+    global _threads
+    _threads = threads
+
+
 def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout.
 
@@ -49,7 +62,8 @@ def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=pre_ping)
+    size = max(POOL_SIZE, _threads + 2)  # + the heartbeat's and a follow-up publish's
+    return create_engine(url, pool_pre_ping=pre_ping, pool_size=size)
 
 
 def probe_engine(url: str, timeout: float = 3.0) -> Engine:

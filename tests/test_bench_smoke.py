@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.serial  # asserts timings: runs alone (scripts/test.sh)
 
 REPO = Path(__file__).resolve().parent.parent
-SUITES = ("beat-scale", "lateness", "api", "throughput", "metrics", "vs-kala")
+SUITES = ("beat-scale", "lateness", "api", "throughput", "metrics", "vs-kala", "scale")
 DEADLINE = 150.0  # seconds for all of them together (≈ 30 s on an idle 2-core machine)
 
 

@@ -13,13 +13,13 @@ from kala_celery.celery_app import SQLBrokerPolling, make_celery
 from kala_celery.config import THREAD_SLOTS, ConfigError, Settings
 
 
-def test_defaults_pick_threads_on_the_embedded_broker_and_prefork_on_redis() -> None:
+def test_defaults_pick_threads_on_every_broker() -> None:
     embedded = Settings()
     assert embedded.embedded_broker
     assert (embedded.serve_pool, embedded.serve_concurrency) == ("threads", THREAD_SLOTS)
     redis = Settings(broker_url="redis://127.0.0.1:6379/0")
     assert not redis.embedded_broker
-    assert (redis.serve_pool, redis.serve_concurrency) == ("prefork", None)
+    assert (redis.serve_pool, redis.serve_concurrency) == ("threads", THREAD_SLOTS)
     assert embedded.broker_poll_interval == 0.1
 
 

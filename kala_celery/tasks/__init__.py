@@ -11,7 +11,7 @@ from celery import current_app, shared_task, signals, signature
 from sqlalchemy import Engine
 
 from kala_celery.celery_app import RUN_TASK, settings_of
-from kala_celery.db import DatabaseAway, store_for
+from kala_celery.db import DatabaseAway, size_pools_for, store_for
 from kala_celery.models import utcnow
 from kala_celery.publish import CeleryPublisher
 from kala_celery.runs import reopen, worker_id
@@ -51,6 +51,20 @@ def _start_heartbeat(hostname: str) -> None:
         )
     except Exception as exc:  # the database away: the first run starts it
         log.warning("heartbeat not started (%s); it starts with the first run", exc)
+
+
+@signals.worker_init.connect(weak=False)
+def _size_pools(sender: object = None, **_kwargs: object) -> None:
+    """A pool that runs tasks in this process's threads needs a connection per thread."""
+    from celery.concurrency import get_implementation
+    from celery.concurrency.thread import TaskPool as ThreadPool
+
+    pool_cls = getattr(sender, "pool_cls", None)
+    concurrency = getattr(sender, "concurrency", None)
+    if pool_cls is None or not isinstance(concurrency, int):
+        return
+    if issubclass(get_implementation(pool_cls), ThreadPool):
+        size_pools_for(concurrency)
 
 
 @signals.worker_process_init.connect(weak=False)
