@@ -259,6 +259,8 @@ _DECISIONS: tuple[tuple[re.Pattern[str], int], ...] = (
     (re.compile(r"retry_delay|retry_backoff"), 7),
     (re.compile(r"run_timeout"), 11),
     (re.compile(r"zone"), 3),
+    # the limits of what the job store, Python and the schedule maths can hold
+    (re.compile(r"U\+0000|64-bit|characters long; at most|longer than \d+ days|nests deeper"), 25),
 )
 
 
@@ -326,7 +328,7 @@ def _import_one(session: Session, data: dict[str, Any], parents: list[str],
     except (OverflowError, DataError) as exc:  # Kala's uint counters beyond our BIGINT
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         return _refusal(job_id, name, f"a number in it does not fit the job store's 64-bit "
-                        f"integers ({reason})", 23)
+                        f"integers ({reason})", 25)
     return Outcome(job_id, name, IMPORTED, _where(job, parents))
 
 

@@ -202,6 +202,9 @@ def test_parents_come_first_and_each_parent_keeps_kalas_order_of_children() -> N
         ("type must be 0 (local command) or 1 (remote HTTP call), not 2", 19),
         ("schedule 'R/2030-01-01T00:00:00Z/PT0S': interval must be greater than zero", 23),
         ('TemplateDelimiters must be two tokens separated by one space, e.g. "{{ }}"', 23),
+        ("name contains U+0000, which the job store cannot hold", 25),
+        ("retries 9223372036854775808 is larger than 9223372036854775807 (the job store's "
+         "64-bit integers)", 25),
     ],
 )
 def test_a_refusal_names_the_decision_behind_it(reason: str, number: int) -> None:
