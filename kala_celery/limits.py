@@ -1,5 +1,5 @@
-"""The limits of what a client may send (Decision 25), in one table that both the checks and
-the OpenAPI document (kala_celery/api/openapi.py) read.
+"""The limits of what a client may send (docs/design.md Decision 25), in one table that
+both the checks and the OpenAPI document (kala_celery/api/openapi.py) read.
 
 A limit refuses only what would break the job store, Python or the schedule maths (Decision
 23: a body real Kala accepts is accepted unless a Decision refuses it for safety). Each
@@ -42,7 +42,6 @@ class Limit:
 # Fields not named here have only the general limits: no U+0000 in any string, the 1 MiB
 # body, MAX_NESTING levels of JSON.
 FIELDS: dict[str, Limit] = {
-    "id": Limit(max_length=ID_LENGTH, why="the jobs table's id column"),
     "retries": Limit(minimum=0, maximum=INT64_MAX, why="the job store's 64-bit integers"),
     "metadata.success_count": Limit(minimum=0, maximum=INT64_MAX, why="64-bit counter"),
     "metadata.error_count": Limit(minimum=0, maximum=INT64_MAX, why="64-bit counter"),
@@ -57,6 +56,8 @@ FIELDS: dict[str, Limit] = {
 }
 DURATIONS = ("retry_delay", "run_timeout")  # at most MAX_DURATION
 SKIPPED = frozenset({"stats"})  # decoded and ignored: never stored
+# Not here: a client `id` longer than ID_LENGTH is ignored rather than refused (a fresh UUID,
+# as Kala ignores client ids: Decision 14).
 
 
 def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:

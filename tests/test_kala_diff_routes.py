@@ -56,7 +56,8 @@ def test_a_path_without_its_slash_redirects(pair: Pair) -> None:
 
 
 def test_a_path_no_route_matches(pair: Pair) -> None:
-    same(pair, "GET", "/nope/")
+    same(pair, "GET", "/nope/", (Differ("body", "404 page not found\n",
+                                        {"error": "404 page not found"}, "Decision 26"),))
 
 
 def test_a_method_kala_does_not_route(pair: Pair) -> None:

@@ -1,4 +1,5 @@
-"""The Flask app factory and `init_kala`, which mounts the API on any Flask app."""
+"""The Flask app factory and `init_kala`, which mounts the API on any Flask app (Decisions
+in docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 document of the API (Decision 26), served at `<prefix>/openapi.json`.
+"""The OpenAPI 3.1 document of the API (docs/design.md Decision 26), served at
+`<prefix>/openapi.json`.
 
 Written here as Python data rather than generated: the API's bodies are decoded by wire.py (Go
 semantics) and not by a schema library that apispec or spectree could read, and building the
@@ -84,8 +85,9 @@ JOB_INPUT: Schema = {
     "properties": {
         "name": _null_or(_text("the job's name (required, not empty)")),
         "id": _null_or(_text(
-            "a client-chosen id (Decision 14), kept when fresh; otherwise a UUID is made",
-            "id", pattern=ID_PATTERN)),
+            "a client-chosen id (Decision 14), kept when it is fresh, matches "
+            f"{ID_PATTERN} and has at most {limits.ID_LENGTH} characters; any other id is "
+            "ignored and a UUID is made, as Kala ignores client ids")),
         "command": _null_or(_text("a local job's command (type 0), split into words like a "
                                   "POSIX shell, run without a shell (Decision 11)")),
         "owner": _null_or(_text("who owns the job (an email in Kala)")),
