@@ -62,11 +62,11 @@ run_pytest() {
     [ "$status" -eq 0 ] || [ "$status" -eq 5 ]
 }
 
-# Tests independent of timing run on two processes (pytest-xdist, a file per process: each has
+# Tests independent of timing run on four processes (pytest-xdist, a file per process: each has
 # its own PostgreSQL and Redis); tests that assert timings or bounds of seconds (marked
 # `serial`) run after them, alone.
 failed=0
-run_pytest -q -p xdist -n "${KALA_TEST_PROCESSES:-2}" --dist loadfile -m "not serial" "$@" ||
+run_pytest -q -p xdist -n "${KALA_TEST_PROCESSES:-4}" --dist loadfile -m "not serial" "$@" ||
     failed=1
 run_pytest -q -m serial "$@" || failed=1
 exit "$failed"
