@@ -39,14 +39,6 @@ _TASK_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
 PARENTS_MODES = ("any", PARENTS_ALL)  # "any" is Kala's (the default, stored as NULL)
 MAX_DEPTH = 32  # levels of dependent jobs below any job
 OVERLAP_POLICIES = ("buffer", "skip", "allow")  # Decision 21
-_METADATA_FIELDS = (
-    "success_count",
-    "last_success",
-    "error_count",
-    "last_error",
-    "last_attempted_run",
-    "number_of_finished_runs",
-)
 
 
 @dataclass(frozen=True)
@@ -356,7 +348,7 @@ def _apply_fields(job: Job, data: dict[str, Any], rules: Rules) -> None:
 
 def _apply_metadata(job: Job, metadata: dict[str, Any] | None) -> None:
     """Kala lets a client seed the counters; absent ones start at zero."""
-    for field in _METADATA_FIELDS:
+    for field in wire.METADATA_FIELDS:
         default = None if field.startswith("last_") else 0
         value = (metadata or {}).get(field, default)
         if isinstance(value, datetime) and wire.is_zero_time(value):

@@ -176,6 +176,16 @@ _EXTENSIONS: tuple[tuple[str, str], ...] = (
     ("parents_mode", "text"),  # Decision 20
 )
 
+# Kala's metadata counters: the Job columns under "metadata" (also what a body may seed)
+METADATA_FIELDS = (
+    "success_count",
+    "last_success",
+    "error_count",
+    "last_error",
+    "last_attempted_run",
+    "number_of_finished_runs",
+)
+
 # The Job columns a document is written from, in the order job_json unpacks them.
 JOB_FIELDS: tuple[str, ...] = (
     "name",
@@ -190,12 +200,7 @@ JOB_FIELDS: tuple[str, ...] = (
     "next_run_at",
     "template_delimiters",
     "resume_at_next_scheduled_time",
-    "success_count",
-    "last_success",
-    "error_count",
-    "last_error",
-    "last_attempted_run",
-    "number_of_finished_runs",
+    *METADATA_FIELDS,
     "job_type",
     "remote_url",
     "remote_method",
