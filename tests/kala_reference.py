@@ -66,7 +66,8 @@ class Kala:
 
 def start_kala(jobdb: str = "boltdb", home: Path | None = None) -> Kala:
     """Start the real Kala with a clean environment (its config reads `$HOME/kala.yaml` and
-    `KALA_*`, which ours share), durable boltdb unless told `memory`."""
+    `KALA_*`, which ours share), on its durable boltdb store (this build refuses
+    `--jobdb memory`)."""
     path = binary()
     if path is None:
         raise FileNotFoundError("no Kala binary: set KALA_REFERENCE_BIN")
