@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, beat, bootsteps, signals
 from celery.app.amqp import AMQP
 
+from kala_celery import broker
 from kala_celery.config import Settings
-from kala_celery.db import sqlite_connection
 
 RUN_TASK = "kala.run"
 SETTINGS_KEY = "kala_settings"
@@ -31,11 +30,12 @@ class KalaAMQP(AMQP):
 
 
 class SQLBrokerPolling(bootsteps.StartStopStep):
-    """kombu's SQL transport (the embedded broker) polls, once a second by default: the
-    worker then took at most a prefetch's worth of runs a second. Its `polling_interval`
-    transport option cannot be set the usual way (kombu hands every transport option to
-    SQLAlchemy's create_engine, which refuses it), so this consumer step sets it on the
-    connection's transport each time the consumer (re)connects."""
+    """kombu's SQL transport on another database (`sqla+postgresql://…`) polls once a second
+    by default: the worker then takes at most a prefetch's worth of runs a second. Its
+    `polling_interval` transport option cannot be set the usual way (kombu hands every
+    transport option to SQLAlchemy's create_engine, which refuses it), so this consumer step
+    sets it on the connection's transport each time the consumer (re)connects. The embedded
+    broker's channel (broker.py) takes the option as other transports do."""
 
     requires = ("celery.worker.consumer.connection:Connection",)
 
@@ -71,18 +71,16 @@ def configure(app: Celery, settings: Settings) -> Celery:
         enable_utc=True,
         timezone="UTC",
     )
-    if settings.broker.startswith(EMBEDDED_BROKER):  # kombu does not create the directory
-        Path(settings.broker.removeprefix(EMBEDDED_BROKER)).parent.mkdir(
-            parents=True, exist_ok=True
-        )
-    if settings.broker.startswith("sqla+"):
-        app.steps["consumer"].add(SQLBrokerPolling)
     if settings.broker.startswith(EMBEDDED_BROKER):
-        # The same WAL and synchronous=NORMAL as the job store (db.py): with SQLite's
-        # defaults every publish and every take is a write transaction with its own fsyncs,
-        # and the worker, the beat and the API wait on each other's locks.
         path = settings.broker.removeprefix(EMBEDDED_BROKER)
-        app.conf.broker_transport_options = {"creator": partial(sqlite_connection, path)}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # kombu does not create it
+        # Our channel on kombu's SQL tables (broker.py): batched takes and publishes, a
+        # read-only poll when idle, the file in WAL like the job store.
+        app.conf.broker_url = f"sqlite:///{path}"
+        app.conf.broker_transport = broker.TRANSPORT
+        app.conf.broker_transport_options = {"polling_interval": settings.broker_poll_interval}
+    elif settings.broker.startswith("sqla+"):
+        app.steps["consumer"].add(SQLBrokerPolling)
     if settings.broker.startswith(("redis://", "rediss://", "redis+socket://")):
         app.conf.broker_transport_options = {
             # No ack emulation: a message leaves Redis when a worker takes it. Redelivering a

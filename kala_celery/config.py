@@ -85,7 +85,7 @@ class Settings:
     sent_events: bool = False
     # How often a worker asks a SQL broker (the embedded default) for messages, in seconds
     # (kombu's default is 1: one poll a second, at most a prefetch's worth of runs a second).
-    broker_poll_interval: float = 0.1
+    broker_poll_interval: float = 0.25
     # `serve`'s worker: Celery pool ("": threads, on every broker: its runs mostly wait on
     # their command and on the database) and slots (0: 32 threads, or one prefork process
     # per CPU).

@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import dispatch, parents, schedule
 from kala_celery.config import Settings
-from kala_celery.db import engine_of
+from kala_celery.db import begin_write, engine_of
 from kala_celery.models import (
     JOB_CELERY_TASK,
     PARENTS_ALL,
@@ -312,7 +312,7 @@ def claim(
     """started <- pending/sent (or <- started by a dead process on this host), counting the
     attempt about to start in the same UPDATE. Returns the run, its job (with
     last_attempted_run set by a first attempt) and, for a dependent run, its parent's state."""
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         row = conn.execute(_CLAIM, {"p_run": run_id, "p_me": me, "p_now": now}).first()
         if row is None:
             row = _claim_from_the_dead(conn, run_id, me, hostname, now)
@@ -359,7 +359,7 @@ def _claim_from_the_dead(
 def next_attempt(engine: Engine, run_id: str, job_id: str, me: str, now: datetime) -> int | None:
     """Count the failed attempt and the next one in one transaction; None when the run is no
     longer ours (the sweep gave up on it)."""
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         number = conn.scalar(_NEXT_ATTEMPT, {"p_run": run_id, "p_me": me, "p_now": now})
         if number is not None:
             conn.execute(_FAILED_ATTEMPT, {"p_job": job_id, "p_now": now})
@@ -384,7 +384,7 @@ def release(
         "p_error": outcome.error,
         "p_due": now + timedelta(seconds=wait),
     }
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         released = conn.execute(_RELEASE, params).rowcount == 1
         if released:
             conn.execute(_FAILED_ATTEMPT, {"p_job": job_id, "p_now": now})

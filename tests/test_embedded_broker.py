@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kala_celery import broker
 from kala_celery.celery_app import SQLBrokerPolling, make_celery
 from kala_celery.config import THREAD_SLOTS, ConfigError, Settings
 
@@ -20,7 +21,7 @@ def test_defaults_pick_threads_on_every_broker() -> None:
     redis = Settings(broker_url="redis://127.0.0.1:6379/0")
     assert not redis.embedded_broker
     assert (redis.serve_pool, redis.serve_concurrency) == ("threads", THREAD_SLOTS)
-    assert embedded.broker_poll_interval == 0.1
+    assert embedded.broker_poll_interval == 0.25
 
 
 @pytest.mark.parametrize(
@@ -62,11 +63,14 @@ def test_poll_interval_from_the_environment() -> None:
     assert round_trip.broker_poll_interval == 0.5
 
 
-def test_the_embedded_broker_file_is_wal_and_the_worker_polls_it(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data")
+def test_the_embedded_broker_file_is_wal_and_uses_our_channel(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", broker_poll_interval=0.4)
     app = make_celery(settings)
     try:
-        assert SQLBrokerPolling in app.steps["consumer"]
+        assert SQLBrokerPolling not in app.steps["consumer"]  # the option is read as usual
+        with app.connection_for_write() as connection:
+            assert isinstance(connection.transport, broker.Transport)
+            assert connection.transport.polling_interval == 0.4
         app.send_task("kala.run", args=["no-such-run"])  # a real publish into broker.db
     finally:
         app.close()
@@ -76,10 +80,17 @@ def test_the_embedded_broker_file_is_wal_and_the_worker_polls_it(tmp_path: Path)
         assert conn.execute("SELECT count(*) FROM kombu_message").fetchone()[0] == 1
 
 
+def test_another_sql_broker_gets_the_poll_step() -> None:
+    app = make_celery(Settings(broker_url="sqla+postgresql://127.0.0.1:1/x"))
+    try:
+        assert SQLBrokerPolling in app.steps["consumer"]
+    finally:
+        app.close()
+
+
 def test_a_redis_broker_gets_no_sql_poll_step() -> None:
     app = make_celery(Settings(broker_url="redis://127.0.0.1:1/0"))
     try:
         assert SQLBrokerPolling not in app.steps["consumer"]
     finally:
         app.close()
-

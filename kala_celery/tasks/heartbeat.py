@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine
 
-from kala_celery.db import DatabaseAway
+from kala_celery.db import DatabaseAway, begin_write
 from kala_celery.models import utcnow
 from kala_celery.runs import record_heartbeat
 
@@ -38,7 +38,7 @@ def _beat(engine: Engine, name: str) -> bool:
     with _lock:
         running = sorted(+_running)
     try:
-        with engine.begin() as conn:
+        with begin_write(engine) as conn:
             record_heartbeat(conn, name, now, running)
     except DatabaseAway as exc:
         log.debug("heartbeat of %s not written: %s", name, exc)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import schedule
 from kala_celery.config import Settings
-from kala_celery.db import DatabaseAway, engine_of
+from kala_celery.db import DatabaseAway, begin_write, engine_of
 from kala_celery.models import JOB_CELERY_TASK, JOB_REMOTE, utcnow
 from kala_celery.outcome import Outcome
 from kala_celery.runs import (
@@ -152,7 +152,7 @@ def execute_run(
         state: str, outcome: Outcome, *, failed_attempt: bool = False, untouched: bool = False
     ) -> Delivery:
         def write() -> list[str] | None:
-            with engine.begin() as conn:
+            with begin_write(engine) as conn:
                 return finish(
                     conn,
                     run,
