@@ -12,9 +12,7 @@ from werkzeug.serving import make_server
 from kala_celery.api import create_app
 from kala_celery.api.state import KalaState
 from kala_celery.config import Settings
-from tests.openapi_check import CheckedClient, checker_for
-
-API_PATHS = ("/api/v1", "/health", "/metrics")  # create_app's; the dashboard is not the API
+from tests.openapi_check import API_PATHS, CheckedClient, checker_for
 
 
 class LiveServer:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import gzip
 from datetime import UTC, datetime
 
-import httpx
 from flask import Flask
 from sqlalchemy import func, select
 
 from kala_celery.api import init_kala
 from kala_celery.config import Settings
 from kala_celery.models import Job, Run
+from tests import openapi_check as ours
 from tests.live import Api, LiveServer
 from tests.test_api_jobs import JSON_TYPE, count, future
 
@@ -268,7 +268,7 @@ def test_blueprint_mounts_in_another_app_under_another_prefix(db_url: str, tmp_p
     state = init_kala(app, Settings(database_url=db_url, data_dir=tmp_path), url_prefix="/kala")
     server = LiveServer(app)
     try:
-        with httpx.Client(base_url=server.url) as client:
+        with ours.client("/kala", health=None, metrics=None, base_url=server.url) as client:
             created = client.post("/kala/job/", json={"name": "x", "command": "true",
                                                       "schedule": f"R/{future()}/PT1H"})
             assert created.status_code == 201

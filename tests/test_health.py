@@ -16,6 +16,7 @@ import pytest
 from kala_celery.api import create_app
 from kala_celery.api.ops import Health
 from kala_celery.config import Settings
+from tests import openapi_check as ours
 from tests import servers
 from tests.live import LiveServer
 from tests.processes import Command, free_port, port_open, wait_for
@@ -34,7 +35,7 @@ def redis_on(port: int, tmp_path: Path, name: str) -> Command:
 
 def timed_get(url: str) -> tuple[httpx.Response, float]:
     began = time.monotonic()
-    response = httpx.get(url, timeout=30)
+    response = ours.get(url, timeout=30)
     return response, time.monotonic() - began
 
 
@@ -53,7 +54,7 @@ def test_health_goes_503_while_postgres_or_redis_is_down_and_200_when_back(
         assert response.status_code == 200, response.text
         assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
 
-        api = httpx.Client(base_url=f"{server.url}/api/v1",
+        api = ours.client(base_url=f"{server.url}/api/v1",
                            headers={"Authorization": "Bearer t0ken"}, timeout=30)
         assert api.get("/job/").status_code == 200
         pg.crash()
@@ -65,7 +66,7 @@ def test_health_goes_503_while_postgres_or_redis_is_down_and_200_when_back(
         assert [timed_get(health)[0].status_code for _ in range(2)] == [503, 503]
         assert [api.get("/job/").status_code for _ in range(3)] == [503, 503, 503]
         pg.start_again()
-        wait_for(lambda: httpx.get(health, timeout=30).status_code == 200, 30, "health 200")
+        wait_for(lambda: ours.get(health, timeout=30).status_code == 200, 30, "health 200")
         wait_for(lambda: api.get("/job/").status_code == 200, 30, "the API back")
         logged = [r.getMessage() for r in caplog.records]
         # one line when it went, one when it came back: not one per check or request
@@ -82,7 +83,7 @@ def test_health_goes_503_while_postgres_or_redis_is_down_and_200_when_back(
             "status": "unavailable", "database": "ok", "broker": "-"}
         assert response.json()["broker"].startswith("unavailable")
         redis = redis_on(port, tmp_path, "redis-b")
-        wait_for(lambda: httpx.get(health, timeout=30).status_code == 200, 30, "health 200")
+        wait_for(lambda: ours.get(health, timeout=30).status_code == 200, 30, "health 200")
     finally:
         server.stop()
         redis.stop(signal.SIGTERM)

@@ -4,12 +4,14 @@ its limits), and the checker that holds every test's responses to it can fail.""
 from __future__ import annotations
 
 import pytest
+from flask import Flask
 from openapi_spec_validator import validate
 
 from kala_celery import limits
 from kala_celery.api.openapi import OPERATIONS, document
 from kala_celery.api.routes import ROUTES
-from tests.live import Api
+from tests import openapi_check as ours
+from tests.live import Api, LiveServer
 from tests.openapi_check import NonConforming, check, checker_for
 
 
@@ -24,9 +26,8 @@ def test_the_document_is_valid_openapi_3_1_and_names_every_route() -> None:
             if path.endswith("/"):  # the slash-less form redirects (Decision 1)
                 redirect = doc["paths"][path.rstrip("/")][method.lower()]["responses"]
                 assert set(redirect) >= ({"301"} if method == "GET" else {"308"})
-    # every route has its operation; the previews' (issue 15) wait for their routes' merge
-    assert set(OPERATIONS) - {view.__name__ for _rule, _methods, view in ROUTES} <= {
-        "job_next", "schedule_preview"}
+    # every route has its operation and every operation its route
+    assert set(OPERATIONS) == {view.__name__ for _rule, _methods, view in ROUTES}
     assert {"/health", "/metrics"} <= set(doc["paths"])
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
@@ -93,6 +94,31 @@ def test_the_checker_passes_kala_shapes() -> None:
     check(checker, "PATCH", "/api/v1/job/x/", 405, "application/json", b'{"error": "no"}')
     check(checker, "GET", "/api/v1/job/stats/x/", 200, "application/json",
           b'{"job_stats": null}')
+
+
+def test_the_checked_clients_refuse_a_server_that_does_not_conform() -> None:
+    """What the HTTP tests use instead of bare httpx (`ours.get`, `ours.client`) checks the
+    API's paths of the app as mounted, streamed responses too, and leaves other paths alone."""
+    app = Flask("not-kala")
+    for path in ("/api/v1/stats/", "/kala/stats/", "/webui/"):
+        app.add_url_rule(path, path, lambda: "<p>stats</p>")  # text/html, not the document's
+    server = LiveServer(app)
+    try:
+        with pytest.raises(NonConforming, match="content type"):
+            ours.get(f"{server.url}/api/v1/stats/")
+        with ours.client(base_url=server.url) as client:
+            with pytest.raises(NonConforming, match="content type"):
+                client.get("/api/v1/stats/")
+            with pytest.raises(NonConforming, match="content type"), client.stream(
+                    "GET", "/api/v1/stats/"):
+                pass
+            assert client.get("/webui/").status_code == 200  # the dashboard: not the API
+        with ours.client("/kala", health=None, metrics=None, base_url=server.url) as client:
+            with pytest.raises(NonConforming, match="content type"):
+                client.get("/kala/stats/")
+            assert client.get("/api/v1/stats/").status_code == 200  # not this app's API
+    finally:
+        server.stop()
 
 
 def test_the_dashboard_links_the_document(api: Api) -> None:

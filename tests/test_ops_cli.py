@@ -11,13 +11,13 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import text
 
 from kala_celery.db import init_schema, make_engine
 from kala_celery.models import utcnow
 from kala_celery.runs import record_heartbeat
+from tests import openapi_check as ours
 from tests.processes import Command, free_port, port_open, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -99,15 +99,15 @@ def test_every_api_process_reports_the_same_metrics(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
 
     def active() -> float:
-        body = httpx.get(f"{base}/metrics", timeout=10).text
+        body = ours.get(f"{base}/metrics", timeout=10).text
         [family] = [f for f in text_string_to_metric_families(body) if f.name == "kala_jobs"]
         return next(s.value for s in family.samples if s.labels["state"] == "active")
 
     try:
-        wait_for(lambda: port_open(port) and httpx.get(f"{base}/health", timeout=10)
+        wait_for(lambda: port_open(port) and ours.get(f"{base}/health", timeout=10)
                  .status_code == 200, 60, "the API")
         for n in range(6):
-            created = httpx.post(f"{base}/api/v1/job/", json={
+            created = ours.post(f"{base}/api/v1/job/", json={
                 "name": f"j{n}", "command": "true", "schedule": f"R/{future()}/PT1H"})
             assert created.status_code == 201, created.text
         assert [active() for _ in range(8)] == [6.0] * 8

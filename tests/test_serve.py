@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import openapi_check as ours
 from tests.processes import Command, free_port, port_open, wait_for
 from tests.test_api_jobs import future
 
@@ -20,7 +21,7 @@ def answers(port: int) -> bool:
     if not port_open(port):
         return False
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/api/v1/stats/", timeout=5).status_code == 200
+        return ours.get(f"http://127.0.0.1:{port}/api/v1/stats/", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -56,7 +57,7 @@ def test_kala_client_session_matches_kala_byte_for_byte(served) -> None:
     base, _command = served
     start = future()
     schedule = f"R5/{start}/PT1H"
-    with httpx.Client(base_url=f"{base}/api/v1", headers={"Accept-Encoding": "gzip"}) as kala:
+    with ours.client(base_url=f"{base}/api/v1", headers={"Accept-Encoding": "gzip"}) as kala:
         body = {"name": "nightly", "command": "echo <hi> & bye", "owner": "ops@example.com",
                 "schedule": schedule, "retries": 2, "epsilon": "PT5S"}
         created = kala.post("/job/", json=body)
@@ -107,16 +108,16 @@ def alive(pid: int) -> bool:
 
 def test_a_job_created_with_curl_runs_on_the_embedded_default(served) -> None:
     base, _command = served
-    created = httpx.post(f"{base}/api/v1/job/", json={"name": "hi", "command": "echo hi"})
+    created = ours.post(f"{base}/api/v1/job/", json={"name": "hi", "command": "echo hi"})
     job_id = created.json()["id"]
 
     def succeeded() -> dict | None:
-        job = httpx.get(f"{base}/api/v1/job/{job_id}/").json()["job"]
+        job = ours.get(f"{base}/api/v1/job/{job_id}/").json()["job"]
         return job if job["metadata"]["success_count"] == 1 else None
 
     job = wait_for(succeeded, 60, "the one-off job to run")
     assert job["is_done"] is True
-    runs = httpx.get(f"{base}/api/v1/job/{job_id}/executions/").json()["job_stats"]
+    runs = ours.get(f"{base}/api/v1/job/{job_id}/executions/").json()["job_stats"]
     assert [(r["status"], r["output"]) for r in runs] == [("Success", "hi")]
 
 
@@ -152,11 +153,11 @@ def test_api_runs_several_workers_and_logs_requests_only_when_asked(
         base = f"http://127.0.0.1:{port}/api/v1"
         ids = set()
         for n in range(12):  # new connections: the workers share them
-            created = httpx.post(f"{base}/job/", json={"name": f"j{n}", "command": "true",
+            created = ours.post(f"{base}/job/", json={"name": f"j{n}", "command": "true",
                                                       "schedule": f"R/{future()}/PT1H"})
             assert created.status_code == 201, created.text
             ids.add(created.json()["id"])
-        assert set(httpx.get(f"{base}/job/").json()["jobs"]) == ids
+        assert set(ours.get(f"{base}/job/").json()["jobs"]) == ids
     finally:
         assert command.stop() == 0, command.output()
     logged = '"POST /api/v1/job/ HTTP/1.1" 201' in command.output()

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from flask import Flask, request
 
+from tests import openapi_check as ours
 from tests.live import LiveServer
 from tests.processes import Command, free_port, wait_for
 from tests.test_flower import Flower
@@ -39,7 +40,7 @@ class Topology:
         self.logs = logs
         self.stack = stack
         self.api_port = free_port()
-        self.http = httpx.Client(
+        self.http = ours.client(
             base_url=f"http://127.0.0.1:{self.api_port}/api/v1",
             headers={"Authorization": f"Bearer {env['KALA_API_TOKEN']}"},
             timeout=30,
@@ -136,7 +137,7 @@ def test_compose_topology_runs_every_occurrence_exactly_once(topology_env, hook,
         # The API first: it creates the schema (concurrent create_all races on PostgreSQL;
         # compose starts beat and worker after the API is healthy for the same reason).
         api = top.api()
-        assert httpx.get(f"{top.http.base_url}stats/", timeout=10).status_code == 401
+        assert ours.get(f"{top.http.base_url}stats/", timeout=10).status_code == 401
         beats = [top.beat(1), top.beat(2)]
         workers = [top.worker("topo-w1"), top.worker("topo-w2")]
         flower = top.flower(flower_auth)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from selenium.common.exceptions import StaleElementReferenceException
 
+from tests import openapi_check as ours
 from tests.browser import Browser, start_browser
 from tests.processes import Command, free_port, port_open, wait_for
 from tests.test_api_jobs import future
@@ -26,7 +27,7 @@ def _answers(port: int, headers: dict[str, str] | None = None) -> bool:
         return False
     try:
         url = f"http://127.0.0.1:{port}/api/v1/stats/"
-        return httpx.get(url, headers=headers, timeout=5).status_code == 200
+        return ours.get(url, headers=headers, timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -94,7 +95,7 @@ def _job_id(browser: Browser) -> str:
 
 
 def test_a_job_created_over_the_api_appears_in_the_list(on_served: Browser, served: str) -> None:
-    job_id = httpx.post(f"{served}/api/v1/job/", json={
+    job_id = ours.post(f"{served}/api/v1/job/", json={
         "name": "nightly report from the API", "command": "true", "owner": "ops@example.com",
         "schedule": f"R2/{future(7200)}/PT1H"}).json()["id"]
     b = on_served
@@ -205,7 +206,7 @@ def test_a_remote_job_made_with_the_form_runs(on_served: Browser, hook: str) -> 
 def test_a_bad_schedule_shows_the_servers_reason_and_stores_nothing(
     on_served: Browser, served: str
 ) -> None:
-    before = set(httpx.get(f"{served}/api/v1/job/").json()["jobs"])
+    before = set(ours.get(f"{served}/api/v1/job/").json()["jobs"])
     b = on_served
     b.open("/webui/new")
     b.fill("Name", "never stored")
@@ -223,7 +224,7 @@ def test_a_bad_schedule_shows_the_servers_reason_and_stores_nothing(
         "the start time is in the past" in alert
     assert b.field("Name").get_attribute("value") == "never stored"  # the form keeps the input
     b.shot("form-refused")
-    assert set(httpx.get(f"{served}/api/v1/job/").json()["jobs"]) == before
+    assert set(ours.get(f"{served}/api/v1/job/").json()["jobs"]) == before
 
 
 def test_the_form_previews_a_cron_while_it_is_typed(on_served: Browser) -> None:
@@ -238,17 +239,17 @@ def test_the_form_previews_a_cron_while_it_is_typed(on_served: Browser) -> None:
 
 
 def test_delete_asks_first(on_served: Browser, served: str) -> None:
-    job_id = httpx.post(f"{served}/api/v1/job/", json={
+    job_id = ours.post(f"{served}/api/v1/job/", json={
         "name": "to be deleted", "command": "true", "schedule": f"R/{future()}/PT1H"}).json()["id"]
     b = on_served
     b.open(f"/webui/job/{job_id}/")
     b.click("Delete")
     assert "Delete this job?" in b.text()
     b.shot("delete-confirm")
-    assert httpx.get(f"{served}/api/v1/job/{job_id}/").status_code == 200
+    assert ours.get(f"{served}/api/v1/job/{job_id}/").status_code == 200
     b.click("Delete")
     b.wait_text("Deleted 1 job.")
-    assert httpx.get(f"{served}/api/v1/job/{job_id}/").status_code == 404
+    assert ours.get(f"{served}/api/v1/job/{job_id}/").status_code == 404
 
 
 def test_stats_page(on_served: Browser) -> None:
@@ -261,7 +262,7 @@ def test_stats_page(on_served: Browser) -> None:
 
 def test_with_a_token_the_pages_need_it(browser: Browser, guarded: str) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    job_id = httpx.post(f"{guarded}/api/v1/job/", headers=auth, json={
+    job_id = ours.post(f"{guarded}/api/v1/job/", headers=auth, json={
         "name": "guarded job", "command": "true", "schedule": f"R/{future()}/PT1H"}).json()["id"]
     b = browser
     b.switch(guarded)

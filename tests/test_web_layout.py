@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from kala_celery.api import create_app
 from kala_celery.config import Settings
+from tests import openapi_check as ours
 from tests.browser import SHOTS, Browser, start_browser
 from tests.live import LiveServer
 from tests.test_api_jobs import future
@@ -32,16 +32,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     insert_jobs(state.engine, 10_000)
     server = LiveServer(app)
     api = f"{server.url}/api/v1"
-    parent = httpx.post(f"{api}/job/", json={
+    parent = ours.post(f"{api}/job/", json={
         "name": LONG_NAME, "owner": LONG_OWNER, "command": "bash -c 'for i in $(seq 1 200); "
         "do echo line $i of a long output; done'", "schedule": f"R/{future()}/PT15M",
         "timezone": "America/New_York", "epsilon": "PT1M", "retries": 2,
         "retry_delay": "PT30S", "retry_backoff": True, "run_timeout": "PT10M",
         "queue": "long-running"}).json()["id"]
-    child = httpx.post(f"{api}/job/", json={
+    child = ours.post(f"{api}/job/", json={
         "name": "a dependent job with a long name " * 3, "command": "true",
         "parent_jobs": [parent]}).json()["id"]
-    remote = httpx.post(f"{api}/job/", json={
+    remote = ours.post(f"{api}/job/", json={
         "name": "remote hook", "type": 1, "schedule": f"R5/{future()}/P1D",
         "remote_properties": {"url": "https://example.com/" + "a-long-path/" * 12,
                               "method": "POST", "body": '{"x": 1}',
