@@ -64,7 +64,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,  # outcomes live in the runs table
-        worker_send_task_events=True,  # Flower sees runs
+        worker_send_task_events=settings.task_events,  # Flower turns them on when it runs
         task_send_sent_event=settings.sent_events,
         broker_connection_retry_on_startup=True,
         beat_scheduler="kala_celery.beat:KalaScheduler",

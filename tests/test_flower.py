@@ -59,6 +59,20 @@ class Flower:
 
         return wait_for(seen, timeout, f"flower sees worker {name_prefix}*")
 
+    def wait_task_events(self, api, timeout: float = 45) -> None:
+        """Task events are off in workers until Flower turns them on (its enable_events,
+        every few seconds): start a probe job until Flower has seen one of its runs."""
+        probe = api.create(name="flower probe", command="true",
+                           schedule="R/2099-01-01T00:00:00Z/PT1H")
+
+        def seen() -> bool:
+            assert api.http.post(f"/job/start/{probe}/").status_code == 204
+            response = self.get("/api/tasks", taskname="kala: flower probe")
+            return response is not None and response.status_code == 200 and bool(
+                response.json())
+
+        wait_for(seen, timeout, "flower to see task events")
+
     def task(self, task_id: str, state: str = "SUCCESS", timeout: float = 30) -> dict:
         """Flower's record of a task once it reached `state`."""
         def reached() -> dict | None:
@@ -85,6 +99,7 @@ def test_flower_shows_a_finished_run_by_job_name(cluster, tmp_path) -> None:
         assert httpx.get(f"{flower.url}/api/tasks", timeout=10).status_code == 401
         worker_name = flower.wait_worker_seen("w0-")
         api = cluster.api
+        flower.wait_task_events(api)
         job_id = api.create(name="nightly report", command="echo seen by flower")
         [run] = finished(api, job_id)
         assert run["status"] == "Success"
@@ -116,6 +131,7 @@ def test_flower_shows_a_failed_run_as_failure_and_its_skipped_dependent_too(
         flower.wait_ready()
         flower.wait_worker_seen("w0-")
         api = cluster.api
+        flower.wait_task_events(api)
         parent = api.create(name="broken", command="sh -c 'echo disk full >&2; exit 3'",
                             schedule="R/2099-01-01T00:00:00Z/PT1H")
         child = api.create(name="after broken", command="true", parent_jobs=[parent])

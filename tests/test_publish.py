@@ -177,3 +177,17 @@ def test_sent_events_setting_from_the_environment() -> None:
     assert Settings.from_env({}).sent_events is False
     assert Settings.from_env({"KALA_SENT_EVENTS": "true"}).sent_events is True
     assert Settings(sent_events=True).to_env()["KALA_SENT_EVENTS"] == "true"
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_task_events_follow_the_setting(enabled) -> None:
+    """Off by default, as in Celery (Flower turns them on while it runs: tests/test_flower.py)."""
+    env = {"KALA_TASK_EVENTS": "true"} if enabled else {}
+    settings = Settings.from_env(env)
+    assert settings.task_events is enabled
+    assert Settings.from_env(settings.to_env()).task_events is enabled
+    app = make_celery(settings)
+    try:
+        assert app.conf.worker_send_task_events is enabled
+    finally:
+        app.close()
