@@ -128,7 +128,8 @@ def run_schemathesis(server: Server, report_dir: Path, *, max_examples: int, see
     args = [
         sys.executable, "-c", "import sys; from schemathesis.cli import schemathesis; "
         "sys.argv[0] = 'schemathesis'; sys.exit(schemathesis())",
-        "--config-file", str(CHECKS_CONFIG), "run", f"{server.base_url}/api/v1/openapi.json", "--url", server.base_url,
+        "--config-file", str(CHECKS_CONFIG),
+        "run", f"{server.base_url}/api/v1/openapi.json", "--url", server.base_url,
         "--max-examples", str(max_examples), "--seed", str(seed), "--phases", phases,
         "--request-timeout", "30", "--no-color", "--workers", "1",
         "--report", "json", "--report-dir", str(report_dir),
