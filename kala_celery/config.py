@@ -87,8 +87,9 @@ class Settings:
     # Off, as in Celery: Flower turns them on in every worker while it runs (its
     # enable_events); on, they cost about a quarter of a worker's CPU per run on Redis.
     task_events: bool = False
-    # How often a worker asks a SQL broker (the embedded default) for messages, in seconds
-    # (kombu's default is 1: one poll a second, at most a prefetch's worth of runs a second).
+    # Seconds a worker waits between polls of a SQL broker when nothing wakes it: on the
+    # embedded default each publish wakes it at once (broker.py), so this is a backstop; on
+    # another SQL broker it is the delay before a run is seen (kombu's default is 1 s).
     broker_poll_interval: float = 0.25
     # `serve`'s worker: Celery pool ("": threads, on every broker: its runs mostly wait on
     # their command and on the database) and slots (0: 32 threads, or one prefork process
