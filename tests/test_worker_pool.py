@@ -32,3 +32,38 @@ def test_a_worker_sizes_the_pool_for_its_threads(tmp_path: Path, pool: str, conc
     app = make_celery(settings)
     app.WorkController(pool_cls=pool, concurrency=concurrency)  # sends worker_init
     assert db.make_engine(PG).pool.size() == size
+
+
+def test_a_sized_worker_sizes_its_sqlite_engine_too(tmp_path: Path) -> None:
+    db.size_pools_for(32)
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'kala.db'}")
+    try:
+        assert engine.pool.size() == 34
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_writes_of_one_process_take_turns(tmp_path: Path) -> None:
+    """db.begin_write holds the file's lock in the process for the whole transaction (so the
+    threads queue on it, not in SQLite's busy handler); other databases get no lock."""
+    url = f"sqlite:///{tmp_path / 'kala.db'}"
+    engine, other = db.make_engine(url), db.make_engine(url)  # two engines, one file
+    try:
+        with db.begin_write(engine) as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+            lock = db._write_locks[url]
+            assert not lock.acquire(blocking=False)  # a second writer here would wait
+        assert lock.acquire(blocking=False)  # released with the transaction
+        lock.release()
+        with db.begin_write(other) as conn:  # the same file from another engine: same lock
+            assert db._write_locks[url].locked()
+            conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        with pytest.raises(RuntimeError), db.begin_write(engine) as conn:
+            conn.exec_driver_sql("INSERT INTO t VALUES (2)")
+            raise RuntimeError("a failed transaction")
+        assert not lock.locked()
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT x FROM t").scalars().all() == [1]
+    finally:
+        engine.dispose()
+        other.dispose()
