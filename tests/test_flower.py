@@ -59,19 +59,26 @@ class Flower:
 
         return wait_for(seen, timeout, f"flower sees worker {name_prefix}*")
 
-    def wait_task_events(self, api, timeout: float = 45) -> None:
+    def wait_task_events(self, http: httpx.Client, workers: set[str] | None = None,
+                         timeout: float = 45) -> None:
         """Task events are off in workers until Flower turns them on (its enable_events,
-        every few seconds): start a probe job until Flower has seen one of its runs."""
-        probe = api.create(name="flower probe", command="true",
-                           schedule="R/2099-01-01T00:00:00Z/PT1H")
+        every few seconds): start a probe job (through the API client `http`) until Flower
+        has seen its runs from every worker named in `workers` (any one if None); then
+        delete the probe, so the test's own counts are untouched."""
+        response = http.post("/job/", json={"name": "flower probe", "command": "true",
+                                            "schedule": "R/2099-01-01T00:00:00Z/PT1H"})
+        assert response.status_code == 201, response.text
+        probe = response.json()["id"]
 
         def seen() -> bool:
-            assert api.http.post(f"/job/start/{probe}/").status_code == 204
-            response = self.get("/api/tasks", taskname="kala: flower probe")
-            return response is not None and response.status_code == 200 and bool(
-                response.json())
+            assert http.post(f"/job/start/{probe}/").status_code == 204
+            listed = self.get("/api/tasks", taskname="kala: flower probe")
+            if listed is None or listed.status_code != 200 or not listed.json():
+                return False
+            return workers is None or workers <= {t["worker"] for t in listed.json().values()}
 
-        wait_for(seen, timeout, "flower to see task events")
+        wait_for(seen, timeout, f"flower to see task events from {workers or 'a worker'}")
+        assert http.delete(f"/job/{probe}/").status_code == 204
 
     def task(self, task_id: str, state: str = "SUCCESS", timeout: float = 30) -> dict:
         """Flower's record of a task once it reached `state`."""
@@ -99,7 +106,7 @@ def test_flower_shows_a_finished_run_by_job_name(cluster, tmp_path) -> None:
         assert httpx.get(f"{flower.url}/api/tasks", timeout=10).status_code == 401
         worker_name = flower.wait_worker_seen("w0-")
         api = cluster.api
-        flower.wait_task_events(api)
+        flower.wait_task_events(api.http)
         job_id = api.create(name="nightly report", command="echo seen by flower")
         [run] = finished(api, job_id)
         assert run["status"] == "Success"
@@ -131,7 +138,7 @@ def test_flower_shows_a_failed_run_as_failure_and_its_skipped_dependent_too(
         flower.wait_ready()
         flower.wait_worker_seen("w0-")
         api = cluster.api
-        flower.wait_task_events(api)
+        flower.wait_task_events(api.http)
         parent = api.create(name="broken", command="sh -c 'echo disk full >&2; exit 3'",
                             schedule="R/2099-01-01T00:00:00Z/PT1H")
         child = api.create(name="after broken", command="true", parent_jobs=[parent])
