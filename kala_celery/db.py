@@ -84,7 +84,8 @@ def begin_write(engine: Engine) -> Iterator[Connection]:
     API) still meet the busy handler, rarely."""
     lock = nullcontext()
     if engine.dialect.name == "sqlite":
-        lock = _write_locks.setdefault(str(engine.url), threading.Lock())
+        key = str(engine.url)
+        lock = _write_locks.get(key) or _write_locks.setdefault(key, threading.Lock())
     with lock, engine.begin() as conn:
         yield conn
 
