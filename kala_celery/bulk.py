@@ -4,7 +4,8 @@ PostgreSQL gets each column as one array parameter (`unnest`, `= ANY`): a 500-ro
 one short statement with a handful of parameters, which psycopg parses once and PostgreSQL
 plans once. A multi-row VALUES or an IN list of 500 placeholders costs more to parse in
 psycopg than to run, and executemany is one statement per row. SQLite gets executemany and
-IN lists, which sqlite3 runs in C.
+IN lists, which sqlite3 runs in C. A batch of at most `FEW` rows gets the plain statement on
+both: SQLAlchemy caches its compiled form, while the array form is built per call.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnClause
 from sqlalchemy.sql.selectable import TableValuedAlias
 from sqlalchemy.types import TypeEngine
+
+
+# Up to this many rows, a batch statement is the plain one (executemany, a VALUES list): the
+# array form is built per call, which costs more than a few rows' parameters save.
+FEW = 8
 
 
 def is_postgresql(session: Session) -> bool:
@@ -63,11 +69,12 @@ def unnest(columns: dict[str, tuple[Sequence[Any], TypeEngine[Any]]]) -> TableVa
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert `rows` (dicts with the same keys) in one statement on PostgreSQL; a column
-    with the same value in every row is one scalar parameter instead of an array."""
+    """Insert `rows` (dicts with the same keys) in one statement on PostgreSQL; past `FEW`
+    rows, from arrays, where a column with the same value in every row is one scalar
+    parameter instead of an array."""
     if not rows:
         return
-    if not is_postgresql(session):
+    if len(rows) <= FEW or not is_postgresql(session):
         session.execute(insert(table), list(rows))
         return
     first = rows[0]

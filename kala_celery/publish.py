@@ -16,7 +16,7 @@ pending for the beat's own retry and sweep, instead of blocking the beat.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from celery import Celery, chain
@@ -154,13 +154,20 @@ class CeleryPublisher:
                     chained.update(row[0] for row in rest)
         return roots, links
 
-    def publish_ids(self, run_ids: Iterable[str]) -> list[str]:
+    def publish_ids(
+        self, run_ids: Iterable[str], known: Mapping[str, tuple] | None = None
+    ) -> list[str]:
         """Send the pending runs among `run_ids` (each with its dependents' runs, as a chain)
-        on one producer; returns the ids of every run sent."""
+        on one producer; returns the ids of every run sent. `known`: runs the caller has just
+        recorded without dependents, each with its message's (run id, None, job id, job
+        name, queue), sent without reading them back (the beat's claim gives these)."""
         ids = list(run_ids)
         if not ids:
             return []
-        roots, links = self._pending(ids)
+        known = known or {}
+        unknown = [run_id for run_id in ids if run_id not in known]
+        roots, links = self._pending(unknown) if unknown else ([], {})
+        roots += [tuple(known[run_id]) for run_id in dict.fromkeys(ids) if run_id in known]
         sent: list[str] = []
         declared: set[str | None] = set()
         sent_event = bool(self.celery.conf.task_send_sent_event)

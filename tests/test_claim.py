@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from kala_celery import jobs
-from kala_celery.beat.claim import claim_batch
+from kala_celery.beat.claim import claim_batch, claim_due
 from kala_celery.db import init_schema, make_engine, make_sessionmaker
 from kala_celery.models import Job, Run, utcnow
 
@@ -90,4 +90,32 @@ def test_a_claim_counts_the_occurrences_it_coalesces_or_skips(db_url) -> None:
         runs = session.scalars(select(Run.scheduled_for)).all()
     assert missed == {"coalesced": 10, "skipped": 11}
     assert runs == [start + timedelta(seconds=10)]  # one catch-up run, for the latest
+    engine.dispose()
+
+
+def test_a_claim_says_what_each_run_without_dependents_sends(db_url) -> None:
+    """The publisher sends these without reading them back; a run with dependents is left
+    to it (its chain is read from the database)."""
+    engine = make_engine(db_url)
+    init_schema(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        made = {}
+        for name, queue in (("alone", "q-a"), ("parent", None)):
+            body = {"name": name, "command": "true", "schedule": f"R/{FAR}/PT1H"}
+            if queue:
+                body["queue"] = queue
+            made[name], _ = jobs.create_job(session, body, jobs.Rules(), utcnow())
+        jobs.create_job(session, {"name": "child", "command": "true",
+                                  "parent_jobs": [made["parent"].id]}, jobs.Rules(), utcnow())
+        session.execute(update(Job).where(Job.id.in_([j.id for j in made.values()]))
+                        .values(next_run_at=utcnow() - timedelta(seconds=1)))
+    with sessions.begin() as session:
+        claimed = claim_due(session, utcnow(), BATCH, "UTC")
+    with sessions() as session:
+        root_of = dict(session.execute(select(Run.job_id, Run.id)
+                                       .where(Run.root_run_id.is_(None))).all())
+    alone, parent = root_of[made["alone"].id], root_of[made["parent"].id]
+    assert sorted(claimed.run_ids) == sorted([alone, parent])
+    assert claimed.alone == {alone: (alone, None, made["alone"].id, "alone", "q-a")}
     engine.dispose()

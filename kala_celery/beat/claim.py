@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import and_, bindparam, exists, func, not_, or_, select, update
 from sqlalchemy.orm import Session
@@ -108,45 +109,72 @@ def _drop(parsed: occurrences.Parsed, due: datetime, now: datetime) -> Advance:
     return Advance(None, occurrences.after(parsed, now), skipped=max(passed, 1))
 
 
-def _in_flight():
-    return exists().where(Run.job_id == Job.id, Run.state.in_(IN_FLIGHT))
-
-
-def claimable(now: datetime):
-    """Due, enabled, and (unless its overlap policy is allow or skip) with no run in flight
-    (docs/design.md Decisions 6, 21)."""
-    return and_(
-        Job.next_run_at.is_not(None),
-        Job.next_run_at <= now,
-        not_(Job.disabled),
-        or_(Job.allow_overlap, Job.overlap == "skip", not_(_in_flight())),
+_jobs = Job.__table__
+_IN_FLIGHT = exists().where(Run.job_id == _jobs.c.id, Run.state.in_(IN_FLIGHT))
+_NOW = bindparam("b_now", type_=_jobs.c.next_run_at.type)
+# Due, enabled, and (unless its overlap policy is allow or skip) with no run in flight
+# (docs/design.md Decisions 6, 21); not a dependent (those run in their parents' chains).
+# Built once: building it cost a millisecond a claim, more than running it.
+_DUE = (
+    select(
+        _jobs.c.id,
+        _jobs.c.name,
+        _jobs.c.next_run_at,
+        _jobs.c.schedule,
+        _jobs.c.cron,
+        _jobs.c.timezone,
+        _jobs.c.runs_used,
+        _jobs.c.resume_at_next_scheduled_time,
+        _jobs.c.queue,
+        and_(_jobs.c.overlap == "skip", _IN_FLIGHT).label("busy"),
+        exists().where(JobLink.parent_id == _jobs.c.id).label("has_children"),
     )
+    .where(
+        _jobs.c.next_run_at.is_not(None),
+        _jobs.c.next_run_at <= _NOW,
+        not_(_jobs.c.disabled),
+        or_(_jobs.c.allow_overlap, _jobs.c.overlap == "skip", not_(_IN_FLIGHT)),
+        ~exists().where(JobLink.child_id == _jobs.c.id),
+    )
+    .order_by(_jobs.c.next_run_at)
+    .limit(bindparam("b_limit"))
+    .with_for_update(skip_locked=True, of=_jobs)
+)
+
+
+class Outgoing(NamedTuple):
+    """A run just recorded for a due job without dependents: what its message needs, so the
+    publisher need not read the run back (Job.name is the task's shadow name)."""
+
+    run_id: str
+    root_run_id: None
+    job_id: str
+    name: str
+    queue: str | None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What a claim recorded: every root run id, and the message of each run that is alone
+    (the rest, chains of dependents, the publisher reads from the database)."""
+
+    run_ids: list[str]
+    alone: dict[str, Outgoing]
 
 
 def claim_batch(session: Session, now: datetime, limit: int, default_tz: str) -> list[str]:
     """Claim up to `limit` due jobs in the caller's transaction; returns the root run ids."""
+    return claim_due(session, now, limit, default_tz).run_ids
+
+
+def claim_due(session: Session, now: datetime, limit: int, default_tz: str) -> Claimed:
+    """claim_batch, also saying what each claimed run without dependents sends."""
     bulk.lock_for_write(session)  # SQLite; PostgreSQL locks the rows (SKIP LOCKED) instead
-    due = session.execute(
-        select(
-            Job.id,
-            Job.name,
-            Job.next_run_at,
-            Job.schedule,
-            Job.cron,
-            Job.timezone,
-            Job.runs_used,
-            Job.resume_at_next_scheduled_time,
-            and_(Job.overlap == "skip", _in_flight()).label("busy"),
-            exists().where(JobLink.parent_id == Job.id).label("has_children"),
-        )
-        .where(claimable(now), ~exists().where(JobLink.child_id == Job.id))
-        .order_by(Job.next_run_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=Job.__table__)
-    ).all()
+    due = session.connection().execute(_DUE, {"b_now": now, "b_limit": limit}).all()
     steps: list[tuple[str, datetime, Advance, bool]] = []
     parents = [row[0] for row in due if row[-1]]
-    for job_id, name, old, text, cron_text, zone, runs_used, resume, busy, _ in due:
+    alone = {row[0]: (row[1], row[8]) for row in due if not row[-1]}  # name, queue
+    for job_id, name, old, text, cron_text, zone, runs_used, resume, _, busy, _ in due:
         try:
             parsed = occurrences.parse(text, cron_text, zone, default_tz)
             step = advance(parsed, old, runs_used, now, resume, bool(busy))
@@ -164,9 +192,15 @@ def claim_batch(session: Session, now: datetime, limit: int, default_tz: str) ->
     ]
     # Dependents are looked up only below the claimed jobs that have any (most have none).
     children = dispatch.children_by_parent(session, parents) if parents else {}
-    return dispatch.record_trees(
+    run_ids = dispatch.record_trees(
         session, roots, trigger="schedule", now=now, count=False, children=children
     )
+    messages = {}
+    for (job_id, _when), run_id in zip(roots, run_ids, strict=True):
+        if job_id in alone:
+            name, queue = alone[job_id]
+            messages[run_id] = Outgoing(run_id, None, job_id, name, queue)
+    return Claimed(run_ids, messages)
 
 
 _MOVE = (
@@ -217,7 +251,8 @@ def _move(session: Session, steps: list[tuple[str, datetime, Advance, bool]]) ->
 
     The rows are locked by this transaction (PostgreSQL: FOR UPDATE; SQLite: the database's
     write lock, taken before they were read), so every step takes effect: PostgreSQL gets
-    one UPDATE ... FROM unnest(...), SQLite one executemany.
+    one UPDATE ... FROM unnest(...) for more than `bulk.FEW` jobs; SQLite, and a few jobs,
+    one executemany of a statement built once.
     """
     params = [
         {
@@ -233,7 +268,7 @@ def _move(session: Session, steps: list[tuple[str, datetime, Advance, bool]]) ->
     ]
     if not params:
         return []
-    if bulk.is_postgresql(session):
+    if bulk.is_postgresql(session) and len(params) > bulk.FEW:
         session.execute(_move_all(params))
     else:
         session.execute(_MOVE, params)

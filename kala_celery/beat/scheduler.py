@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
@@ -22,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import runs
-from kala_celery.beat.claim import claim_batch, next_due
+from kala_celery.beat.claim import Outgoing, claim_due, next_due
 from kala_celery.celery_app import settings_of
 from kala_celery.db import Store, read_sessions, store_for
 from kala_celery.jobs import Rules, rearm
@@ -51,6 +52,7 @@ class KalaScheduler(Scheduler):
         self._failures = 0
         self._db_up_since: float | None = None  # monotonic time of the first good tick
         self._unsent: list[str] = []
+        self._waking_for: datetime | None = None  # the due time the last tick slept until
         self._broker_retry_at = 0.0
         self._broker_failures = 0
         self._default_tz = "UTC"
@@ -115,12 +117,17 @@ class KalaScheduler(Scheduler):
         assert self._store is not None and self._publisher is not None
         if self._db_up_since is None:
             self._db_up_since = time.monotonic()
-        with self._reads() as session:  # an idle tick is this one query
-            upcoming = next_due(session)
+        upcoming = self._waking_for
+        if upcoming is None or upcoming > now:
+            with self._reads() as session:  # an idle tick is this one query
+                upcoming = next_due(session)
+        # else: this tick is the wake-up for a due time the last one found; claiming at once
+        # saves a round trip (a job deleted or moved meanwhile is simply not claimed)
         if upcoming is not None and upcoming <= now:
             self._drain(now)
             with self._reads() as session:  # due jobs left are busy: not before
                 upcoming = next_due(session, after=utcnow())
+        self._waking_for = upcoming
         if self._unsent and time.monotonic() >= self._broker_retry_at:
             self._publish([])  # the broker refused them last time
         if time.monotonic() >= self._next_sweep:
@@ -142,25 +149,27 @@ class KalaScheduler(Scheduler):
         try:
             while True:
                 with self._store.sessions.begin() as session:
-                    runs = claim_batch(session, now, BATCH, self._default_tz)
+                    claimed = claim_due(session, now, BATCH, self._default_tz)
                 if publishing is not None:
                     publishing.result()
                 if overlap:
-                    publishing = self._publisher_thread.submit(self._publish, runs)
+                    publishing = self._publisher_thread.submit(
+                        self._publish, claimed.run_ids, claimed.alone
+                    )
                 else:
-                    self._publish(runs)
-                if len(runs) < BATCH:
+                    self._publish(claimed.run_ids, claimed.alone)
+                if len(claimed.run_ids) < BATCH:
                     break
         finally:
             if publishing is not None:
                 publishing.result()
 
-    def _publish(self, run_ids: list[str]) -> None:
+    def _publish(self, run_ids: list[str], known: Mapping[str, Outgoing] | None = None) -> None:
         assert self._publisher is not None
         wanted = [*self._unsent, *run_ids]
         if not wanted:
             return
-        sent = set(self._publisher.publish_ids(wanted))
+        sent = set(self._publisher.publish_ids(wanted, known))
         self._unsent = [run_id for run_id in wanted if run_id not in sent][: BATCH * 10]
         if self._publisher.broker_error is None:
             self._broker_failures = 0
