@@ -11,7 +11,8 @@ from celery import current_app, shared_task, signals, signature
 from sqlalchemy import Engine
 
 from kala_celery.celery_app import RUN_TASK, settings_of
-from kala_celery.db import DatabaseAway, size_pools_for, store_for
+from kala_celery.config import Settings
+from kala_celery.db import DatabaseAway, Store, size_pools_for, store_for
 from kala_celery.models import utcnow
 from kala_celery.publish import CeleryPublisher
 from kala_celery.runs import reopen, worker_id
@@ -23,6 +24,15 @@ __all__ = ["RunFailed", "RunSkipped", "run_job"]
 log = logging.getLogger(__name__)
 
 DATABASE_RETRY_MAX = 30.0  # seconds between deliveries while the database is away
+
+
+def _store(settings: Settings) -> Store:
+    """This process's job store, without the pool's pre-ping: it is one more round trip
+    before a run's claim and again before its finish, on the path from due to start. A
+    connection the server dropped fails its statement instead; SQLAlchemy then drops the
+    pool's older connections too, and the run is tried again: the claim by a redelivery
+    (DatabaseAway below), the finish by `runner.durably`."""
+    return store_for(settings.db_url, pre_ping=False)
 
 
 class RunFailed(Exception):
@@ -45,7 +55,7 @@ def _start_heartbeat(hostname: str) -> None:
     try:
         settings = settings_of(current_app)
         heartbeat.ensure(
-            store_for(settings.db_url).engine,
+            _store(settings).engine,
             worker_id(hostname),
             settings.worker_silence.total_seconds() / 6,
         )
@@ -96,7 +106,7 @@ def _worker_ready(sender: object = None, **_kwargs: object) -> None:
 def run_job(self, run_id: str, job_id: str | None = None) -> None:
     """Run one run of a job (task id = run id); job_id is there for Flower and logs."""
     settings = settings_of(self.app)
-    store = store_for(settings.db_url)
+    store = _store(settings)
     hostname = self.request.hostname or socket.gethostname()
     try:
         heartbeat.ensure(
