@@ -30,7 +30,6 @@ from sqlalchemy.sql.elements import ColumnClause
 from sqlalchemy.sql.selectable import TableValuedAlias
 from sqlalchemy.types import TypeEngine
 
-
 # Up to this many rows, a batch statement is the plain one (executemany, a VALUES list): the
 # array form is built per call, which costs more than a few rows' parameters save.
 FEW = 8

@@ -15,7 +15,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, event, func, select, update
 
-from kala_celery import jobs
+from kala_celery import dispatch, jobs
 from kala_celery.beat import KalaScheduler
 from kala_celery.beat.scheduler import BATCH
 from kala_celery.celery_app import make_celery
@@ -175,6 +175,36 @@ def test_the_wake_up_for_a_due_time_claims_at_once(db_url, redis_url, broker, tm
     assert broker.llen("celery") == 1
     selects = [s for s in statements if s.startswith("SELECT")]
     assert "FROM jobs" in selects[0] and "min(jobs.next_run_at)" not in selects[0], statements
+
+
+def test_the_sweep_leaves_a_job_with_a_run_in_flight_to_that_run(
+    db_url, redis_url, broker, tmp_path
+) -> None:
+    """A job without next_run_at whose run is in flight is not re-armed by the sweep (the run's
+    finish decides whether it is done); once the run has ended, it is."""
+    settings = _settings(db_url, redis_url, tmp_path)
+    [job_id] = _create(settings, [{"name": "busy", "command": "true",
+                                   "schedule": f"R/{FAR}/PT1H"}])
+    store = store_for(settings.db_url)
+    with store.sessions.begin() as session:
+        [run_id] = dispatch.record_trees(session, [(job_id, utcnow())], trigger="manual",
+                                         now=utcnow())
+        session.execute(update(Run).where(Run.id == run_id).values(state="started"))
+        session.execute(update(Job).where(Job.id == job_id).values(next_run_at=None))
+
+    def next_run_after_a_sweep():
+        scheduler = KalaScheduler(app=make_celery(settings), lazy=True)
+        try:
+            scheduler.tick()  # a beat's first tick sweeps
+        finally:
+            scheduler.close()
+        with store.sessions() as session:
+            return session.get(Job, job_id).next_run_at
+
+    assert next_run_after_a_sweep() is None
+    with store.sessions.begin() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(state="success"))
+    assert next_run_after_a_sweep() is not None
 
 
 @pytest.mark.parametrize("enabled", [False, True])

@@ -17,13 +17,13 @@ from datetime import datetime, timedelta
 
 from celery import Celery
 from celery.beat import Scheduler
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, exists, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import runs
-from kala_celery.beat.claim import Outgoing, claim_due, next_due
+from kala_celery.beat.claim import IN_FLIGHT, Outgoing, claim_due, next_due
 from kala_celery.celery_app import settings_of
 from kala_celery.db import Store, read_sessions, store_for
 from kala_celery.jobs import Rules, rearm
@@ -242,11 +242,17 @@ class KalaScheduler(Scheduler):
         assert self._store is not None
         rules = Rules(default_timezone=self._default_tz)
         with self._store.sessions.begin() as session:
+            # A job with a run in flight is not unarmed: its run's finish decides whether it
+            # is done (a used-up schedule's last run is in flight). Rows a worker is writing
+            # are skipped, not waited for: the sweep waiting on a worker's job row while
+            # holding others deadlocked with 200 runs finishing at once.
             unarmed = session.scalars(
                 select(Job)
                 .where(text(UNARMED), (Job.schedule != "") | Job.cron.is_not(None))
                 .where(~select(JobLink.id).where(JobLink.child_id == Job.id).exists())
+                .where(~exists().where(Run.job_id == Job.id, Run.state.in_(IN_FLIGHT)))
                 .limit(BATCH)
+                .with_for_update(skip_locked=True)
             ).all()
             for job in unarmed:
                 try:
