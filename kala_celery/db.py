@@ -55,9 +55,10 @@ def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout.
 
     `pre_ping` tests every pooled connection before use (one more round trip per checkout),
-    so a request never fails on a connection the server dropped. The beat turns it off: it
-    checks out connections several times a second, and a failed tick (the pool then drops
-    every connection older than the failure) only means a retry a moment later."""
+    so a request never fails on a connection the server dropped. The beat and the workers
+    turn it off: it is a round trip before each of their transactions (a run has two on its
+    way from due to start), and a failed tick, claim or finish (the pool then drops every
+    connection older than the failure) is retried as in an outage."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
