@@ -166,6 +166,9 @@ def unexpected(exc: BaseException) -> Response:
     return json_response({"error": message, "error_id": error_id}, 500)
 
 
+GZIP_LEVEL = 1
+
+
 def gzip_if_asked(response: Response) -> Response:
     """Compress the body when the client accepts gzip (Kala wraps every response)."""
     if "gzip" not in request.headers.get("Accept-Encoding", "").lower():
@@ -176,6 +179,8 @@ def gzip_if_asked(response: Response) -> Response:
     data = response.get_data()
     if not data:
         return response
-    response.set_data(gzip.compress(data, compresslevel=6))
+    # Level 1, as nginx's default: GET /job/ with 10k jobs (7.2 MB) takes 18 ms and 332 kB
+    # at level 1, 50 ms and 297 kB at level 6.
+    response.set_data(gzip.compress(data, compresslevel=GZIP_LEVEL))
     response.headers["Content-Encoding"] = "gzip"
     return response
