@@ -201,6 +201,13 @@ def parse_plain_duration(text: str) -> timedelta:
     """Strict ISO 8601 duration of fixed length (no years/months, not negative)."""
     if not isinstance(text, str):
         raise ScheduleError("duration must be a string")
+    return _parse_plain(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_plain(text: str) -> timedelta:
+    """parse_plain_duration of a string, remembered: a worker parses a job's timeout, retry
+    delay and epsilon, and KALA_WORKER_TIMEOUT, on every run."""
     if text.startswith("-"):
         raise ScheduleError(f"invalid duration {text!r}: negative durations are not allowed")
     if not _PLAIN_RE.fullmatch(text) or not any(c.isdigit() for c in text):
