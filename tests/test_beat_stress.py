@@ -76,7 +76,8 @@ def test_three_beats_killed_at_random_dispatch_every_occurrence_once(
     for beat in beats:
         beat.stop(signal.SIGKILL)
     down_at = datetime.now(UTC)
-    time.sleep(3.5)
+    wait_for(lambda: datetime.now(UTC) >= down_at + timedelta(seconds=3.5), 30,
+             "three occurrences falling due with every beat down")
     survivor = start_beat(env, tmp_path / "beat-last.log")
     logs.append(survivor.log_path)
     wait_for(lambda: datetime.now(UTC) > down_at + timedelta(seconds=8), 30, "catch-up")

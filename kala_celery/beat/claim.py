@@ -110,7 +110,8 @@ def _drop(parsed: occurrences.Parsed, due: datetime, now: datetime) -> Advance:
 
 
 _jobs = Job.__table__
-_IN_FLIGHT = exists().where(Run.job_id == _jobs.c.id, Run.state.in_(IN_FLIGHT))
+# The job (of the enclosing query on jobs) has a run in flight.
+RUN_IN_FLIGHT = exists().where(Run.job_id == _jobs.c.id, Run.state.in_(IN_FLIGHT))
 _NOW = bindparam("b_now", type_=_jobs.c.next_run_at.type)
 # Due, enabled, and (unless its overlap policy is allow or skip) with no run in flight
 # (docs/design.md Decisions 6, 21); not a dependent (those run in their parents' chains).
@@ -126,14 +127,14 @@ _DUE = (
         _jobs.c.runs_used,
         _jobs.c.resume_at_next_scheduled_time,
         _jobs.c.queue,
-        and_(_jobs.c.overlap == "skip", _IN_FLIGHT).label("busy"),
+        and_(_jobs.c.overlap == "skip", RUN_IN_FLIGHT).label("busy"),
         exists().where(JobLink.parent_id == _jobs.c.id).label("has_children"),
     )
     .where(
         _jobs.c.next_run_at.is_not(None),
         _jobs.c.next_run_at <= _NOW,
         not_(_jobs.c.disabled),
-        or_(_jobs.c.allow_overlap, _jobs.c.overlap == "skip", not_(_IN_FLIGHT)),
+        or_(_jobs.c.allow_overlap, _jobs.c.overlap == "skip", not_(RUN_IN_FLIGHT)),
         ~exists().where(JobLink.child_id == _jobs.c.id),
     )
     .order_by(_jobs.c.next_run_at)

@@ -17,13 +17,13 @@ from datetime import datetime, timedelta
 
 from celery import Celery
 from celery.beat import Scheduler
-from sqlalchemy import delete, exists, select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import runs
-from kala_celery.beat.claim import IN_FLIGHT, Outgoing, claim_due, next_due
+from kala_celery.beat.claim import RUN_IN_FLIGHT, Outgoing, claim_due, next_due
 from kala_celery.celery_app import settings_of
 from kala_celery.db import Store, read_sessions, store_for
 from kala_celery.jobs import Rules, rearm
@@ -250,7 +250,7 @@ class KalaScheduler(Scheduler):
                 select(Job)
                 .where(text(UNARMED), (Job.schedule != "") | Job.cron.is_not(None))
                 .where(~select(JobLink.id).where(JobLink.child_id == Job.id).exists())
-                .where(~exists().where(Run.job_id == Job.id, Run.state.in_(IN_FLIGHT)))
+                .where(~RUN_IN_FLIGHT)
                 .limit(BATCH)
                 .with_for_update(skip_locked=True)
             ).all()
