@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -21,19 +22,36 @@ from sqlalchemy.pool import NullPool
 DatabaseAway = (OperationalError, InterfaceError)
 
 
+BUSY_TIMEOUT = 30.0  # seconds a SQLite statement waits for another process's lock
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # API, beat and workers share the file
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+    _use_wal(cursor)  # API, beat and workers share the file
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _use_wal(cursor: sqlite3.Cursor) -> None:
+    """Put the file in WAL mode (it stays so). On a new file, processes starting together
+    (serve's API, beat and worker) race to switch it, and the switch answers "database is
+    locked" at once, without waiting in the busy handler: so try again until the timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def sqlite_connection(path: str) -> sqlite3.Connection:
     """A DB-API connection to the SQLite file at `path` with the job store's pragmas (for an
     engine made elsewhere, such as the embedded broker's, via create_engine's `creator`)."""
-    connection = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False)
     _sqlite_pragmas(connection, None)
     return connection
 
@@ -63,7 +81,8 @@ def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, pool_size=_pool_size())
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT},
+                               pool_size=_pool_size())
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=pre_ping, pool_size=_pool_size())

@@ -4,6 +4,7 @@ its jobs still list, claim and run, and who upgrades or refuses a database behin
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from kala_celery import schema
 from kala_celery.api import create_app
 from kala_celery.beat.claim import claim_batch
 from kala_celery.config import Settings
-from kala_celery.db import init_schema, make_engine, make_sessionmaker
+from kala_celery.db import init_schema, make_engine, make_sessionmaker, sqlite_connection
 from kala_celery.models import Base, Run, utcnow
 from kala_celery.tasks.runner import execute_run
 from tests import schema_0_1_0 as old
@@ -218,6 +219,34 @@ def test_processes_starting_together_create_the_schema_once(db_url: str) -> None
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_connections_opened_together_on_a_new_sqlite_file_all_put_it_in_wal(
+        tmp_path: Path) -> None:
+    """Switching a new file to WAL answers "database is locked" at once, busy timeout or not,
+    when another connection switches it at the same instant (serve's API, beat and worker
+    starting together): every connection must still open, and the file end in WAL."""
+    errors: list[BaseException] = []
+    for attempt in range(25):
+        path = str(tmp_path / f"new{attempt}.db")
+        together = threading.Barrier(4)
+
+        def open_one(path: str = path, together: threading.Barrier = together) -> None:
+            together.wait()
+            try:
+                sqlite_connection(path).close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_one) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == [], f"attempt {attempt}"
+        connection = sqlite3.connect(path)
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        connection.close()
 
 
 def test_a_development_database_between_0_1_0_and_0002_upgrades(db_url: str) -> None:
