@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -143,4 +142,4 @@ def cluster(
 
     yield Cluster()
     for command in workers:
-        command.stop(signal.SIGTERM)
+        command.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -68,3 +69,11 @@ class Command:
                 self.proc.wait(10)
         self._log.close()
         return self.proc.returncode
+
+    def kill(self) -> int:
+        """End it and its children at once: for after a test, when nothing needs a gentle
+        shutdown (a prefork worker's warm shutdown alone takes 2 to 3 s)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.stop()

@@ -23,7 +23,7 @@ from tests.processes import Command, wait_for
 pytestmark = pytest.mark.serial  # asserts timings: runs alone (scripts/test.sh)
 
 JOBS = 200
-SECONDS = 30  # the long version of this: python -m bench beat-scale / chaos
+SECONDS = 15  # the long version of this: python -m bench beat-scale / chaos
 KILLS = 10
 
 

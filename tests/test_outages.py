@@ -57,7 +57,7 @@ def test_broker_restart_loses_and_duplicates_nothing(make_api, db_url, tmp_path)
         assert stuck == []  # what was recorded during the outage got out and ran
     finally:
         for command in (beat, worker, broker):
-            command.stop(signal.SIGTERM)
+            command.kill()
 
 
 def test_unreachable_database_makes_the_beat_back_off_not_crash(tmp_path, caplog) -> None:

@@ -36,7 +36,7 @@ def served(db_url: str, tmp_path: Path):
         assert command.proc.poll() is None, command.output()
         yield f"http://127.0.0.1:{port}", command
     finally:
-        command.stop()
+        command.kill()  # a clean stop is test_serve_stops_cleanly_on_ctrl_c's
 
 
 def kala_job(job_id: str, name: str, schedule: str, next_run_at: str, disabled: bool) -> str:
