@@ -16,7 +16,8 @@ Workloads, the same requests to every side:
 - single: one job due at a whole second, K times (10); due → command start;
 - creates: `POST /api/v1/job/` back to back on 1 and 4 keep-alive connections (one client
   process each, bench/http_load.py), future schedules;
-- list: `GET /api/v1/job/` with M stored jobs (10k, created over HTTP), p50 of R requests.
+- list: `GET /api/v1/job/` with exactly M stored jobs (10k: `DELETE /job/all/`, then created
+  over HTTP, so both sides list as many), p50 of R requests.
 """
 
 from __future__ import annotations
@@ -185,8 +186,13 @@ def idle_cpu(side: Side, seconds: float) -> float:
 
 
 def fill_jobs(side: Side, total: int) -> None:
-    """Top the side's store up to `total` jobs (future schedule) over HTTP."""
-    with httpx.Client(base_url=side.api, timeout=60) as client:
+    """Make the side's store hold exactly `total` jobs (future schedule), created over HTTP.
+    The creates phase leaves as many jobs as each side managed to create (Kala more than
+    us), so the store is emptied first: both sides list the same number of jobs."""
+    with httpx.Client(base_url=side.api, timeout=120) as client:
+        emptied = client.delete("/job/all/")
+        if emptied.status_code != 204:
+            raise RuntimeError(f"{side.name}: DELETE /job/all/ answered {emptied.status_code}")
         have = len(client.get("/job/").json()["jobs"] or {})
     missing = total - have
     if missing > 0:
@@ -196,7 +202,8 @@ def fill_jobs(side: Side, total: int) -> None:
              max_requests=math.ceil(missing / 4), expect=201)
 
 
-def list_latency(side: Side, requests: int) -> tuple[list[float], int]:
+def list_latency(side: Side, requests: int, jobs: int) -> tuple[list[float], int]:
+    """Times of `requests` GET /job/ and the size of the answer, which must list `jobs`."""
     times, size = [], 0
     with httpx.Client(base_url=side.api, timeout=120) as client:
         for _ in range(requests):
@@ -204,6 +211,9 @@ def list_latency(side: Side, requests: int) -> tuple[list[float], int]:
             r = client.get("/job/")
             times.append(time.perf_counter() - t0)
             size = len(r.content)
+    listed = len(r.json()["jobs"] or {})
+    if listed != jobs:
+        raise RuntimeError(f"{side.name}: GET /job/ listed {listed} jobs, not {jobs}")
     return times, size
 
 
@@ -255,7 +265,7 @@ def run(args, servers: Servers) -> Report:
                     side.notes.append(f"creates x{conns}: {out['first_errors']}")
             log(f"filling to {list_jobs:,} jobs on {side.name}")
             fill_jobs(side, list_jobs)
-            res["list"], res["list_size"] = list_latency(side, list_requests)
+            res["list"], res["list_size"] = list_latency(side, list_requests, list_jobs)
         _tables(report, sides, results, burst, list_jobs)
     finally:
         for side in sides:
