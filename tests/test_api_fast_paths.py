@@ -66,7 +66,8 @@ def test_a_create_with_links_still_checks_links_first(api: Api) -> None:
 
 def as_row(job: FakeJob, *, sqlite_style: bool) -> tuple:
     """A FakeJob as `listing.job_rows` reads it: SQLite gives text times, JSON text and 0/1;
-    PostgreSQL gives naive datetimes, parsed JSON and booleans."""
+    PostgreSQL gives naive datetimes and booleans, and JSON as text too (parsed JSON, as
+    here without sqlite_style, is what `wire.job_values` of an ORM object gives)."""
     values = []
     for name in wire.JOB_FIELDS:
         value = getattr(job, name)
