@@ -24,7 +24,7 @@ pytestmark = pytest.mark.serial  # asserts timings: runs alone (scripts/test.sh)
 
 JOBS = 200
 SECONDS = 15  # the long version of this: python -m bench beat-scale / chaos
-KILLS = 10
+KILLS = 6
 
 
 def start_beat(env: dict[str, str], log: Path) -> Command:
