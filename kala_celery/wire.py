@@ -32,6 +32,7 @@ __all__ = [
     "execution",
     "finish_json",
     "format_time",
+    "go_bytes",
     "is_zero_time",
     "job_document",
     "job_json",
@@ -97,18 +98,23 @@ def finish_json(text: str) -> bytes:
     HTML-safe escapes, ``\\u0008``/``\\u000c``, lone surrogates as ``\\ufffd``, one newline.
 
     The escaped characters can only occur inside JSON strings, so this is safe on a whole
-    document, and on one assembled from pieces of such text.
+    document, and on one assembled from pieces of such text (see go_bytes).
     """
+    return go_bytes(text) + b"\n"
+
+
+def go_bytes(text: str) -> bytes:
+    """finish_json without the newline: for a piece of a document, which can be escaped on
+    its own and joined to the others afterwards."""
     for char, escape in _HTML_ESCAPES.items():
         if char in text:  # a plain substring search: fast on a large document
             text = text.replace(char, escape)
     if "\\b" in text or "\\f" in text:
         text = _SHORT_ESCAPE.sub(lambda m: _SHORT_ESCAPES[m.group(1)], text)
     try:
-        data = text.encode("utf-8")
+        return text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: Go writes invalid UTF-8 as \ufffd
-        data = _SURROGATE.sub(lambda _m: "\\ufffd", text).encode("utf-8")
-    return data + b"\n"
+        return _SURROGATE.sub(lambda _m: "\\ufffd", text).encode("utf-8")
 
 
 def sorted_map(d: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -233,3 +233,40 @@ def test_list_over_http_is_the_single_job_documents(api: Api) -> None:
     prefix = len(b'{"job":')
     inner = ",".join(f'"{key}":{body[prefix:-2].decode()}' for key, body in singles.items())
     assert listed.content == f'{{"jobs":{{{inner}}}}}\n'.encode()
+
+
+def singles_listed(api: Api, job_ids: list[str]) -> bytes:
+    """The list GET /job/ should answer: each job's own GET /job/{id}/ document, by id."""
+    prefix = len(b'{"job":')
+    inner = ",".join(
+        f'"{job_id}":{api.http.get(f"/job/{job_id}/").content[prefix:-2].decode()}'
+        for job_id in sorted(job_ids)
+    )
+    return f'{{"jobs":{{{inner}}}}}\n'.encode()
+
+
+def test_a_remembered_list_follows_every_change(api: Api) -> None:
+    """The list remembers each job's document between requests (listing.list_document):
+    after edits, links, a run's end and a delete, it must still be the single documents."""
+    for job_id in ("a", "b", "gone"):
+        api.create(id=job_id, name=job_id, command="true", schedule=f"R/{future()}/PT1H")
+    first = api.http.get("/job/").content
+    assert first == singles_listed(api, ["a", "b", "gone"])
+    assert api.http.get("/job/").content == first  # from what was remembered
+
+    api.http.post("/job/disable/a/")
+    api.create(id="child", name="child", command="true", parent_jobs=["b"])
+    run_id = api.http.post("/job/start/b/?wait=false").json()["id"]
+    assert api.http.put(f"/job/b/executions/{run_id}/", content='"Success"').status_code == 204
+    assert api.http.delete("/job/gone/").status_code == 204
+    renamed = api.http.put("/job/a/", json={"name": "renamed", "command": "true",
+                                            "schedule": f"R/{future()}/PT1H"})
+    assert renamed.status_code == 200
+
+    listed = api.http.get("/job/").content
+    assert listed != first
+    assert listed == singles_listed(api, ["a", "b", "child"])
+    b = json.loads(listed)["jobs"]["b"]
+    assert b["dependent_jobs"] == ["child"]
+    assert [s["success"] for s in b["stats"]] == [True]
+    assert json.loads(listed)["jobs"]["a"]["name"] == "renamed"

@@ -1,4 +1,5 @@
-"""`GET /job/`: every job's Kala document, from plain rows, through `wire.job_json`.
+"""`GET /job/`: every job's Kala document, from plain rows, through `wire.job_json`, each
+job's text remembered until the next list (list_document).
 
 The rows are plain tuples of `wire.JOB_FIELDS` (Core, no identity map, no ORM objects) read
 without SQLAlchemy's per-value result processing; `wire.job_json` takes the values as the
@@ -61,22 +62,54 @@ def job_rows(session: Session) -> list[Sequence[Any]]:
     return rows
 
 
+REMEMBER_UP_TO = 20_000  # jobs: above this, a process keeps no documents between lists
+
+_remembered: dict[tuple[Any, ...], bytes] = {}
+
+
 def list_document(
     rows: Iterable[Sequence[Any]],
     parents: Mapping[str, Sequence[str]],
     children: Mapping[str, Sequence[str]],
     stats: Mapping[str, Sequence[Any]],
 ) -> bytes:
-    """Kala's `{"jobs": {id: job, ...}}` for rows sorted by id, as wire.dumps writes it."""
+    """Kala's `{"jobs": {id: job, ...}}` for rows sorted by id, as wire.dumps writes it.
+
+    Each job's piece is remembered until the next list, under everything it is written from
+    (its row, its parents', children's and stats' rows): a job whose row or runs changed
+    has another key, so a remembered piece is never out of date, and one that did not
+    change is not written again (the formatter was half of a 10k-job list). The memory is
+    the last list's rows and pieces, ≈ 1.7 KB a job (17 MB for 10k jobs) in each API
+    process; none above REMEMBER_UP_TO jobs."""
     job_json = wire.job_json
+    before = _remembered
+    kept: dict[tuple[Any, ...], bytes] = {}
     parts = []
     for row in rows:
         job_id = row[1]
-        doc = job_json(
-            row,
-            parent_ids=parents.get(job_id),
-            child_ids=children.get(job_id),
-            stats=stats.get(job_id),
+        parent_ids, child_ids, job_stats = (
+            parents.get(job_id), children.get(job_id), stats.get(job_id)
         )
-        parts.append(f"{_quote(job_id)}:{doc}")
-    return wire.finish_json('{"jobs":{' + ",".join(parts) + "}}")
+        key = (
+            row,
+            tuple(parent_ids) if parent_ids else None,
+            tuple(child_ids) if child_ids else None,
+            tuple(job_stats) if job_stats else None,
+        )
+        try:
+            part = before.get(key)
+        except TypeError:  # a value that cannot be a key (parsed JSON): written each time
+            key, part = None, None
+        if part is None:
+            doc = job_json(row, parent_ids=parent_ids, child_ids=child_ids, stats=job_stats)
+            part = wire.go_bytes(f"{_quote(job_id)}:{doc}")
+        if key is not None:
+            kept[key] = part
+        parts.append(part)
+    _remember(kept if len(kept) <= REMEMBER_UP_TO else {})
+    return b'{"jobs":{' + b",".join(parts) + b"}}\n"
+
+
+def _remember(pieces: dict[tuple[Any, ...], bytes]) -> None:
+    global _remembered
+    _remembered = pieces  # one assignment: a list running beside this one reads either
