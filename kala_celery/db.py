@@ -39,9 +39,10 @@ def _use_wal(cursor: sqlite3.Cursor) -> None:
     (serve's API, beat and worker) race to switch it, and the switch answers "database is
     locked" at once, without waiting in the busy handler: so try again until the timeout."""
     deadline = time.monotonic() + BUSY_TIMEOUT
-    while cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+    while True:
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA journal_mode=WAL")  # an in-memory database stays "memory"
+            return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise

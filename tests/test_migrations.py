@@ -249,6 +249,17 @@ def test_connections_opened_together_on_a_new_sqlite_file_all_put_it_in_wal(
         connection.close()
 
 
+@pytest.mark.timeout(20)
+def test_an_in_memory_sqlite_database_opens_without_wal() -> None:
+    """WAL is asked for once: an in-memory database answers "memory" and stays so."""
+    engine = make_engine("sqlite://")
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "memory"
+    finally:
+        engine.dispose()
+
+
 def test_a_development_database_between_0_1_0_and_0002_upgrades(db_url: str) -> None:
     """Made by create_all of a version after 0.1.0 (already with workers, beats, sent_at and
     missed_occurrences, no alembic_version): 0002 adds only what is missing."""
