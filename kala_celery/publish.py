@@ -167,7 +167,7 @@ class CeleryPublisher:
         known = known or {}
         unknown = [run_id for run_id in ids if run_id not in known]
         roots, links = self._pending(unknown) if unknown else ([], {})
-        roots += [tuple(known[run_id]) for run_id in dict.fromkeys(ids) if run_id in known]
+        roots += [known[run_id] for run_id in dict.fromkeys(ids) if run_id in known]
         sent: list[str] = []
         declared: set[str | None] = set()
         sent_event = bool(self.celery.conf.task_send_sent_event)

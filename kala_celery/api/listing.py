@@ -34,7 +34,7 @@ from kala_celery.models import Job, UTCDateTime
 _quote = json.encoder.encode_basestring
 
 
-def _raw(column: Any, dialect: str) -> Any:
+def _raw(column: Any) -> Any:
     """The column without SQLAlchemy's per-value result processing (a third of the time
     of reading 10k rows): booleans as the driver gives them (bool, or 0/1 on SQLite), times
     as the driver gives them (datetime or SQLite's text); `wire.job_json` takes either.
@@ -45,19 +45,19 @@ def _raw(column: Any, dialect: str) -> Any:
     if isinstance(kind, Boolean):
         return type_coerce(column, Integer()).label(column.name)
     if isinstance(kind, JSON):
-        text = type_coerce(column, String()) if dialect == "sqlite" else cast(column, Text)
-        return func.nullif(text, "null").label(column.name)
+        return func.nullif(cast(column, Text), "null").label(column.name)
     if isinstance(kind, (UTCDateTime, DateTime)):
         return type_coerce(column, String()).label(column.name)
     return column
 
 
+_EVERY_JOB = select(*(_raw(Job.__table__.c[name]) for name in wire.JOB_FIELDS))
+
+
 def job_rows(session: Session) -> list[Sequence[Any]]:
     """Every job as a plain tuple of wire.JOB_FIELDS, sorted by id (code point order, as
     Go's map)."""
-    dialect = session.get_bind().dialect.name
-    columns = [_raw(Job.__table__.c[name], dialect) for name in wire.JOB_FIELDS]
-    rows = session.execute(select(*columns)).all()
+    rows = session.execute(_EVERY_JOB).all()
     rows.sort(key=itemgetter(1))
     return rows
 
@@ -81,6 +81,7 @@ def list_document(
     change is not written again (the formatter was half of a 10k-job list). The memory is
     the last list's rows and pieces, ≈ 1.7 KB a job (17 MB for 10k jobs) in each API
     process; none above REMEMBER_UP_TO jobs."""
+    global _remembered
     job_json = wire.job_json
     before = _remembered
     kept: dict[tuple[Any, ...], bytes] = {}
@@ -106,10 +107,6 @@ def list_document(
         if key is not None:
             kept[key] = part
         parts.append(part)
-    _remember(kept if len(kept) <= REMEMBER_UP_TO else {})
+    # one assignment: a list running beside this one reads the old pieces or the new
+    _remembered = kept if len(kept) <= REMEMBER_UP_TO else {}
     return b'{"jobs":{' + b",".join(parts) + b"}}\n"
-
-
-def _remember(pieces: dict[tuple[Any, ...], bytes]) -> None:
-    global _remembered
-    _remembered = pieces  # one assignment: a list running beside this one reads either
