@@ -60,11 +60,15 @@ class Flower:
         return wait_for(seen, timeout, f"flower sees worker {name_prefix}*")
 
     def wait_task_events(self, http: httpx.Client, workers: set[str] | None = None,
-                         timeout: float = 45) -> None:
+                         timeout: float = 45) -> set[str]:
         """Task events are off in workers until Flower turns them on (its enable_events,
         every few seconds): start a probe job (through the API client `http`) until Flower
-        has seen its runs from every worker named in `workers` (any one if None); then
-        delete the probe, so the test's own counts are untouched."""
+        has seen its runs from every worker named in `workers` (any one if None); then wait
+        until every probe run has ended, delete the probe, and return the probe's run ids.
+
+        A probe run that a worker received before its events were on reaches Flower as a
+        task without a name, so a test that counts Flower's tasks leaves out these ids,
+        never a name."""
         response = http.post("/job/", json={"name": "flower probe", "command": "true",
                                             "schedule": "R/2099-01-01T00:00:00Z/PT1H"})
         assert response.status_code == 201, response.text
@@ -78,7 +82,15 @@ class Flower:
             return workers is None or workers <= {t["worker"] for t in listed.json().values()}
 
         wait_for(seen, timeout, f"flower to see task events from {workers or 'a worker'}")
+
+        def all_ended() -> set[str] | None:
+            runs = http.get(f"/job/{probe}/executions/").json()["job_stats"]
+            ended = all(r["state"] in ("success", "failed", "skipped", "lost") for r in runs)
+            return {r["id"] for r in runs} if ended else None
+
+        probe_runs = wait_for(all_ended, timeout, "every probe run to end")
         assert http.delete(f"/job/{probe}/").status_code == 204
+        return probe_runs
 
     def task(self, task_id: str, state: str = "SUCCESS", timeout: float = 30) -> dict:
         """Flower's record of a task once it reached `state`."""
