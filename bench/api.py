@@ -32,8 +32,8 @@ from bench.common import (
     utcnow,
     wait_until,
 )
-from kala_celery.db import make_engine
-from kala_celery.server import default_workers
+from kala_celery.ops.server import default_workers
+from kala_celery.store.db import make_engine
 
 PREFIX = "/api/v1"
 

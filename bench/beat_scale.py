@@ -34,7 +34,7 @@ from bench.common import (
     spread,
     utcnow,
 )
-from kala_celery.db import init_schema, make_engine
+from kala_celery.store.db import init_schema, make_engine
 
 FULL_SIZES = (1_000, 100_000, 1_000_000)
 SMOKE_SIZES = (50,)

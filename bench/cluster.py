@@ -16,10 +16,11 @@ from typing import Any
 from sqlalchemy import text
 
 from bench.common import Proc, Servers, celery_worker, kala_env, log, utcnow, wait_worker_ready
-from kala_celery import jobs, wire
+from kala_celery import wire
 from kala_celery.api import create_app
 from kala_celery.config import Settings
-from kala_celery.models import Run
+from kala_celery.runs import start
+from kala_celery.store.tables import Run
 
 
 class Cluster:
@@ -63,7 +64,7 @@ class Cluster:
     def create_job(self, body: dict[str, Any]) -> str:
         data = wire.decode_job(json.dumps(body).encode())
         with self.state.sessions.begin() as session:
-            job, run = jobs.create_job(session, data, self.state.rules, utcnow())
+            job, run = start.create(session, data, self.state.rules, utcnow())
         if run is not None:
             self.state.publish([run])
         return job.id
@@ -74,7 +75,7 @@ class Cluster:
         with self.state.sessions.begin() as session:
             for body in bodies:
                 data = wire.decode_job(json.dumps(body).encode())
-                job, run = jobs.create_job(session, data, self.state.rules, utcnow())
+                job, run = start.create(session, data, self.state.rules, utcnow())
                 assert run is None, "set-up jobs must not run at once"
                 ids.append(job.id)
         return ids
@@ -83,7 +84,7 @@ class Cluster:
         """A manual start of each job (as POST /job/start/{id}/?wait=false), published after
         the commit."""
         with self.state.sessions.begin() as session:
-            runs = [jobs.start_job(session, jid, self.state.rules, utcnow()) for jid in job_ids]
+            runs = [start.manual(session, jid, self.state.rules, utcnow()) for jid in job_ids]
         self.state.publish(runs)
         return len(runs)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, text
 
-from kala_celery.models import Job
+from kala_celery.store.tables import Job
 
 REPO = Path(__file__).resolve().parent.parent
 

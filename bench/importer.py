@@ -17,11 +17,11 @@ from datetime import timedelta
 import httpx
 
 from bench.common import Report, Servers, log, ratio, secs, utcnow
-from kala_celery import importer
 from kala_celery.api import create_app
 from kala_celery.config import Settings
-from kala_celery.db import make_sessionmaker
-from kala_celery.jobs import Rules
+from kala_celery.ops import import_kala as importer
+from kala_celery.store.db import make_sessionmaker
+from kala_celery.store.jobs import Rules
 from kala_celery.wire import format_time
 from tests.kala_reference import binary, start_kala
 

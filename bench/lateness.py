@@ -31,7 +31,7 @@ from bench.common import (
     spread,
     wait_until,
 )
-from kala_celery.models import TERMINAL_STATES
+from kala_celery.store.tables import TERMINAL_STATES
 
 COMMAND = "date +%s.%N"
 

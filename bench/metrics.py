@@ -36,8 +36,8 @@ from bench.common import (
     spread,
     utcnow,
 )
-from kala_celery.db import init_schema, make_engine
-from kala_celery.metrics import KalaCollector, registry_for, render
+from kala_celery.api.metrics import KalaCollector, registry_for, render
+from kala_celery.store.db import init_schema, make_engine
 
 FULL = (1_000_000, 10_000_000)
 SMOKE = (1_000, 10_000)
@@ -49,7 +49,7 @@ STATES = "CASE WHEN r.i % 100 < 90 THEN 'success' WHEN r.i % 100 < 96 THEN 'fail
 
 
 def _migration_0002() -> Any:
-    path = REPO / "kala_celery/migrations/versions/0002_liveness_and_metrics.py"
+    path = REPO / "kala_celery/store/migrations/versions/0002_liveness_and_metrics.py"
     spec = importlib.util.spec_from_file_location("kala_migration_0002", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -161,7 +161,7 @@ def time_scrapes(engine: Engine, db_url: str, scrapes: int) -> dict[str, list[fl
 
 
 def explain(engine: Engine) -> str:
-    from kala_celery import metrics
+    from kala_celery.api import metrics
 
     out = []
     with engine.connect() as conn:

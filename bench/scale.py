@@ -38,7 +38,7 @@ from bench.common import (
     wait_until,
 )
 from bench.vs_kala import Side, due_runs, start_ours
-from kala_celery.db import make_engine
+from kala_celery.store.db import make_engine
 
 COMMAND = "date +%s.%N"
 CREATE_EVERY = 0.2  # seconds between the timed POST /job/ requests

@@ -6,7 +6,7 @@ command on this box measured in the same run (the physical limit).
   stdout=PIPE, stderr=STDOUT, stdin=DEVNULL)` back to back for a few seconds (kala-celery's
   runner also pipes the output); also one loop alone;
 - ours: K jobs with command `true`; a feeder thread in this process keeps ≥ LOW messages in
-  the Redis queue by recording manual starts (jobs.start_job, as POST /job/start/?wait=false)
+  the Redis queue by recording manual starts (runs.start.manual, as POST /job/start/?wait=false)
   and publishing them; after a warm-up, runs that finished `success` inside the window are
   counted from the runs table. CPU seconds of the worker, PostgreSQL/SQLite side and Redis over
   the window show where the box's cores went.
@@ -38,7 +38,7 @@ from bench.common import (
     summarize_collapsed,
     utcnow,
 )
-from kala_celery.models import Run
+from kala_celery.store.tables import Run
 
 COMMAND = "true"
 LOW = 200  # keep at least this many messages queued

@@ -10,7 +10,7 @@ _default_celery = None
 def __getattr__(name: str) -> object:  # lazy: a worker needs no Flask, the API no worker
     global _default_celery
     if name == "create_app":
-        from kala_celery.api.app import create_app
+        from kala_celery.webapp import create_app
 
         return create_app
     if name == "make_celery":

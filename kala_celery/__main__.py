@@ -1,3 +1,3 @@
-from kala_celery.cli import main
+from kala_celery.ops.cli import main
 
 main()

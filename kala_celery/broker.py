@@ -39,7 +39,7 @@ from kombu.transport import sqlalchemy as kombu_sql
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from kala_celery.db import sqlite_connection
+from kala_celery.store.db import sqlite_connection
 
 TRANSPORT = "kala_celery.broker:Transport"
 TAKE_AT_MOST = 100  # messages one take moves when the worker's prefetch has no limit

@@ -49,7 +49,7 @@ def _check_schema(sender: object = None, **_kwargs: object) -> None:
     app = getattr(sender, "app", None)
     settings = app.conf.get(SETTINGS_KEY) if app is not None else None
     if settings is not None:
-        from kala_celery.schema import check_at_start
+        from kala_celery.store.db import check_at_start
 
         what = "beat" if isinstance(sender, beat.Service) else "worker"
         check_at_start(settings.db_url, what)

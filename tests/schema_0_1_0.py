@@ -1,4 +1,4 @@
-"""kala-celery 0.1.0's tables, verbatim from commit 71fd7ed (kala_celery/models.py), for the
+"""kala-celery 0.1.0's tables, verbatim from commit 71fd7ed (kala_celery/store/tables.py), for the
 migration tests: a database made by that release is built from this, then upgraded."""
 
 # ruff: noqa

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from kala_celery.api import init_kala
 from kala_celery.config import Settings
-from kala_celery.models import Job, Run
+from kala_celery.store.tables import Job, Run
 from tests import openapi_check as ours
 from tests.live import Api, LiveServer
 from tests.test_api_jobs import JSON_TYPE, count, future

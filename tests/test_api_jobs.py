@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
-from kala_celery.models import Job, JobLink, Run
+from kala_celery.store.tables import Job, JobLink, Run
 from tests.live import Api
 
 JSON_TYPE = "application/json;charset=UTF-8"

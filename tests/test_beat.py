@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from kala_celery import schedule
 from kala_celery.beat.claim import Advance, advance, claim_batch
-from kala_celery.models import Job, Run
+from kala_celery.store.tables import Job, Run
 from tests.processes import wait_for
 from tests.test_worker_runs import finished, runs_of
 

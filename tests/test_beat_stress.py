@@ -15,9 +15,9 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from kala_celery import jobs
-from kala_celery.db import make_engine, make_sessionmaker
-from kala_celery.models import Run
+from kala_celery.store import jobs
+from kala_celery.store.db import make_engine, make_sessionmaker
+from kala_celery.store.tables import Run
 from tests.processes import Command, wait_for
 
 pytestmark = pytest.mark.serial  # asserts timings: runs alone (scripts/test.sh)
@@ -44,7 +44,7 @@ def test_three_beats_killed_at_random_dispatch_every_occurrence_once(
     env = {"KALA_DATABASE_URL": url, "KALA_BROKER_URL": redis_server.url,
            "KALA_DATA_DIR": str(tmp_path)}
     engine = make_engine(url)
-    from kala_celery.db import init_schema
+    from kala_celery.store.db import init_schema
 
     init_schema(engine)
     sessions = make_sessionmaker(engine)

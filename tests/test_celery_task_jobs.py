@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from kala_celery import runs, wire
+from kala_celery import wire
 from kala_celery.api import create_app
 from kala_celery.config import Settings
-from kala_celery.models import Job, Run
+from kala_celery.runs import sweep
+from kala_celery.store.tables import Job, Run
 from tests.live import Api
 from tests.processes import Command
 from tests.test_api_jobs import future
@@ -90,8 +91,8 @@ BOUND = timedelta(seconds=30)
 def test_what_the_sweep_does_with_a_task_run_nobody_took(
     queue: str | None, idle: set, redeliveries: int, waited: int, verdict: str | None
 ) -> None:
-    run = runs.Untaken("r", queue, redeliveries, NOW - timedelta(seconds=waited))
-    again, failed = runs.task_verdicts([run], idle, NOW, BOUND)
+    run = sweep.Untaken("r", queue, redeliveries, NOW - timedelta(seconds=waited))
+    again, failed = sweep.task_verdicts([run], idle, NOW, BOUND)
     if verdict == "again":
         assert (again, failed) == (["r"], [])
     elif verdict is None:

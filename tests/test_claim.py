@@ -10,10 +10,10 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from kala_celery import jobs
 from kala_celery.beat.claim import claim_batch, claim_due
-from kala_celery.db import init_schema, make_engine, make_sessionmaker
-from kala_celery.models import Job, Run, utcnow
+from kala_celery.store import jobs
+from kala_celery.store.db import init_schema, make_engine, make_sessionmaker
+from kala_celery.store.tables import Job, Run, utcnow
 
 FAR = (utcnow() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 JOBS = 600

@@ -50,7 +50,7 @@ def test_api_and_serve_take_workers_and_access_log() -> None:
 
 
 def test_default_workers_is_one_per_cpu_within_bounds() -> None:
-    from kala_celery.server import default_workers
+    from kala_celery.ops.server import default_workers
 
     assert 1 <= default_workers() <= 8
 

@@ -427,13 +427,13 @@ def test_the_build_context_holds_what_pip_install_needs(tmp_path) -> None:
         names = {name.partition("/")[2] for name in sdist.getnames()}
         [entry] = [n for n in sdist.getnames() if n.endswith(".egg-info/entry_points.txt")]
         entry_text = sdist.extractfile(entry).read().decode()
-    migrations = {"kala_celery/migrations/env.py", "kala_celery/migrations/script.py.mako",
-                  "kala_celery/migrations/versions/0001_release_0_1_0.py",
-                  "kala_celery/migrations/versions/0002_liveness_and_metrics.py"}
+    migrations = {f"kala_celery/store/migrations/{name}" for name in (
+        "env.py", "script.py.mako", "versions/0001_release_0_1_0.py",
+        "versions/0002_liveness_and_metrics.py")}
     assert {"kala_celery/wsgi.py", "kala_celery/beat/scheduler.py", "README.md"} <= names
     assert migrations <= names
     assert "kala = kala_celery.beat:KalaScheduler" in entry_text
-    assert "kala-celery = kala_celery.cli:main" in entry_text
+    assert "kala-celery = kala_celery.ops.cli:main" in entry_text
     # what a wheel (a non-editable install) gets: build_py's tree, package data included
     build = ("from setuptools import setup; "
              "setup(script_args=['build_py', '--build-lib', 'wheel-tree'])")

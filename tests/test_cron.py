@@ -1,5 +1,6 @@
-"""Cron maths (kala_celery/cron.py, Decision 18): the DST rules as tables in America/New_York
-and Europe/Berlin, the parse errors, and properties of next/latest that the beat relies on."""
+"""Cron maths (kala_celery/schedule/cron.py, Decision 18): the DST rules as tables in
+America/New_York and Europe/Berlin, the parse errors, and properties of next/latest that the
+beat relies on."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kala_celery.cron import MAX_COUNTED, parse_cron
 from kala_celery.schedule import ScheduleError
+from kala_celery.schedule.cron import MAX_COUNTED, parse_cron
 
 # 2026: 03-08 02:00 -> 03:00 (07:00Z); 11-01 02:00 -> 01:00 (06:00Z)
 NY = ZoneInfo("America/New_York")

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from kala_celery.config import Settings
-from kala_celery.models import Run
+from kala_celery.store.tables import Run
 from tests import servers
 from tests.conftest import _start
 from tests.live import start_api

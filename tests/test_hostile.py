@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 from sqlalchemy import func, select
 
-from kala_celery import limits
-from kala_celery.models import Job, JobLink, Run
+from kala_celery.store.tables import Job, JobLink, Run
+from kala_celery.wire import limits
 from tests.live import Api
 
 LATER = "R2/2999-12-01T09:00:00Z/PT1H"

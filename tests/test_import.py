@@ -16,11 +16,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from kala_celery import db, importer, schedule, wire
-from kala_celery import jobs as jobs_module
-from kala_celery.cli import main
+from kala_celery import schedule, wire
 from kala_celery.errors import Conflict
-from kala_celery.models import Job
+from kala_celery.ops import import_kala as importer
+from kala_celery.ops.cli import main
+from kala_celery.store import db
+from kala_celery.store import jobs as jobs_module
+from kala_celery.store.tables import Job
 from tests.kala_reference import Kala
 from tests.kala_reference import kala as kala  # the fixture
 from tests.processes import free_port, wait_for

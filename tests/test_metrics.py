@@ -1,4 +1,4 @@
-"""GET /metrics (kala_celery/metrics.py) on SQLite and PostgreSQL: runs claimed and run in
+"""GET /metrics (kala_celery/api/metrics.py) on SQLite and PostgreSQL: runs claimed and run in
 process as the beat and a worker do, then the Prometheus text read back with
 prometheus_client's own parser."""
 
@@ -15,8 +15,8 @@ from sqlalchemy import delete, select, text, update
 from kala_celery.api import create_app, init_kala
 from kala_celery.beat.claim import claim_batch
 from kala_celery.config import Settings
-from kala_celery.models import Job, Run, utcnow
-from kala_celery.runs import record_beat, record_heartbeat
+from kala_celery.runs.heartbeats import record_beat, record_heartbeat
+from kala_celery.store.tables import Job, Run, utcnow
 from kala_celery.tasks.runner import execute_run
 
 pytestmark = pytest.mark.timeout(120)
@@ -161,8 +161,8 @@ def test_counters_stay_exact_under_concurrent_writers(db_url: str, tmp_path: Pat
     import threading
     import uuid
 
-    from kala_celery.db import init_schema, make_engine, make_sessionmaker
-    from kala_celery.metrics import KalaCollector
+    from kala_celery.api.metrics import KalaCollector
+    from kala_celery.store.db import init_schema, make_engine, make_sessionmaker
 
     engine = make_engine(db_url)
     init_schema(engine)

@@ -1,6 +1,7 @@
-"""Alembic migrations (kala_celery/migrations, kala_celery/schema.py), on SQLite and PostgreSQL:
-head equals the models, 0001 equals 0.1.0's tables, a 0.1.0 database upgrades to head and
-its jobs still list, claim and run, and who upgrades or refuses a database behind head."""
+"""Alembic migrations (kala_celery/store/migrations, kala_celery/store/schema.py), on SQLite and
+PostgreSQL: head equals the models, 0001 equals 0.1.0's tables, a 0.1.0 database upgrades to
+head and its jobs still list, claim and run, and who upgrades or refuses a database behind
+head."""
 
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from kala_celery import schema
 from kala_celery.api import create_app
 from kala_celery.beat.claim import claim_batch
 from kala_celery.config import Settings
-from kala_celery.db import init_schema, make_engine, make_sessionmaker, sqlite_connection
-from kala_celery.models import Base, Run, utcnow
+from kala_celery.store import schema
+from kala_celery.store.db import init_schema, make_engine, make_sessionmaker, sqlite_connection
+from kala_celery.store.tables import Base, Run, utcnow
 from kala_celery.tasks.runner import execute_run
 from tests import schema_0_1_0 as old
 

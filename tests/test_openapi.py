@@ -7,9 +7,9 @@ import pytest
 from flask import Flask
 from openapi_spec_validator import validate
 
-from kala_celery import limits
 from kala_celery.api.openapi import OPERATIONS, document
 from kala_celery.api.routes import ROUTES
+from kala_celery.wire import limits
 from tests import openapi_check as ours
 from tests.live import Api, LiveServer
 from tests.openapi_check import NonConforming, check, checker_for

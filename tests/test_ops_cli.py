@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from kala_celery.db import init_schema, make_engine
-from kala_celery.models import utcnow
-from kala_celery.runs import record_heartbeat
+from kala_celery.runs.heartbeats import record_heartbeat
+from kala_celery.store.db import init_schema, make_engine
+from kala_celery.store.tables import utcnow
 from tests import openapi_check as ours
 from tests.processes import Command, free_port, port_open, wait_for
 

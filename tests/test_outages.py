@@ -13,7 +13,7 @@ from sqlalchemy import select
 from kala_celery.beat import KalaScheduler
 from kala_celery.celery_app import make_celery
 from kala_celery.config import Settings
-from kala_celery.models import Run
+from kala_celery.store.tables import Run
 from tests.processes import Command, free_port, port_open, wait_for
 from tests.test_beat import soon
 from tests.test_worker_runs import finished

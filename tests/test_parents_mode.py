@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from kala_celery import runs
 from kala_celery.config import Settings
-from kala_celery.models import Run, utcnow
-from kala_celery.outcome import Outcome
+from kala_celery.runs import attempts
+from kala_celery.runs.outcome import Outcome
+from kala_celery.store.tables import Run, utcnow
 from tests.live import Api
 from tests.processes import wait_for
 from tests.test_api_jobs import future
@@ -132,11 +132,11 @@ def test_two_parents_succeeding_in_overlapping_transactions_record_the_child_onc
     engine, now = api.state.engine, utcnow()
     with api.state.sessions() as session:
         ids = dict(session.execute(select(Run.job_id, Run.id)).all())
-    claimed = {job_id: runs.claim(engine, ids[job_id], "t/1", "t", now) for job_id in ids}
+    claimed = {job_id: attempts.claim(engine, ids[job_id], "t/1", "t", now) for job_id in ids}
 
     def succeed(conn, job_id: str) -> list[str] | None:
         run, job_record, _ = claimed[job_id]
-        return runs.finish(conn, run, job_record, "t/1", "success", Outcome(True), Settings(),
+        return attempts.finish(conn, run, job_record, "t/1", "success", Outcome(True), Settings(),
                            now)
 
     second: list[list[str] | None] = []

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kala_celery import occurrences
 from kala_celery.beat.claim import advance
+from kala_celery.schedule import occurrences
 
 T = "%Y-%m-%dT%H:%M:%SZ"
 

@@ -15,13 +15,14 @@ import pytest
 import redis
 from sqlalchemy import Engine, event, func, select, update
 
-from kala_celery import dispatch, jobs
 from kala_celery.beat import KalaScheduler
 from kala_celery.beat.scheduler import BATCH
 from kala_celery.celery_app import make_celery
 from kala_celery.config import Settings
-from kala_celery.db import store_for
-from kala_celery.models import Job, Run, utcnow
+from kala_celery.runs import dispatch
+from kala_celery.store import jobs
+from kala_celery.store.db import store_for
+from kala_celery.store.tables import Job, Run, utcnow
 
 FAR = (utcnow() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 

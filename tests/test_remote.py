@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from kala_celery.outcome import OUTPUT_LIMIT, Outcome
+from kala_celery.runs.outcome import OUTPUT_LIMIT, Outcome
 from kala_celery.tasks.remote import call
 
 BIG_BODY = ("é" * 50_000 + "a" * 300_000 + "END").encode()

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, select, update
 
-from kala_celery import dispatch, jobs
 from kala_celery.config import Settings
-from kala_celery.db import Store, store_for
-from kala_celery.models import Job, Run, utcnow
-from kala_celery.outcome import Outcome
-from kala_celery.runs import abandon, worker_id
+from kala_celery.runs import dispatch
+from kala_celery.runs.attempts import abandon, worker_id
+from kala_celery.runs.outcome import Outcome
+from kala_celery.store import jobs
+from kala_celery.store.db import Store, store_for
+from kala_celery.store.tables import Job, Run, utcnow
 from kala_celery.tasks.runner import Delivery, execute_run
 
 FOREVER = "R/2099-01-01T00:00:00Z/PT1H"

@@ -1,6 +1,7 @@
-"""The sweep's SQL (kala_celery/runs.py) on SQLite and PostgreSQL, in process: which runs have
-lost their message, which started runs no live worker is executing, and what taking a run
-from a dead worker does. The clock is passed in, so every bound is tested exactly."""
+"""The sweep's SQL (kala_celery/runs/sweep.py, heartbeats.py) on SQLite and PostgreSQL, in
+process: which runs have lost their message, which started runs no live worker is executing, and
+what taking a run from a dead worker does. The clock is passed in, so every bound is tested
+exactly."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from kala_celery import dispatch, jobs, runs
 from kala_celery.celery_app import make_celery
 from kala_celery.config import Settings
-from kala_celery.db import Store, store_for
-from kala_celery.models import Job, Run, Worker, utcnow
-from kala_celery.publish import CeleryPublisher
+from kala_celery.runs import attempts, dispatch, heartbeats, sweep
+from kala_celery.runs.publish import CeleryPublisher
+from kala_celery.store import jobs
+from kala_celery.store.db import Store, store_for
+from kala_celery.store.tables import Job, Run, Worker, utcnow
 from tests.test_publish import OWN_DB, _body, _messages, broker  # noqa: F401 - fixture
 
 FOREVER = "R/2099-01-01T00:00:00Z/PT1H"
@@ -63,10 +65,10 @@ def state(store: Store, run_id: str) -> str:
 
 def redeliverable(store: Store, now) -> list[str]:
     """What the beat's sweep publishes, when every queue is idle."""
-    pending, lost = runs.missing(
+    pending, lost = sweep.missing(
         store.engine, now, pending_grace=GRACE, redeliver_after=AFTER, limit=100
     )
-    return pending + runs.reopen(store.engine, now, [run_id for run_id, _ in lost])
+    return pending + sweep.reopen(store.engine, now, [run_id for run_id, _ in lost])
 
 
 def test_runs_without_a_message_are_found_after_their_bound_and_once(store) -> None:
@@ -135,7 +137,7 @@ def test_a_redelivered_dependent_goes_out_with_the_rest_of_its_chain(
 
 def beat(store: Store, name: str, when, running: list[str]) -> None:
     with store.engine.begin() as conn:
-        runs.record_heartbeat(conn, name, when, running)
+        heartbeats.record_heartbeat(conn, name, when, running)
 
 
 def test_a_started_run_is_orphaned_only_when_no_live_worker_runs_it(store) -> None:
@@ -155,7 +157,7 @@ def test_a_started_run_is_orphaned_only_when_no_live_worker_runs_it(store) -> No
     never_beat = started("old@c/3")
     beat(store, "alive@a/1", now - timedelta(seconds=2), [long_run])
     beat(store, "dead@b/2", now - SILENCE - timedelta(seconds=1), [dead])
-    found = dict(runs.orphaned(store.engine, now, SILENCE))
+    found = dict(heartbeats.orphaned(store.engine, now, SILENCE))
     assert set(found) == {forgotten, dead, never_beat}  # the long run on a live worker stays
     assert "alive but no longer running it" in found[forgotten]
     assert "worker lost" in found[dead] and "worker lost" in found[never_beat]
@@ -163,7 +165,7 @@ def test_a_started_run_is_orphaned_only_when_no_live_worker_runs_it(store) -> No
     # a run claimed after the worker's latest heartbeat is not judged by that heartbeat
     just_claimed = started("alive@a/1")
     set_run(store, just_claimed, attempt_at=now - timedelta(seconds=2, milliseconds=500))
-    assert just_claimed not in dict(runs.orphaned(store.engine, now, SILENCE))
+    assert just_claimed not in dict(heartbeats.orphaned(store.engine, now, SILENCE))
 
 
 def test_heartbeats_upsert_one_row_per_worker_process(store) -> None:
@@ -174,7 +176,7 @@ def test_heartbeats_upsert_one_row_per_worker_process(store) -> None:
         [row] = session.scalars(select(Worker)).all()
     assert (row.running, row.last_seen) == ("a b", now)
     assert row.started_at == now - timedelta(seconds=10)
-    runs.prune_workers(store.engine, now + timedelta(seconds=1))
+    heartbeats.prune_workers(store.engine, now + timedelta(seconds=1))
     with store.sessions() as session:
         assert session.scalars(select(Worker)).all() == []
 
@@ -189,7 +191,7 @@ def test_a_dead_workers_run_is_retried_within_epsilon_else_lost(store, settings)
                 session, [(job_id, now - timedelta(minutes=1))], trigger="schedule", now=now
             )
         set_run(store, run_id, state="started", worker="dead@x/1", attempts=1, attempt_at=now)
-        follow = runs.abandon(store.sessions, run_id, settings, now, "worker lost")
+        follow = attempts.abandon(store.sessions, run_id, settings, now, "worker lost")
         assert state(store, run_id) == expected
         with store.sessions() as session:
             counted = session.get(Job, job_id).error_count

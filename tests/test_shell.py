@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kala_celery.outcome import OUTPUT_LIMIT
+from kala_celery.runs.outcome import OUTPUT_LIMIT
 from kala_celery.tasks.shell import CommandError, run_command, split_command
 
 ENV = {

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from kala_celery.models import Job
+from kala_celery.store.tables import Job
 from kala_celery.tasks.templates import (
     GO_ZERO_TIME,
     TemplateError,

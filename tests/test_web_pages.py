@@ -20,7 +20,7 @@ from kala_celery import schedule
 from kala_celery.api import create_app, init_kala
 from kala_celery.beat.claim import advance
 from kala_celery.config import Settings
-from kala_celery.models import Job, Run
+from kala_celery.store.tables import Job, Run
 from kala_celery.web import describe, webui_prefix
 from tests.test_api_jobs import future
 from tests.webdata import insert_jobs

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kala_celery import wire
-from kala_celery.wire import WireError
+from kala_celery.wire import WireError, decode, go_scanner, kala_json
 
 # ---------------------------------------------------------------- stand-ins
 
@@ -1010,7 +1010,7 @@ def test_go_scanner_agrees_with_python_json(text: str) -> None:
         python_ok = True
     except ValueError:
         python_ok = False
-    assert (wire._go_syntax_error(text.encode()) is None) == python_ok
+    assert (go_scanner.syntax_error(text.encode()) is None) == python_ok
 
 
 small_text = st.text(max_size=8)
@@ -1077,8 +1077,8 @@ def test_scanner_shortcuts_match_byte_by_byte(value: Any, data: st.DataObject) -
     body = json.dumps(value, indent=data.draw(st.sampled_from([None, 1]))).encode()
     for _ in range(data.draw(st.integers(min_value=0, max_value=3))):
         body = mutate(body, data)
-    fast = wire._GoScanner().check(body)
-    slow = wire._GoScanner(fast=False).check(body)
+    fast = go_scanner._GoScanner().check(body)
+    slow = go_scanner._GoScanner(fast=False).check(body)
     assert fast == slow
     try:
         json.loads(body.decode("utf-8"))
@@ -1099,7 +1099,7 @@ def test_fuzz_dumps_is_valid_json_and_html_safe(text: str) -> None:
     assert out.endswith(b"\n") and out.count(b"\n") == 1
     for ch in (b"<", b">", b"&"):
         assert ch not in out
-    cleaned = wire._SURROGATE.sub("\ufffd", text)
+    cleaned = decode._SURROGATE.sub("\ufffd", text)
     assert json.loads(out) == {"k": cleaned, cleaned: [cleaned]}
 
 
@@ -1113,10 +1113,10 @@ def test_time_text_reads_every_spelling_of_a_stored_time(t: datetime) -> None:
     """SQLite's text (with and without a fraction), a naive and an aware datetime: all give
     format_time's text."""
     expected = wire.format_time(t.replace(tzinfo=UTC))
-    assert wire._time_text(t.isoformat(" ", "microseconds")) == expected
-    assert wire._time_text(t.isoformat(" ")) == expected
-    assert wire._time_text(t) == expected
-    assert wire._time_text(t.replace(tzinfo=UTC)) == expected
+    assert kala_json._time_text(t.isoformat(" ", "microseconds")) == expected
+    assert kala_json._time_text(t.isoformat(" ")) == expected
+    assert kala_json._time_text(t) == expected
+    assert kala_json._time_text(t.replace(tzinfo=UTC)) == expected
 
 
 def test_json_null_text_is_an_unset_json_column() -> None:
@@ -1128,12 +1128,13 @@ def test_json_null_text_is_an_unset_json_column() -> None:
 
 
 def test_every_extension_key_is_a_job_column_that_decodes() -> None:
-    """Adding an extension key is one row in wire._EXTENSIONS: it must name a column of
+    """Adding an extension key is one row in wire/kala_json._EXTENSIONS: it must name a column of
     models.Job and a key the decoder reads."""
-    from kala_celery.models import Job
+    from kala_celery.store.tables import Job
 
-    for name, rule in wire._EXTENSIONS:
+    for name, rule in kala_json._EXTENSIONS:
         assert name in Job.__table__.c
-        assert name in wire._JOB
+        assert name in decode._JOB
         assert rule in ("text", "delay", "flag", "json")
-    assert wire.JOB_FIELDS[-len(wire._EXTENSIONS) :] == tuple(n for n, _ in wire._EXTENSIONS)
+    extensions = kala_json._EXTENSIONS
+    assert wire.JOB_FIELDS[-len(extensions) :] == tuple(n for n, _ in extensions)

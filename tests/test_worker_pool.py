@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from kala_celery import db
 from kala_celery.celery_app import make_celery
 from kala_celery.config import Settings
+from kala_celery.store import db
 
 PG = "postgresql+psycopg://kala@127.0.0.1:1/kala"  # never connected to: pools open lazily
 

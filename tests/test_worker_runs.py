@@ -10,8 +10,8 @@ import pytest
 from flask import Flask, request
 from sqlalchemy import select
 
-from kala_celery import dispatch
-from kala_celery.models import Job, Run
+from kala_celery.runs import dispatch
+from kala_celery.store.tables import Job, Run
 from tests.live import Api, LiveServer
 from tests.processes import wait_for
 from tests.test_api_jobs import future

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, insert
 
-from kala_celery.models import Job, Run
+from kala_celery.store.tables import Job, Run
 
 TEAMS = ("billing", "search", "ops", "data", "mail", "reports", "auth", "media")
 TASKS = ("sync", "backup", "reindex", "cleanup", "export", "digest", "rotate-keys", "warm-cache")

@@ -15,7 +15,8 @@ from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
-from kala_celery import limits, wire
+from kala_celery import wire
+from kala_celery.wire import limits
 
 JSON_TYPE = "application/json;charset=UTF-8"
 log = logging.getLogger("kala_celery.api")

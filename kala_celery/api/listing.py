@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from kala_celery import wire
-from kala_celery.models import Job, UTCDateTime
+from kala_celery.store.tables import Job, UTCDateTime
 
 _quote = json.encoder.encode_basestring
 

@@ -3,7 +3,7 @@
 
 Written here as Python data rather than generated: the API's bodies are decoded by wire.py (Go
 semantics) and not by a schema library that apispec or spectree could read, and building the
-document in code lets it take its numbers from the limits table (kala_celery/limits.py) and its
+document in code lets it take its numbers from the limits table (kala_celery/wire/limits.py) and its
 paths from the routes table (kala_celery/api/routes.py), so neither can drift. A route without
 an operation here fails `document()` (and tests/test_openapi.py). The tests validate every
 response they see against it (tests/openapi_check.py) and schemathesis fuzzes the server with
@@ -21,8 +21,10 @@ from typing import Any
 
 from flask import Response, current_app
 
-from kala_celery import __version__, limits
+from kala_celery import __version__
 from kala_celery.api import http
+from kala_celery.api.state import kala
+from kala_celery.wire import limits
 
 Schema = dict[str, Any]
 Route = tuple[str, Sequence[str], Callable[..., Any]]
@@ -516,14 +518,11 @@ def document(
     }
 
 
-def openapi_document() -> Response:
-    """GET <prefix>/openapi.json: the document of this app's API."""
-    from kala_celery.api.routes import ROUTES
-    from kala_celery.api.state import kala
-
+def serve(routes: Iterable[Route]) -> Response:
+    """GET <prefix>/openapi.json: the document of this app's API, from its `routes`."""
     rules = {rule.endpoint: rule.rule for rule in current_app.url_map.iter_rules()}
     doc = document(
-        ROUTES,
+        routes,
         kala().url_prefix,
         health_path=rules.get("kala_health"),
         metrics_path=rules.get("kala_metrics"),

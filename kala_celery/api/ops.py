@@ -1,4 +1,4 @@
-"""`GET /metrics` (Prometheus text, kala_celery/metrics.py) and `GET /health` (is the job
+"""`GET /metrics` (Prometheus text, kala_celery/api/metrics.py) and `GET /health` (is the job
 store reachable, is the broker), mounted by `init_kala(app, metrics_path=..., health_path=...)`;
 create_app mounts them at /metrics and /health.
 
@@ -19,9 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from sqlalchemy import Engine, text
 
 from kala_celery.api import http
+from kala_celery.api.metrics import registry_for, render
 from kala_celery.config import Settings
-from kala_celery.db import DatabaseAway, probe_engine
-from kala_celery.metrics import registry_for, render
+from kala_celery.store.db import DatabaseAway, probe_engine
 
 log = logging.getLogger(__name__)
 

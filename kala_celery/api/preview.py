@@ -1,5 +1,6 @@
 """The preview routes (Decision 24): the next occurrences of a job, or of a schedule before a
-job exists, computed by kala_celery/occurrences.py as the beat's claim advances through them.
+job exists, computed by kala_celery/schedule/occurrences.py as the beat's claim advances
+through them.
 The Decisions cited are those of docs/design.md."""
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from typing import Any
 
 from flask import Response, request
 
-from kala_celery import jobs, occurrences, schedule, wire
+from kala_celery import schedule, wire
 from kala_celery.api.http import json_response, read_body
 from kala_celery.api.state import kala
-from kala_celery.models import utcnow
+from kala_celery.schedule import occurrences
+from kala_celery.store import jobs
+from kala_celery.store.tables import utcnow
 
 DEFAULT_COUNT = 10
 _COUNT_HINT = f"count must be a whole number from 1 to {occurrences.MAX_PREVIEW}"

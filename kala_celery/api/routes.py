@@ -10,18 +10,22 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
-from kala_celery import limits
 from kala_celery.api import http, openapi, preview, views
 from kala_celery.api.state import KalaState, kala
-from kala_celery.db import DatabaseAway
 from kala_celery.errors import JobError, NotFound
-from kala_celery.schema import SchemaError
-from kala_celery.wire import WireError
+from kala_celery.store.db import DatabaseAway
+from kala_celery.store.schema import SchemaError
+from kala_celery.wire import WireError, limits
 
 log = logging.getLogger(__name__)
 
 CONFLICT_STATES = frozenset({"40001", "40P01"})  # PostgreSQL: serialization failure, deadlock
 RETRY_AFTER = 5  # seconds a client is told to wait while the job store is unavailable
+
+def openapi_document() -> Response:
+    """GET <prefix>/openapi.json: the document of this API, made from ROUTES below."""
+    return openapi.serve(ROUTES)
+
 
 # (path under the prefix, methods, view). Every path ends with "/" (Kala's StrictSlash).
 ROUTES = [
@@ -47,7 +51,7 @@ ROUTES = [
     ("/job/<job_id>/next/", ["GET"], preview.job_next),
     ("/schedule/preview/", ["POST"], preview.schedule_preview),
     # kala-celery
-    ("/openapi.json", ["GET"], openapi.openapi_document),
+    ("/openapi.json", ["GET"], openapi_document),
 ]
 
 

@@ -10,9 +10,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery.config import Settings
-from kala_celery.db import init_schema
-from kala_celery.jobs import Rules
-from kala_celery.models import Run
+from kala_celery.store.db import init_schema
+from kala_celery.store.jobs import Rules
+from kala_celery.store.tables import Run
 
 Publisher = Callable[[Sequence[Run]], list[str]]  # returns the ids it sent
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from flask import Response, request, url_for
 from sqlalchemy.orm import Session
 
-from kala_celery import history, jobs, limits, wire
+from kala_celery import wire
 from kala_celery.api import listing
 from kala_celery.api.http import (
     JSON_TYPE,
@@ -22,7 +22,10 @@ from kala_celery.api.http import (
 )
 from kala_celery.api.state import kala
 from kala_celery.errors import Forbidden
-from kala_celery.models import JOB_REMOTE, TERMINAL_STATES, Job, Run, utcnow
+from kala_celery.runs import start
+from kala_celery.store import history, jobs
+from kala_celery.store.tables import JOB_REMOTE, TERMINAL_STATES, Job, Run, utcnow
+from kala_celery.wire import limits
 
 PAGE_LIMIT = 1000
 
@@ -59,7 +62,7 @@ def _job_response(session: Session, job: Job) -> Response:
 def create_job() -> Response:
     data = decode_first_mib(wire.decode_job)
     with _transaction() as session:
-        job, run = jobs.create_job(session, data, kala().rules, utcnow())
+        job, run = start.create(session, data, kala().rules, utcnow())
     _publish(run)
     return json_response({"id": job.id}, 201)
 
@@ -83,7 +86,7 @@ def get_job(job_id: str) -> Response:
 def replace_job(job_id: str) -> Response:
     data = decode_first_mib(wire.decode_job)
     with _transaction() as session:
-        job, run = jobs.replace_job(session, job_id, data, kala().rules, utcnow())
+        job, run = start.replace(session, job_id, data, kala().rules, utcnow())
         session.flush()
         response = _job_response(session, job)
     _publish(run)
@@ -104,7 +107,7 @@ def delete_all() -> Response:
 
 def enable_job(job_id: str) -> Response:
     with _transaction() as session:
-        _job, run = jobs.enable_job(session, job_id, kala().rules, utcnow())
+        _job, run = start.enable(session, job_id, kala().rules, utcnow())
     _publish(run)
     return empty_response(204)
 
@@ -120,7 +123,7 @@ def start_job(job_id: str) -> Response:
     Location."""
     wait = request.args.get("wait", "true").strip().lower() not in ("false", "0", "no")
     with _transaction() as session:
-        run = jobs.start_job(session, job_id, kala().rules, utcnow())
+        run = start.manual(session, job_id, kala().rules, utcnow())
     sent = _publish(run)  # not sent (broker down): recorded, it goes out later; answer now
     if sent and wait and _wait_until_finished(run.id, kala().settings.start_wait):
         return empty_response(204)

@@ -1,4 +1,10 @@
-"""The Kala beat scheduler: `celery -A kala_celery beat -S kala`."""
+"""beat: the Kala beat scheduler, `celery -A kala_celery beat -S kala`.
+
+- scheduler: KalaScheduler, Celery's beat Scheduler: claim, publish, sweep, sleep;
+- claim: claim due jobs, record their runs, advance next_run_at.
+
+May import config, schedule, store, runs and celery_app; never tasks, api, web or ops.
+"""
 
 from kala_celery.beat.scheduler import KalaScheduler
 

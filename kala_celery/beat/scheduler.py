@@ -22,14 +22,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from kala_celery import runs
 from kala_celery.beat.claim import RUN_IN_FLIGHT, Outgoing, claim_due, next_due
 from kala_celery.celery_app import settings_of
-from kala_celery.db import Store, read_sessions, store_for
-from kala_celery.jobs import Rules, rearm
-from kala_celery.models import TERMINAL_STATES, UNARMED, Job, JobLink, Run, utcnow
-from kala_celery.publish import CeleryPublisher
+from kala_celery.runs import attempts, heartbeats, sweep
+from kala_celery.runs.publish import CeleryPublisher
 from kala_celery.schedule import ScheduleError, parse_plain_duration
+from kala_celery.store.db import Store, read_sessions, store_for
+from kala_celery.store.jobs import Rules, rearm
+from kala_celery.store.tables import TERMINAL_STATES, UNARMED, Job, JobLink, Run, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +185,14 @@ class KalaScheduler(Scheduler):
         assert self._store is not None and self._publisher is not None
         settings = settings_of(self.app)
         engine = self._store.engine
-        pending, lost = runs.missing(
+        pending, lost = sweep.missing(
             engine,
             now,
             pending_grace=PENDING_GRACE,
             redeliver_after=settings.redeliver_delay,
             limit=BATCH,
         )
-        untaken = runs.untaken_tasks(
+        untaken = sweep.untaken_tasks(
             engine, now, redeliver_after=settings.redeliver_delay, limit=BATCH
         )
         if lost or untaken:  # a queue with messages waiting may still hold theirs
@@ -201,24 +201,25 @@ class KalaScheduler(Scheduler):
             )
             if idle is None:  # the broker is away: nothing to send to, nor to judge by
                 idle, untaken = set(), []
-            again, failed = runs.task_verdicts(untaken, idle, now, settings.redeliver_delay)
+            again, failed = sweep.task_verdicts(untaken, idle, now, settings.redeliver_delay)
             again += [r for r, queue in lost if queue in idle]
-            pending += runs.reopen(engine, now, again)
+            pending += sweep.reopen(engine, now, again)
             for run_id, reason in failed:
-                self._publish(runs.fail_untaken(self._store.sessions, run_id, settings, now,
+                self._publish(sweep.fail_untaken(self._store.sessions, run_id, settings, now,
                                                 reason))
         if pending:
             log.info("beat: sweep publishing %d runs without a message", len(pending))
             self._publish(pending)
         if self._heartbeats_trusted(settings.worker_silence):
-            for run_id, reason in runs.orphaned(self._store.engine, now, settings.worker_silence):
+            orphans = heartbeats.orphaned(self._store.engine, now, settings.worker_silence)
+            for run_id, reason in orphans:
                 log.warning("beat: run %s: %s", run_id, reason)
-                self._publish(runs.abandon(self._store.sessions, run_id, settings, now, reason))
+                self._publish(attempts.abandon(self._store.sessions, run_id, settings, now, reason))
         self._rearm(now)
         self._prune(now - parse_plain_duration(settings.run_retention))
         with engine.begin() as conn:
-            runs.record_beat(conn, self.name, now)
-        runs.prune_workers(engine, now - FORGET_WORKERS)
+            heartbeats.record_beat(conn, self.name, now)
+        heartbeats.prune_workers(engine, now - FORGET_WORKERS)
 
     def _heartbeats_trusted(self, silence: timedelta) -> bool:
         """A worker's silence means it is gone only if the database was up all that time:

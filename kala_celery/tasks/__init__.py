@@ -1,5 +1,13 @@
-"""Kala's Celery tasks. Importing this module registers them with any Celery app
-(`shared_task`): a team's own app only needs `import kala_celery.tasks`."""
+"""tasks: the worker's side. Kala's Celery task `kala.run` (one delivery of a run); importing
+this package registers it with any Celery app (`shared_task`), so a team's own app only needs
+`import kala_celery.tasks`.
+
+- runner: one delivery (claim, attempts under the retry policy, finish, the chain's next link);
+- shell, remote, celery_task: one attempt of each job type; templates: remote bodies;
+- heartbeat: the worker process's heartbeat thread.
+
+May import config, schedule, store, runs and celery_app; never beat, api, web or ops.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +20,11 @@ from sqlalchemy import Engine
 
 from kala_celery.celery_app import RUN_TASK, settings_of
 from kala_celery.config import Settings
-from kala_celery.db import DatabaseAway, Store, size_pools_for, store_for
-from kala_celery.models import utcnow
-from kala_celery.publish import CeleryPublisher
-from kala_celery.runs import reopen, worker_id
+from kala_celery.runs.attempts import worker_id
+from kala_celery.runs.publish import CeleryPublisher
+from kala_celery.runs.sweep import reopen
+from kala_celery.store.db import DatabaseAway, Store, size_pools_for, store_for
+from kala_celery.store.tables import utcnow
 from kala_celery.tasks import heartbeat
 from kala_celery.tasks.runner import execute_run
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Celery, current_app, current_task
 
-from kala_celery.outcome import Outcome
+from kala_celery.runs.outcome import Outcome
 
 
 def unknown_task_error(name: str, hostname: str) -> str:

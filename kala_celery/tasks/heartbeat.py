@@ -19,9 +19,9 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine
 
-from kala_celery.db import DatabaseAway, begin_write
-from kala_celery.models import utcnow
-from kala_celery.runs import record_heartbeat
+from kala_celery.runs.heartbeats import record_heartbeat
+from kala_celery.store.db import DatabaseAway, begin_write
+from kala_celery.store.tables import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from http import HTTPStatus
 
 import httpx
 
-from kala_celery.outcome import OUTPUT_LIMIT, Outcome, tail
+from kala_celery.runs.outcome import OUTPUT_LIMIT, Outcome, tail
 
 __all__ = ["DEFAULT_TIMEOUT", "MAX_REDIRECTS", "call"]
 

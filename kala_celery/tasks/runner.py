@@ -20,10 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import schedule
 from kala_celery.config import Settings
-from kala_celery.db import DatabaseAway, begin_write, engine_of
-from kala_celery.models import JOB_CELERY_TASK, JOB_REMOTE, utcnow
-from kala_celery.outcome import Outcome
-from kala_celery.runs import (
+from kala_celery.runs.attempts import (
     JobRecord,
     RetryPolicy,
     RunInfo,
@@ -33,6 +30,9 @@ from kala_celery.runs import (
     release,
     worker_id,
 )
+from kala_celery.runs.outcome import Outcome
+from kala_celery.store.db import DatabaseAway, begin_write, engine_of
+from kala_celery.store.tables import JOB_CELERY_TASK, JOB_REMOTE, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 
-from kala_celery.outcome import Outcome, tail
+from kala_celery.runs.outcome import Outcome, tail
 
 __all__ = ["CommandError", "run_command", "split_command"]
 

@@ -5,6 +5,10 @@ by `/webui` (`/api/v1` -> `/webui/`, `/kala/api/v1` -> `/kala/webui/`); a prefix
 end in `/api/v1` gets `/webui` appended (`/scheduler` -> `/scheduler/webui/`). The API must not
 be mounted at `/` itself then: its conventions (token, route misses) cover every path under its
 prefix.
+
+Modules: views (the pages' handlers), queries (their reads), forms (a form is a Kala JSON
+body), describe (schedules in words), auth (token login, CSRF); the routes are ROUTES below.
+May import everything below it (api's state and previews included); never webapp or ops.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import BadRequest, NotFound
 
 from kala_celery.api.state import KalaState, kala
-from kala_celery.db import DatabaseAway
 from kala_celery.errors import NotFound as JobNotFound
+from kala_celery.store.db import DatabaseAway
 from kala_celery.web import auth, describe, views
 
 __all__ = ["build_blueprint", "init_webui", "webui_prefix"]

@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 
 from cronsim import CronSim, CronSimError
 
-from kala_celery import occurrences, schedule
+from kala_celery import schedule
+from kala_celery.schedule import occurrences
 
 _UNITS = ("year", "month", "day", "hour", "minute", "second")
 # Terminal colour and cursor sequences, and control characters other than tab and newline.
@@ -209,7 +210,7 @@ def job_occurrences(
         return [], "runs after its parent job's runs succeed"
     if not (job.schedule or job.cron):
         return [], "no schedule: it ran once when it was created"
-    from kala_celery.jobs import parse_job_schedule  # the beat's own parsing
+    from kala_celery.store.jobs import parse_job_schedule  # the beat's own parsing
 
     try:
         parsed = parse_job_schedule(job, default_zone)
@@ -242,7 +243,7 @@ def preview(
     create gives when the schedule is refused)."""
     from kala_celery.api.preview import schedule_times
     from kala_celery.errors import InvalidJob
-    from kala_celery.jobs import Rules
+    from kala_celery.store.jobs import Rules
 
     text, cron, zone_name = text.strip(), cron.strip(), (zone_name or "").strip()
     if not (text or cron):

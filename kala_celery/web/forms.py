@@ -2,7 +2,7 @@
 
 The form is only another way to write the body a client would POST: `body_from_form` builds
 that JSON text and the caller decodes it with wire.decode_job and stores it with
-jobs.create_job / jobs.replace_job, so a form is refused with the API's own message (a
+start.create / start.replace, so a form is refused with the API's own message (a
 number field that is not a number gets Go's "cannot unmarshal" text from wire).
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kala_celery.models import JOB_CELERY_TASK, JOB_REMOTE, PARENTS_ALL, Job
+from kala_celery.store.tables import JOB_CELERY_TASK, JOB_REMOTE, PARENTS_ALL, Job
 
 
 class FormError(ValueError):

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from kala_celery.models import Job, JobLink, Run
+from kala_celery.store.tables import Job, JobLink, Run
 
 FILTERS = ("all", "failing", "disabled", "done")
 IN_FLIGHT = ("pending", "sent", "started")

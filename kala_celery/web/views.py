@@ -22,11 +22,13 @@ from flask import (
 )
 from sqlalchemy.orm import Session
 
-from kala_celery import jobs, wire
+from kala_celery import wire
 from kala_celery.api.state import KalaState, kala
-from kala_celery.db import DatabaseAway
 from kala_celery.errors import INIT_ERROR, JobError, NotFound
-from kala_celery.models import JOB_CELERY_TASK, JOB_REMOTE, Run, utcnow
+from kala_celery.runs import start
+from kala_celery.store import jobs
+from kala_celery.store.db import DatabaseAway
+from kala_celery.store.tables import JOB_CELERY_TASK, JOB_REMOTE, Run, utcnow
 from kala_celery.web import auth, describe, forms, queries
 
 log = logging.getLogger(__name__)
@@ -226,9 +228,9 @@ def _store(job_id: str | None) -> Response | tuple[str, int]:
         data = wire.decode_job(forms.body_from_form(values, new=job_id is None))
         with _transaction() as session:
             if job_id is None:
-                job, run = jobs.create_job(session, data, state.rules, utcnow())
+                job, run = start.create(session, data, state.rules, utcnow())
             else:
-                job, run = jobs.replace_job(session, job_id, data, state.rules, utcnow())
+                job, run = start.replace(session, job_id, data, state.rules, utcnow())
             saved_id = job.id
     except NotFound:
         abort(404)
@@ -276,9 +278,9 @@ def _act(job_id: str, action: str) -> Response:
     try:
         with _transaction() as session:
             if action == "start":
-                run = jobs.start_job(session, job_id, state.rules, utcnow())
+                run = start.manual(session, job_id, state.rules, utcnow())
             elif action == "enable":
-                _job, run = jobs.enable_job(session, job_id, state.rules, utcnow())
+                _job, run = start.enable(session, job_id, state.rules, utcnow())
             else:
                 jobs.disable_job(session, job_id)
     except NotFound:

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-ID_LENGTH = 128
+from kala_celery.wire.limits import ID_LENGTH
 
 
 def utcnow() -> datetime:
@@ -243,7 +243,7 @@ class Beat(Base):
 
 
 class MetricCount(Base):
-    """Totals for /metrics (kala_celery/metrics.py), kept by triggers on `runs` and `jobs`
+    """Totals for /metrics (kala_celery/api/metrics.py), kept by triggers on `runs` and `jobs`
     (migration 0002) in the transaction that changes the row, so every process and machine
     sees the same figures and a scrape reads a few hundred rows whatever the size of the
     tables. `series`: "runs" (runs that reached the end state `label`), "lateness" (scheduled

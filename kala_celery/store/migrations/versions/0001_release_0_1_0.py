@@ -1,6 +1,6 @@
 """The schema of kala-celery 0.1.0 (commit 71fd7ed): jobs, job_links and runs.
 
-A database made by that release has no alembic_version table; kala_celery/schema.py treats
+A database made by that release has no alembic_version table; kala_celery/store/schema.py treats
 such a database as being at this revision.
 
 Revision ID: 0001

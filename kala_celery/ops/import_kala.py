@@ -28,9 +28,11 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
-from kala_celery import bulk, cron, jobs, occurrences, schedule, wire
+from kala_celery import schedule, wire
 from kala_celery.errors import Conflict, Forbidden, InvalidJob
-from kala_celery.models import Job, Run
+from kala_celery.schedule import cron, occurrences
+from kala_celery.store import bulk, jobs
+from kala_celery.store.tables import Job, Run
 
 IMPORTED, HERE, REFUSED = "imported", "already here", "refused"
 PLANNED = "to import"  # what a dry run says instead of "imported"

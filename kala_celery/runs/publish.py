@@ -25,10 +25,10 @@ from kombu import Producer
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from kala_celery import bulk
 from kala_celery.celery_app import RUN_TASK
-from kala_celery.db import engine_of, read_sessions
-from kala_celery.models import Job, Run, utcnow
+from kala_celery.store import bulk
+from kala_celery.store.db import engine_of, read_sessions
+from kala_celery.store.tables import Job, Run, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from kala_celery import bulk
-from kala_celery.models import Job, JobLink, Run
+from kala_celery.store import bulk, jobs
+from kala_celery.store.tables import Job, Run
+from kala_celery.wire import limits
 
 # Triggers that use up one of the schedule's runs (docs/design.md Decision 4: a manual start
 # counts).
 COUNTED_TRIGGERS = frozenset({"schedule", "manual"})
-MAX_TREE_RUNS = 1000  # a run and its dependents; jobs.py refuses links that would exceed it
 
 
 def new_run_id() -> str:
@@ -42,26 +42,6 @@ def _row(job_id: str, when: datetime, trigger: str, now: datetime, **tree: objec
     }
 
 
-def children_by_parent(session: Session, roots: list[str]) -> dict[str, list[str]]:
-    """Every job below `roots` mapped to its children in FIFO order (one query per level).
-    Children with parents_mode "all" are not in their parents' chains: they run on their own
-    once all their parents have succeeded (kala_celery/parents.py, Decision 20)."""
-    children: dict[str, list[str]] = {}
-    frontier = list(roots)
-    while frontier:
-        rows = session.execute(
-            select(JobLink.parent_id, JobLink.child_id)
-            .join(Job, Job.id == JobLink.child_id)
-            .where(bulk.one_of(session, JobLink.parent_id, frontier))
-            .where(Job.parents_mode.is_(None))
-            .order_by(JobLink.parent_id, JobLink.position)
-        ).all()
-        for parent, child in rows:
-            children.setdefault(parent, []).append(child)
-        frontier = list(dict.fromkeys(c for _, c in rows if c not in children))
-    return children
-
-
 def record_trees(
     session: Session,
     roots: list[tuple[str, datetime]],
@@ -80,7 +60,7 @@ def record_trees(
     if not roots:
         return []
     if children is None:
-        children = children_by_parent(session, [job_id for job_id, _ in roots])
+        children = jobs.children_by_parent(session, [job_id for job_id, _ in roots])
     rows: list[dict] = []
     root_ids: list[str] = []
     for job_id, when in roots:
@@ -93,7 +73,7 @@ def record_trees(
             nonlocal seq
             for child_id in children.get(parent_job, []):
                 seq += 1
-                if seq >= MAX_TREE_RUNS:  # jobs.py refuses such trees; never exceed it
+                if seq >= limits.MAX_TREE_RUNS:  # jobs.py refuses such trees; never exceed it
                     return
                 row = _row(
                     child_id,

@@ -87,15 +87,15 @@ def _serve_api(
     with_companions: bool,
 ) -> None:
     from kala_celery.api import create_app
-    from kala_celery.server import BindError, check_bind, parse_port, serve_api
-    from kala_celery.supervise import companions
+    from kala_celery.ops.server import BindError, check_bind, parse_port, serve_api
+    from kala_celery.ops.supervise import companions
 
     try:
         number = parse_port(port)
         check_bind(interface, settings.api_token, insecure)
     except BindError as exc:
         raise click.UsageError(str(exc)) from None
-    from kala_celery.schema import SchemaError
+    from kala_celery.store.schema import SchemaError
 
     try:
         app = create_app(settings)
@@ -187,7 +187,7 @@ def beat(ctx: click.Context, db: str | None, broker: str | None, data_dir: str |
 
 @main.group()
 def db() -> None:
-    """The job store's schema (Alembic migrations shipped in kala_celery/migrations)."""
+    """The job store's schema (Alembic migrations shipped in kala_celery/store/migrations)."""
 
 
 @db.command("upgrade")
@@ -195,8 +195,8 @@ def db() -> None:
 def db_upgrade(db: str | None, broker: str | None, data_dir: str | None) -> None:
     """Upgrade the job store to this version's schema (or create it). Safe to run while
     other processes start: on PostgreSQL they take turns under an advisory lock."""
-    from kala_celery import schema
-    from kala_celery.db import DatabaseAway, make_engine
+    from kala_celery.store import schema
+    from kala_celery.store.db import DatabaseAway, make_engine
 
     settings = _settings(db, broker, data_dir, None)
     engine = make_engine(settings.db_url)
@@ -218,8 +218,8 @@ def db_upgrade(db: str | None, broker: str | None, data_dir: str | None) -> None
 def db_current(db: str | None, broker: str | None, data_dir: str | None) -> None:
     """Print the job store's schema revision and whether it is this version's (head);
     exit 1 when it is not."""
-    from kala_celery import schema
-    from kala_celery.db import DatabaseAway, make_engine
+    from kala_celery.store import schema
+    from kala_celery.store.db import DatabaseAway, make_engine
 
     settings = _settings(db, broker, data_dir, None)
     engine = make_engine(settings.db_url)
@@ -250,8 +250,8 @@ def health(kind: str, host: str | None, any_host: bool, db: str | None, broker: 
            data_dir: str | None) -> None:
     """Exit 0 if a KIND process on this host was heard from within KALA_WORKER_TIMEOUT (a beat
     ticks every 5 s; a worker process heartbeats from its first run on), else 1."""
-    from kala_celery import liveness
-    from kala_celery.db import probe_engine
+    from kala_celery.ops import health as liveness
+    from kala_celery.store.db import probe_engine
 
     settings = _settings(db, broker, data_dir, None)
     engine = probe_engine(settings.db_url)
@@ -279,12 +279,12 @@ def import_command(source: str | None, from_file: Path | None, dry_run: bool, db
     """Write every job of a Kala into the job store: ids, fields, links, counters and each
     schedule's progress kept. Jobs already here are left alone; a refused job is named with
     the Decision behind it (docs/design.md). Exit 1 when any job was refused."""
-    from kala_celery import importer
-    from kala_celery.db import DatabaseAway, make_engine, make_sessionmaker
-    from kala_celery.jobs import Rules
-    from kala_celery.models import utcnow
+    from kala_celery.ops import import_kala as importer
     from kala_celery.schedule import parse_plain_duration
-    from kala_celery.schema import SchemaError, ensure
+    from kala_celery.store.db import DatabaseAway, make_engine, make_sessionmaker
+    from kala_celery.store.jobs import Rules
+    from kala_celery.store.schema import SchemaError, ensure
+    from kala_celery.store.tables import utcnow
 
     if bool(source) == (from_file is not None):
         raise click.UsageError("give one of --from URL and --from-file FILE")

@@ -1,6 +1,6 @@
 """Alembic's environment for kala-celery's job store.
 
-kala_celery/schema.py runs it with an open connection (config.attributes["connection"]),
+kala_celery/store/schema.py runs it with an open connection (config.attributes["connection"]),
 already in the transaction that holds PostgreSQL's advisory lock. Run by hand
 (`alembic -c <ini>`), it connects to `sqlalchemy.url` or, without one, KALA_DATABASE_URL.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from kala_celery.models import Base
+from kala_celery.store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -37,7 +37,7 @@ def run_online() -> None:
         run_with(connection)
         return
     from kala_celery.config import Settings
-    from kala_celery.db import make_engine
+    from kala_celery.store.db import make_engine
 
     engine = make_engine(config.get_main_option("sqlalchemy.url") or Settings.from_env().db_url)
     try:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, select
 
-from kala_celery.models import Beat, Worker, utcnow
+from kala_celery.store.tables import Beat, Worker, utcnow
 
 KINDS = {"beat": (Beat, Beat.last_tick), "worker": (Worker, Worker.last_seen)}
 

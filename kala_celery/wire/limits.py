@@ -14,8 +14,8 @@ from datetime import timedelta
 from typing import Any
 
 from kala_celery.errors import InvalidJob, JobError
-from kala_celery.models import ID_LENGTH
 
+ID_LENGTH = 128  # a job id's characters (the job store's key columns)
 MAX_BODY = 1 << 20  # bytes of a request body (Decision 2: more is a 413)
 INT64_MAX = (1 << 63) - 1  # the job store's BIGINT (Go's uint and int are 64-bit)
 MAX_NESTING = 256  # JSON levels: decoding recurses up to twice a level, and Python stops near
@@ -26,6 +26,7 @@ SHORT_TEXT = 64  # the columns of timezone, retry_delay and run_timeout
 QUEUE_LENGTH = 200
 RUN_ID_LENGTH = 36  # a run id is a UUID
 NESTING_ERROR = f"the JSON nests deeper than {MAX_NESTING} levels"
+MAX_TREE_RUNS = 1000  # a run and its dependents: store/jobs.py refuses links past it
 NUL = "\x00"  # PostgreSQL's text cannot hold U+0000
 
 

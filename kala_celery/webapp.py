@@ -1,5 +1,7 @@
-"""The Flask app factory and `init_kala`, which mounts the API on any Flask app (Decisions
-in docs/design.md)."""
+"""The Flask side put together: `init_kala` mounts the API (api/), the dashboard (web/) and
+/metrics and /health on any Flask app; `create_app` is the standalone server's app. It sits
+above api/ and web/ so that neither imports the other's way up; `kala_celery.api.init_kala`
+and `kala_celery.api.create_app` still name these."""
 
 from __future__ import annotations
 
@@ -8,13 +10,14 @@ import logging
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from kala_celery.api import http
+from kala_celery import web
+from kala_celery.api import http, ops
 from kala_celery.api.routes import build_blueprint
 from kala_celery.api.state import KalaState, Publisher
 from kala_celery.celery_app import make_celery
 from kala_celery.config import Settings
-from kala_celery.db import DatabaseAway, make_engine, make_sessionmaker
-from kala_celery.publish import CeleryPublisher
+from kala_celery.runs.publish import CeleryPublisher
+from kala_celery.store.db import DatabaseAway, make_engine, make_sessionmaker
 
 DEFAULT_PREFIX = "/api/v1"
 log = logging.getLogger(__name__)
@@ -53,12 +56,8 @@ def init_kala(
     app.extensions["kala"] = state
     app.register_blueprint(build_blueprint(), url_prefix=state.url_prefix)
     if webui is not False:
-        from kala_celery import web
-
         web.init_webui(app, state, None if webui is True else webui)
     if metrics_path or health_path:
-        from kala_celery.api import ops
-
         ops.mount(app, settings, engine, metrics_path=metrics_path, health_path=health_path)
     return state
 
@@ -70,8 +69,6 @@ def create_app(settings: Settings | None = None, **kwargs: object) -> Flask:
     state = init_kala(app, settings, **kwargs)  # type: ignore[arg-type]
     pages = None
     if kwargs.get("webui", True) is not False:
-        from kala_celery import web
-
         web.redirect_root(app)  # `/` shows the dashboard
         webui = kwargs.get("webui", True)
         pages = web.webui_prefix(state.url_prefix) if webui is True else str(webui)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -17,9 +18,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from kala_celery.store import schema
+
 # What a database outage raises (refused, restarting, connection dropped, SQLite busy past
 # its timeout): worth waiting out and trying again, unlike a wrong statement.
 DatabaseAway = (OperationalError, InterfaceError)
+log = logging.getLogger(__name__)
 
 
 BUSY_TIMEOUT = 30.0  # seconds a SQLite statement waits for another process's lock
@@ -124,12 +128,10 @@ def probe_engine(url: str, timeout: float = 3.0) -> Engine:
 
 
 def init_schema(engine: Engine) -> None:
-    """Bring the schema to head, or refuse (kala_celery/schema.py): an empty database is
+    """Bring the schema to head, or refuse (kala_celery/store/schema.py): an empty database is
     created at head, SQLite is upgraded, any other database behind head raises
     schema.SchemaBehind naming `kala-celery db upgrade`. Every process does this at start;
     on PostgreSQL they take turns under an advisory lock."""
-    from kala_celery import schema
-
     schema.ensure(engine)
 
 
@@ -168,3 +170,20 @@ def store_for(url: str, *, pre_ping: bool = True) -> Store:
         init_schema(engine)
         store = _stores[key] = Store(engine, make_sessionmaker(engine))
     return store
+
+
+def check_at_start(url: str, what: str) -> None:
+    """For a beat or worker starting: bring the schema to head, or exit naming the command.
+    A database that is away is waited for as before (the process connects when it is back)."""
+    engine = make_engine(url)
+    try:
+        schema.ensure(engine)
+    except DatabaseAway as exc:
+        log.warning(
+            "%s: the job store is unavailable (%s); its schema is checked when it is back",
+            what, exc)
+    except schema.SchemaError as exc:
+        log.critical("%s refuses to start: %s", what, exc)
+        raise SystemExit(1) from None
+    finally:
+        engine.dispose()

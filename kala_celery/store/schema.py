@@ -1,4 +1,4 @@
-"""The job store's schema version (Alembic, kala_celery/migrations/) and who may change it.
+"""The job store's schema version (Alembic, kala_celery/store/migrations/) and who may change it.
 
 Every process checks the schema when it connects (db.init_schema):
 
@@ -138,22 +138,3 @@ def revision_of(engine: Engine) -> str | None:
     """The database's revision, read without changing anything."""
     with engine.connect() as connection:
         return current(connection)
-
-
-def check_at_start(url: str, what: str) -> None:
-    """For a beat or worker starting: bring the schema to head, or exit naming the command.
-    A database that is away is waited for as before (the process connects when it is back)."""
-    from kala_celery.db import DatabaseAway, make_engine
-
-    engine = make_engine(url)
-    try:
-        ensure(engine)
-    except DatabaseAway as exc:
-        log.warning(
-            "%s: the job store is unavailable (%s); its schema is checked when it is back",
-            what, exc)
-    except SchemaError as exc:
-        log.critical("%s refuses to start: %s", what, exc)
-        raise SystemExit(1) from None
-    finally:
-        engine.dispose()

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from cronsim import CronSim, CronSimError
 
-from kala_celery.schedule import ScheduleError
+from kala_celery.schedule.iso8601 import ScheduleError
 
 __all__ = ["MAX_COUNTED", "CronSchedule", "parse_cron"]
 

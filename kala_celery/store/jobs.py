@@ -18,10 +18,11 @@ from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from kala_celery import cron, dispatch, limits, occurrences, schedule, wire
+from kala_celery import schedule, wire
 from kala_celery.errors import Conflict, Forbidden, InvalidJob, NotFound
-from kala_celery.models import (
-    ID_LENGTH,
+from kala_celery.schedule import cron, occurrences
+from kala_celery.store import bulk
+from kala_celery.store.tables import (
     JOB_CELERY_TASK,
     JOB_LOCAL,
     JOB_REMOTE,
@@ -30,6 +31,8 @@ from kala_celery.models import (
     JobLink,
     Run,
 )
+from kala_celery.wire import limits
+from kala_celery.wire.limits import ID_LENGTH
 
 # Ids that would collide with Kala's routes under /job/ (`/job/all/`, `/job/stats/{id}/`...).
 RESERVED_IDS = frozenset({"all", "stats", "start", "enable", "disable"})
@@ -218,6 +221,26 @@ def links_of(session: Session, job_ids: Iterable[str] | None = None) -> tuple[di
     return parents, children
 
 
+def children_by_parent(session: Session, roots: list[str]) -> dict[str, list[str]]:
+    """Every job below `roots` mapped to its children in FIFO order (one query per level).
+    Children with parents_mode "all" are not in their parents' chains: they run on their own
+    once all their parents have succeeded (kala_celery/runs/parents.py, Decision 20)."""
+    children: dict[str, list[str]] = {}
+    frontier = list(roots)
+    while frontier:
+        rows = session.execute(
+            select(JobLink.parent_id, JobLink.child_id)
+            .join(Job, Job.id == JobLink.child_id)
+            .where(bulk.one_of(session, JobLink.parent_id, frontier))
+            .where(Job.parents_mode.is_(None))
+            .order_by(JobLink.parent_id, JobLink.position)
+        ).all()
+        for parent, child in rows:
+            children.setdefault(parent, []).append(child)
+        frontier = list(dict.fromkeys(c for _, c in rows if c not in children))
+    return children
+
+
 def _unique(ids: list[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
@@ -283,7 +306,7 @@ def _check_tree_size(session: Session, job_id: str) -> None:
         tops += [j for j in frontier if j not in has_parent]
         frontier = [p for _, p in rows if p not in seen]
         seen.update(frontier)
-    children = dispatch.children_by_parent(session, tops)
+    children = children_by_parent(session, tops)
     sizes: dict[str, int] = {}
 
     def size(job: str, depth: int) -> int:
@@ -294,9 +317,9 @@ def _check_tree_size(session: Session, job_id: str) -> None:
         return sizes[job]
 
     for top in tops:
-        if size(top, 0) > dispatch.MAX_TREE_RUNS:
+        if size(top, 0) > limits.MAX_TREE_RUNS:
             raise InvalidJob(
-                f"job {top!r} would start more than {dispatch.MAX_TREE_RUNS} runs per run "
+                f"job {top!r} would start more than {limits.MAX_TREE_RUNS} runs per run "
                 "with its dependent jobs"
             )
 
@@ -453,8 +476,9 @@ def _insert(session: Session, job: Job) -> None:
 
 def create_job(
     session: Session, data: dict[str, Any], rules: Rules, now: datetime
-) -> tuple[Job, Run | None]:
-    """Create a job from a decoded body. Returns the job and the run of a one-off job."""
+) -> tuple[Job, bool]:
+    """Create a job from a decoded body. Returns the job, and whether a run of it is due now
+    (a one-off job): runs/start.py records it in the same transaction."""
     _validate(data, rules)
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
@@ -469,31 +493,23 @@ def create_job(
         # (not an INSERT and then an UPDATE of next_run_at).
         due_now = _arm(job, rules, now, fresh=True)
         _insert(session, job)
-        if due_now:
-            return job, dispatch.record_tree(
-                session, job, trigger="schedule", scheduled_for=now, now=now
-            )
-        return job, None
+        return job, due_now
     session.add(job)
     session.flush()
     _set_links(session, job_id, parents or None, _unique(children) if children else None)
-    return job, _start_if_due(session, job, rules, now, fresh=not parents)
+    return job, _start_if_due(job, rules, now, fresh=not parents)
 
 
-def _start_if_due(
-    session: Session, job: Job, rules: Rules, now: datetime, *, fresh: bool
-) -> Run | None:
+def _start_if_due(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
     if not fresh:
         job.next_run_at = None
-        return None
-    if _arm(job, rules, now, fresh=True):
-        return dispatch.record_tree(session, job, trigger="schedule", scheduled_for=now, now=now)
-    return None
+        return False
+    return _arm(job, rules, now, fresh=True)
 
 
 def replace_job(
     session: Session, job_id: str, data: dict[str, Any], rules: Rules, now: datetime
-) -> tuple[Job, Run | None]:
+) -> tuple[Job, bool]:
     """PUT: replace every field of an existing job (NextKala). A refused body changes nothing.
 
     An unchanged schedule keeps the job's progress (runs used, next occurrence); a new one
@@ -517,16 +533,16 @@ def replace_job(
         )
     if parents:
         job.next_run_at = None
-        return job, None
+        return job, False
     if (job.schedule, job.cron, job.timezone, False) != old_schedule:
         job.runs_used = 0
         job.is_done = False
-        return job, _start_if_due(session, job, rules, now, fresh=True)
+        return job, _start_if_due(job, rules, now, fresh=True)
     if job.disabled:
         job.next_run_at = None
     elif was_disabled or job.next_run_at is None:
         _arm(job, rules, now, fresh=False)
-    return job, None
+    return job, False
 
 
 def rearm(job: Job, rules: Rules, now: datetime) -> None:
@@ -608,40 +624,39 @@ def disable_job(session: Session, job_id: str) -> Job:
 
 def enable_job(
     session: Session, job_id: str, rules: Rules, now: datetime
-) -> tuple[Job, Run | None]:
+) -> tuple[Job, bool]:
     """Enable: a scheduled job gets its next occurrence at or after now (docs/design.md
-    Decision 8); a one-off that never ran runs now."""
+    Decision 8); a one-off that never ran is due now (the bool)."""
     job = get_job(session, job_id, lock=True)
     if not job.disabled:
-        return job, None
+        return job, False
     job.disabled = False
     if parent_ids(session, job_id):
-        return job, None
+        return job, False
     if not is_scheduled(job):
         ran = session.scalar(select(func.count()).select_from(Run).where(Run.job_id == job_id))
-        if ran or job.is_done:
-            return job, None
-        return job, dispatch.record_tree(
-            session, job, trigger="schedule", scheduled_for=now, now=now
-        )
+        return job, not (ran or job.is_done)
     _arm(job, rules, now, fresh=False)
-    return job, None
+    return job, False
 
 
-def start_job(session: Session, job_id: str, rules: Rules, now: datetime) -> Run:
-    """A manual start: record a run now. It counts as one of the schedule's runs
-    (docs/design.md Decision 4)."""
+def startable(session: Session, job_id: str) -> Job:
+    """The job of a manual start, locked; a disabled job is refused."""
     job = get_job(session, job_id, lock=True)
     if job.disabled:
         raise Conflict("the job is disabled; enable it to start it")
-    run = dispatch.record_tree(session, job, trigger="manual", scheduled_for=now, now=now)
+    return job
+
+
+def count_manual_start(session: Session, job: Job, rules: Rules) -> None:
+    """After a manual start's run is recorded: it counted as one of the schedule's runs
+    (docs/design.md Decision 4), so a schedule used up by it has no next occurrence."""
     session.flush()
     session.refresh(job, ["runs_used"])
     if is_scheduled(job) and job.next_run_at is not None:
         total = parse_job_schedule(job, rules.default_timezone).total_runs
         if total is not None and job.runs_used >= total:
             job.next_run_at = None
-    return run
 
 
 # ---------------------------------------------------------------- stats

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from kala_celery import cron, schedule
+from kala_celery.schedule import cron
+from kala_celery.schedule import iso8601 as schedule
 
 __all__ = ["MAX_PREVIEW", "Parsed", "after", "first", "parse", "upcoming"]
 

@@ -9,7 +9,7 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
 from kala_celery.errors import NotFound
-from kala_celery.models import TERMINAL_STATES, Run
+from kala_celery.store.tables import TERMINAL_STATES, Run
 
 # Runs that produce a Kala "stat": they ended with an outcome (a skipped run has none).
 FINISHED_STATES = ("success", "failed", "lost")

@@ -1,0 +1,11 @@
+"""store: the job store in SQL (SQLite embedded, PostgreSQL in production).
+
+- tables: the SQLAlchemy tables (jobs, job_links, runs, workers, beats, metric_counts);
+- db: engines and sessions (SQLite's WAL, busy timeout and write lock), the schema at start;
+- schema, migrations/: the schema's Alembic revision, and who may change it;
+- jobs: the job rules (create, replace, delete with its cascade, enable, links, stats);
+- history: reads of run history (a job's stats, pages of runs, NextKala's status callback);
+- bulk: statements over a batch of rows (PostgreSQL arrays, SQLite executemany).
+
+May import config, errors, schedule and wire; never runs, beat, tasks, api, web or ops.
+"""
