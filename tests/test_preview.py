@@ -1,4 +1,4 @@
-"""Previews (Decision 24): occurrences.upcoming as tables around DST, and the two routes
+"""Previews (Decision 24): Parsed.upcoming as tables around DST, and the two routes
 (GET /job/{id}/next/, POST /schedule/preview/) over real HTTP on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ UPCOMING = [
 def test_upcoming_is_what_the_claim_advances_through(text, cron, zone, first, used, count,
                                                      expected) -> None:
     parsed = occurrences.parse(text, cron, zone, "UTC")
-    assert texts(occurrences.upcoming(parsed, z(first), used, count)) == expected
+    assert texts(parsed.upcoming(z(first), used, count)) == expected
     # the beat, claiming each on time, records exactly these and moves to the next
     due, runs_used, fired = z(first), used, []
     while due is not None and len(fired) < count:
-        step = advance(parsed, due, runs_used, due, False)
+        step = advance(parsed.rule, due, runs_used, due, False)
         fired.append(step.run_for)
         due, runs_used = step.next_run_at, runs_used + 1
     assert texts(fired) == expected
@@ -64,10 +64,11 @@ def test_upcoming_is_what_the_claim_advances_through(text, cron, zone, first, us
 
 def test_first_of_a_cron_is_at_or_after_now_and_of_an_iso_its_start() -> None:
     now = z("2026-12-01T09:00:00Z")
-    assert occurrences.first(occurrences.parse(None, "0 9 * * *", None, "UTC"), now) == now
+    cron = occurrences.parse(None, "0 9 * * *", None, "UTC")
+    assert (cron.kind, cron.first(now)) == ("cron", now)
     iso = occurrences.parse("R/2026-12-05T00:00:00Z/P1D", None, None, "UTC")
-    assert occurrences.first(iso, now) == z("2026-12-05T00:00:00Z")
-    assert occurrences.upcoming(iso, None, 0, 5) == []
+    assert (iso.kind, iso.first(now)) == ("iso8601", z("2026-12-05T00:00:00Z"))
+    assert iso.upcoming(None, 0, 5) == []
 
 
 # ---------------------------------------------------------------- the routes over HTTP
@@ -164,3 +165,21 @@ def test_a_bad_preview_body_is_a_clear_400(api) -> None:
         got = api.http.post("/schedule/preview/", content=body,
                             headers={"Content-Type": "application/json"})
         assert got.status_code == 400 and message in got.json()["error"], (body, got.text)
+
+
+def test_a_dashboard_preview_parses_its_schedule_once(monkeypatch) -> None:
+    """One parse gives the check, the occurrences and the words (issue 23's parse-once)."""
+    from kala_celery.schedule import iso8601
+    from kala_celery.web import describe
+
+    calls = []
+    real = iso8601.parse_schedule
+    monkeypatch.setattr(iso8601, "parse_schedule", lambda text, tz=None: calls.append(text)
+                        or real(text, tz))
+    occurrences.parse.cache_clear()  # a parse kept from an earlier test would hide one
+    shown = describe.preview("R3/2099-03-01T09:00:00Z/PT1H", "Europe/Berlin", "UTC",
+                             now=z("2026-12-01T00:00:00Z"), count=2)
+    assert shown["ok"] and shown["words"].startswith("every hour from 1 Mar 2099 10:00 ")
+    assert shown["occurrences"] == ["1 Mar 2099 10:00 Europe/Berlin",
+                                    "1 Mar 2099 11:00 Europe/Berlin"]
+    assert calls == ["R3/2099-03-01T09:00:00Z/PT1H"]

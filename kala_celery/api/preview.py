@@ -6,7 +6,6 @@ The Decisions cited are those of docs/design.md."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 from flask import Response, request
@@ -50,7 +49,7 @@ def job_next(job_id: str) -> Response:
             parsed = jobs.parse_job_schedule(job, kala().rules.default_timezone)
         except schedule.ScheduleError:
             return _answer([])  # the beat disables such a job at its next claim
-        return _answer(occurrences.upcoming(parsed, job.next_run_at, job.runs_used, count))
+        return _answer(parsed.upcoming(job.next_run_at, job.runs_used, count))
 
 
 _PREVIEW_KEYS = ("schedule", "cron", "timezone")
@@ -73,19 +72,13 @@ def _preview_body(body: bytes) -> tuple[dict[str, str], Any]:
     return data, value.get("count")
 
 
-def schedule_times(data: dict[str, str], rules: jobs.Rules, now: datetime,
-                   count: int) -> list[datetime]:
-    """The first `count` occurrences of a job created now with `data`'s schedule or cron and
-    timezone (the dashboard's form preview too). Raises InvalidJob with the create's message."""
-    parsed = jobs.validate_timing(data, rules, now)
-    return occurrences.upcoming(parsed, occurrences.first(parsed, now), 0, count)
-
-
 def schedule_preview() -> Response:
     """POST /schedule/preview/ {"schedule" | "cron", "timezone", "count"}: the first `count`
     occurrences a job created now with that schedule would fire at. An unusable schedule is
     refused with the message a create would give."""
     data, count = _preview_body(read_body())
-    return _answer(schedule_times(data, kala().rules, utcnow(), _count(count)))
+    count, now = _count(count), utcnow()
+    parsed = jobs.validate_timing(data, kala().rules, now)  # the create's checks and messages
+    return _answer(parsed.upcoming(parsed.first(now), 0, count))
 
 

@@ -41,7 +41,7 @@ class Advance:
 
 
 def advance(
-    parsed: occurrences.Parsed,
+    parsed: occurrences.Rule,
     due: datetime,
     runs_used: int,
     now: datetime,
@@ -98,7 +98,7 @@ def _advance_cron(parsed: cron.CronSchedule, due: datetime, now: datetime,
     return Advance(run_for, parsed.next_after(now), missed)
 
 
-def _drop(parsed: occurrences.Parsed, due: datetime, now: datetime) -> Advance:
+def _drop(parsed: occurrences.Rule, due: datetime, now: datetime) -> Advance:
     """Overlap "skip" with a run in flight: no run; every occurrence from `due` up to `now`
     is dropped, and next_run_at moves to the first one after `now`. An ISO schedule's
     dropped occurrences do not use up its repetitions (Decision 4 counts runs), as those
@@ -180,8 +180,8 @@ def claim_due(session: Session, now: datetime, limit: int, default_tz: str) -> C
     alone = {row[0]: (row[1], row[8]) for row in due if not row[-1]}  # name, queue
     for job_id, name, old, text, cron_text, zone, runs_used, resume, _, busy, _ in due:
         try:
-            parsed = occurrences.parse(text, cron_text, zone, default_tz)
-            step = advance(parsed, old, runs_used, now, resume, bool(busy))
+            rule = occurrences.parse(text, cron_text, zone, default_tz).rule
+            step = advance(rule, old, runs_used, now, resume, bool(busy))
             steps.append((job_id, old, step, False))
         except schedule.ScheduleError as exc:
             log.error(

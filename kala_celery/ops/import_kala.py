@@ -307,7 +307,7 @@ def _import_one(session: Session, data: dict[str, Any], parents: list[str],
     if (data.get("schedule") or data.get("cron")) and not parents:
         with contextlib.suppress(schedule.ScheduleError):  # import_job refuses it, with the
             parsed = occurrences.parse(data.get("schedule"), data.get("cron"),  # create path's
-                                       data.get("timezone"), rules.default_timezone)  # message
+                                       data.get("timezone"), rules.default_timezone).rule
     if isinstance(parsed, cron.CronSchedule):  # from a kala-celery: its next_run_at is exact
         kala_next = _time(data.get("next_run_at"))
         state = Progress(0, False, parsed.first_at_or_after(kala_next or now))

@@ -48,6 +48,7 @@ from kala_celery import schedule
 from kala_celery.config import Settings
 from kala_celery.runs import dispatch, parents
 from kala_celery.runs.outcome import Outcome, tail
+from kala_celery.schedule import occurrences
 from kala_celery.store.db import begin_write, engine_of
 from kala_celery.store.tables import (
     PARENTS_ALL,
@@ -390,7 +391,7 @@ def release(
 def _total_runs(text: str, zone: str | None, default_zone: str) -> int | None:
     """Runs a schedule has in all (None: forever, or unparsable)."""
     try:
-        return schedule.parse_schedule(text, schedule.resolve_zone(zone, default_zone)).total_runs
+        return occurrences.parse(text, None, zone, default_zone).total_runs
     except schedule.ScheduleError:
         return None
 

@@ -7,6 +7,7 @@
 
 May import nothing of kala_celery. The names below are ISO 8601's, the vocabulary every stage
 uses (`schedule.ScheduleError`, `schedule.parse_plain_duration`).
+The Decisions cited are those of docs/design.md.
 """
 
 from kala_celery.schedule.iso8601 import (

@@ -379,56 +379,60 @@ def _apply_metadata(job: Job, metadata: dict[str, Any] | None) -> None:
         setattr(job, field, value)
 
 
-def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
+def _arm(job: Job, rules: Rules, now: datetime, *, fresh: bool,
+         parsed: occurrences.Parsed | None = None) -> bool:
     """Set next_run_at from the schedule. Returns True when a one-off run is due now.
 
     fresh: the schedule was just given (create, or replaced with a new one): its start must
     not be in the past. Otherwise the next occurrence at or after now is used (enable).
+    parsed: the job's schedule as the checks already parsed it (else it is parsed here).
     """
     job.next_run_at = None
     if not is_scheduled(job):
         return fresh and not (job.disabled or job.is_done)  # one-off: runs once right away
     try:
-        parsed = parse_job_schedule(job, rules.default_timezone)
+        rule = (parsed or parse_job_schedule(job, rules.default_timezone)).rule
     except schedule.ScheduleError as exc:
         raise schedule_refused({"schedule": job.schedule, "cron": job.cron}, exc) from None
-    if fresh and isinstance(parsed, schedule.Schedule):
-        _check_start(job.schedule, parsed, now)  # as Kala, also for a job posted disabled/done
+    if fresh and isinstance(rule, schedule.Schedule):
+        _check_start(job.schedule, rule, now)  # as Kala, also for a job posted disabled/done
     if job.disabled or job.is_done:
         return False
-    if isinstance(parsed, cron.CronSchedule):
-        job.next_run_at = parsed.first_at_or_after(now)
+    if isinstance(rule, cron.CronSchedule):
+        job.next_run_at = rule.first_at_or_after(now)
         job.is_done = job.next_run_at is None  # no occurrence left before year 9999
         return False
-    total = parsed.total_runs
+    total = rule.total_runs
     if total is not None and job.runs_used >= total:
         job.is_done = True
         return False
     if fresh:
-        job.next_run_at = parsed.start
-    elif parsed.interval is None:
-        job.next_run_at = parsed.start  # R0 that never ran: its one run is still owed
+        job.next_run_at = rule.start
+    elif rule.interval is None:
+        job.next_run_at = rule.start  # R0 that never ran: its one run is still owed
     else:
         try:
-            job.next_run_at = parsed.occurrence(parsed.index_at_or_after(now))
+            job.next_run_at = rule.occurrence(rule.index_at_or_after(now))
         except schedule.ScheduleOverflowError:
             job.next_run_at = None  # no occurrence left before year 9999: nothing more to do
             job.is_done = True
     return False
 
 
-def _validate_schedule(data: dict[str, Any], rules: Rules, is_child: bool) -> None:
+def _validate_schedule(
+    data: dict[str, Any], rules: Rules, is_child: bool
+) -> occurrences.Parsed | None:
     """A child's schedule and epsilon are stored as given and not used (docs/design.md
     Decision 9); so is a one-off's epsilon (Kala parses epsilon only with a schedule, Decision
     23). A cron is checked (a new key: no Kala body has one), also a child's, but a child's is
-    not used. Never both (Decision 18)."""
+    not used. Never both (Decision 18). Returns the schedule parsed (None: nothing to parse)."""
     if data.get("cron") and data.get("schedule"):
         raise InvalidJob("a job has either a schedule or a cron expression, not both")
     if not (data.get("cron") or (data.get("schedule") and not is_child)):
-        return
+        return None
     try:
-        occurrences.parse(data.get("schedule"), data.get("cron"), data.get("timezone"),
-                          rules.default_timezone)
+        parsed = occurrences.parse(data.get("schedule"), data.get("cron"), data.get("timezone"),
+                                   rules.default_timezone)
     except schedule.ScheduleError as exc:
         raise schedule_refused(data, exc) from None
     if data.get("epsilon") and not is_child:
@@ -436,6 +440,7 @@ def _validate_schedule(data: dict[str, Any], rules: Rules, is_child: bool) -> No
             schedule.parse_epsilon(data["epsilon"])
         except schedule.ScheduleError as exc:
             raise InvalidJob(f"epsilon {data['epsilon']!r}: {exc}") from None
+    return parsed
 
 
 def _check_start(text: str, parsed: schedule.Schedule, now: datetime) -> None:
@@ -452,11 +457,10 @@ def validate_timing(data: dict[str, Any], rules: Rules, now: datetime) -> occurr
         raise InvalidJob(str(exc)) from None
     if not (data.get("schedule") or data.get("cron")):
         raise InvalidJob("give a schedule or a cron expression")
-    _validate_schedule(data, rules, is_child=False)
-    parsed = occurrences.parse(data.get("schedule"), data.get("cron"), data.get("timezone"),
-                               rules.default_timezone)
-    if isinstance(parsed, schedule.Schedule):
-        _check_start(data["schedule"], parsed, now)
+    parsed = _validate_schedule(data, rules, is_child=False)
+    assert parsed is not None  # it has a schedule or a cron, and is no child
+    if isinstance(parsed.rule, schedule.Schedule):
+        _check_start(data["schedule"], parsed.rule, now)
     return parsed
 
 
@@ -481,7 +485,7 @@ def create_job(
     (a one-off job): runs/start.py records it in the same transaction."""
     _validate(data, rules)
     parents = _unique(data.get("parent_jobs") or [])
-    _validate_schedule(data, rules, bool(parents))
+    parsed = _validate_schedule(data, rules, bool(parents))
     job_id = _client_id(session, data.get("id"))
     job = Job(id=job_id, created_at=now, runs_used=0, missed_occurrences=0, is_done=False,
               overlap_skipped=0)
@@ -491,20 +495,21 @@ def create_job(
     if not (parents or children):
         # No links to check first: arm before the INSERT, so a create is one statement
         # (not an INSERT and then an UPDATE of next_run_at).
-        due_now = _arm(job, rules, now, fresh=True)
+        due_now = _arm(job, rules, now, fresh=True, parsed=parsed)
         _insert(session, job)
         return job, due_now
     session.add(job)
     session.flush()
     _set_links(session, job_id, parents or None, _unique(children) if children else None)
-    return job, _start_if_due(job, rules, now, fresh=not parents)
+    return job, _start_if_due(job, rules, now, fresh=not parents, parsed=parsed)
 
 
-def _start_if_due(job: Job, rules: Rules, now: datetime, *, fresh: bool) -> bool:
+def _start_if_due(job: Job, rules: Rules, now: datetime, *, fresh: bool,
+                  parsed: occurrences.Parsed | None = None) -> bool:
     if not fresh:
         job.next_run_at = None
         return False
-    return _arm(job, rules, now, fresh=True)
+    return _arm(job, rules, now, fresh=True, parsed=parsed)
 
 
 def replace_job(
