@@ -45,7 +45,7 @@ class SQLBrokerPolling(bootsteps.StartStopStep):
 
 
 def _check_schema(sender: object = None, **_kwargs: object) -> None:
-    """worker_init / beat_init: refuse a job store whose schema is behind (schema.py)."""
+    """worker_init / beat_init: refuse a job store whose schema is behind (store/schema.py)."""
     app = getattr(sender, "app", None)
     settings = app.conf.get(SETTINGS_KEY) if app is not None else None
     if settings is not None:
@@ -84,7 +84,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
     if settings.broker.startswith(("redis://", "rediss://", "redis+socket://")):
         app.conf.broker_transport_options = {
             # No ack emulation: a message leaves Redis when a worker takes it. Redelivering a
-            # run whose worker died is the sweep's job (runs.py), which knows whether the run
+            # run whose worker died is the sweep's job (runs/sweep.py), which knows whether the run
             # ended; kombu's emulation only re-sent it 12 h later, and its restore of unacked
             # messages when the connection drops crashes the worker (AttributeError in
             # _connparams, kombu 5.7) while a long run is in flight.

@@ -1,7 +1,8 @@
 """The Flask side put together: `init_kala` mounts the API (api/), the dashboard (web/) and
 /metrics and /health on any Flask app; `create_app` is the standalone server's app. It sits
 above api/ and web/ so that neither imports the other's way up; `kala_celery.api.init_kala`
-and `kala_celery.api.create_app` still name these."""
+and `kala_celery.api.create_app` still name these.
+The Decisions cited are those of docs/design.md."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@
 May import config, errors, schedule, wire, store, runs and celery_app; never web, beat, tasks
 or ops. `init_kala` and `create_app` (kala_celery/webapp.py, which mounts the dashboard too)
 are still importable from here, as users have always written them.
+The Decisions cited are those of docs/design.md.
 """
 
 from __future__ import annotations

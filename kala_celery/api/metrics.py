@@ -3,7 +3,7 @@ gives the same figures.
 
 A scrape is four small reads, whatever the size of the tables:
 
-- metric_counts (models.MetricCount): totals kept by triggers in the transactions that change
+- metric_counts (MetricCount): totals kept by triggers in the transactions that change
   runs and jobs (migration 0002): runs per end state, the lateness histogram's buckets and
   sum, missed occurrences, occurrences dropped by overlap "skip" (migration 0003), jobs
   per state. Counting 10M runs or 1M jobs at scrape time costs

@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 document of the API (docs/design.md Decision 26), served at
 `<prefix>/openapi.json`.
 
-Written here as Python data rather than generated: the API's bodies are decoded by wire.py (Go
-semantics) and not by a schema library that apispec or spectree could read, and building the
+Written here as Python data rather than generated: the API's bodies are decoded by wire/decode.py
+(Go semantics) and not by a schema library that apispec or spectree could read, and building the
 document in code lets it take its numbers from the limits table (kala_celery/wire/limits.py) and its
 paths from the routes table (kala_celery/api/routes.py), so neither can drift. A route without
 an operation here fails `document()` (and tests/test_openapi.py). The tests validate every

@@ -179,7 +179,7 @@ class KalaScheduler(Scheduler):
             self._broker_retry_at = time.monotonic() + pause
 
     def _sweep(self, now: datetime) -> None:
-        """Give every run without an owner one again (runs.py): publish runs whose message is
+        """Give every run without an owner one again (runs/sweep.py): publish runs whose message is
         missing (left pending, or sent and never taken), take started runs from workers that
         are gone; then re-arm jobs unscheduled by bulk SQL and prune old runs."""
         assert self._store is not None and self._publisher is not None

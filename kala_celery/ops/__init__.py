@@ -7,4 +7,5 @@
 - health: `health beat|worker`, a fresh row in beats / workers.
 
 The top of the house: may import every other package; nothing imports it.
+The Decisions cited are those of docs/design.md.
 """

@@ -11,4 +11,5 @@
 - outcome: the outcome of one attempt.
 
 May import config, errors, schedule, store and celery_app; never api, web or ops.
+The Decisions cited are those of docs/design.md.
 """

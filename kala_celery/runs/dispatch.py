@@ -73,7 +73,7 @@ def record_trees(
             nonlocal seq
             for child_id in children.get(parent_job, []):
                 seq += 1
-                if seq >= limits.MAX_TREE_RUNS:  # jobs.py refuses such trees; never exceed it
+                if seq >= limits.MAX_TREE_RUNS:  # store/jobs.py refuses them; never exceed it
                     return
                 row = _row(
                     child_id,

@@ -2,6 +2,7 @@
 now, and a manual start runs at once. Each is the store's job rule, then `dispatch`, in the
 caller's transaction, so a job and its first run commit together. The caller publishes the
 returned run after the commit.
+The Decisions cited are those of docs/design.md.
 """
 
 from __future__ import annotations

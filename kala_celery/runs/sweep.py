@@ -2,6 +2,7 @@
 its publisher died, or `sent` and taken by no worker), and end the Celery-task runs no worker
 took (Decision 19). The sweep's other half, taking runs from dead workers, is
 `attempts.abandon` with `heartbeats.orphaned`.
+The Decisions cited are those of docs/design.md.
 """
 
 

@@ -1,6 +1,7 @@
 """Read-only queries the dashboard needs and the API has no route for: one page of the job
 list (search, state filter), the latest run of each job on that page, a job's runs newest
-first, and a few run counts for the stats page. Writes go through kala_celery.jobs."""
+first, and a few run counts for the stats page. Writes go through
+kala_celery/store/jobs.py."""
 
 from __future__ import annotations
 

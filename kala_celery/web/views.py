@@ -1,5 +1,6 @@
 """The dashboard's pages. Reads use kala_celery.web.queries; every change goes through
-kala_celery.jobs in one transaction and its runs through the app's publisher, as the API does."""
+kala_celery/store/jobs.py (starts: runs/start.py) in one transaction and its runs through the
+app's publisher, as the API does."""
 
 from __future__ import annotations
 

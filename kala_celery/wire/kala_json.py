@@ -131,7 +131,7 @@ def _int(value: Any) -> int:
 
 # The extension keys (docs/design.md Decisions 3, 6, 7, 11, 17-21), in the order they are
 # written after "is_done", each only when it is not at its default, so that a plain Kala job
-# keeps Kala's shape. A new key is one row here (the column of the same name on models.Job).
+# keeps Kala's shape. A new key is one row here (the Job column of the same name).
 # How a value is judged set: "text" unless None or ""; "delay" the same and not "PT0S" (Kala's
 # immediate retry); "flag" when true (written as true); "json" a JSON column, when the parsed
 # value is not empty.

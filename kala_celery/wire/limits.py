@@ -98,7 +98,7 @@ def check_job(data: dict[str, Any]) -> None:
         if isinstance(value, int):
             if limit.maximum is not None and value > limit.maximum:
                 raise InvalidJob(f"{path} {value} is larger than {limit.maximum} ({limit.why})")
-            # minimums are checked by the rules in jobs.py, whose messages say what 0 means
+            # minimums are checked by the rules in store/jobs.py, whose messages say what 0 means
         elif isinstance(value, str) and len(value) > limit.max_length:
             raise InvalidJob(
                 f"{path} is {len(value)} characters long; at most {limit.max_length} ({limit.why})"
