@@ -17,6 +17,7 @@ MODULES = {
     "lateness": "bench.lateness",
     "api": "bench.api",
     "throughput": "bench.throughput",
+    "ceiling": "bench.ceiling",
     "chaos": "bench.chaos",
     "dashboard": "bench.dashboard",
     "metrics": "bench.metrics",
