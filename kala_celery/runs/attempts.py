@@ -266,13 +266,11 @@ _ABANDONED = (
 )
 
 
-@cache
-def _counters(state: str, failed_attempt: bool, done: str) -> Any:
-    """The job UPDATE at the end of a run: Kala's counters (in SQL) and `is_done` (decided in
-    SQL on the row it updates, docs/design.md Decision 8). `done`: "yes" (a one-off, no
-    schedule), "child"
-    (a schedule that repeats forever: done only as a child, whose schedule is not used),
-    "total" (also done when p_total runs are used)."""
+def _counter_values(state: str, failed_attempt: bool, done: str) -> dict[str, Any]:
+    """The job's columns at the end of a run: Kala's counters (in SQL) and `is_done` (decided
+    in SQL on the row it updates, docs/design.md Decision 8). `done`: "yes" (a one-off, no
+    schedule), "child" (a schedule that repeats forever: done only as a child, whose schedule
+    is not used), "total" (also done when p_total runs are used)."""
     values: dict[str, Any] = {}
     if done == "yes":
         values["is_done"] = True
@@ -289,17 +287,101 @@ def _counters(state: str, failed_attempt: bool, done: str) -> Any:
         values.update(success_count=_jobs.c.success_count + 1, last_success=_NOW)
     if state in ("success", "failed", "lost"):
         values["number_of_finished_runs"] = _jobs.c.number_of_finished_runs + 1
-    counted = update(_jobs).where(_jobs.c.id == _JOB_ID).values(**values)
-    if state == "success":  # and whether a child waits for all its parents (Decision 20)
-        # One table per SELECT: SQLAlchemy writes RETURNING's columns unqualified.
-        all_mode = select(_jobs.c.id).where(
-            _jobs.c.id == _links.c.child_id, _jobs.c.parents_mode == PARENTS_ALL
-        )
-        waits = exists().where(
-            _links.c.parent_id == _JOB_ID, _links.c.child_id.in_(all_mode.scalar_subquery())
-        )
-        counted = counted.returning(waits.label("waits"))
+    return values
+
+
+# One table per SELECT: SQLAlchemy writes RETURNING's columns unqualified.
+_ALL_MODE = select(_jobs.c.id).where(
+    _jobs.c.id == _links.c.child_id, _jobs.c.parents_mode == PARENTS_ALL
+)
+# A child of the job waits for all its parents (Decision 20): its success marks a link.
+_CHILD_WAITS = exists().where(
+    _links.c.parent_id == _JOB_ID, _links.c.child_id.in_(_ALL_MODE.scalar_subquery())
+)
+
+
+@cache
+def _counters(state: str, failed_attempt: bool, done: str) -> Any:
+    """The job UPDATE at the end of a run (_counter_values); after a success it returns
+    whether a child waits for all its parents."""
+    counted = update(_jobs).where(_jobs.c.id == _JOB_ID).values(
+        **_counter_values(state, failed_attempt, done))
+    if state == "success":
+        counted = counted.returning(_CHILD_WAITS.label("waits"))
     return counted
+
+
+# ---------------------------------------------------------------- one statement a step
+#
+# On PostgreSQL a claim and the usual end of a run are each ONE statement run outside a
+# transaction block (data-modifying CTEs: the run and its job change together, atomically),
+# so each is one round trip instead of four (BEGIN, two statements, COMMIT). What these do
+# not cover (a claim that missed, an end that moves more than the run and its job) takes
+# the transaction below them, which decides exactly as before.
+
+_claimed = _CLAIM.cte("claimed")
+_parent = _runs.alias("parent")
+_PARENT_OF_CLAIMED = (
+    select(_parent.c.state).where(_parent.c.id == _claimed.c.parent_run_id).scalar_subquery()
+)
+_first_attempt = (  # Kala's last_attempted_run: the claim's first attempt, unless a parent failed
+    update(_jobs)
+    .where(
+        _jobs.c.id == _claimed.c.job_id,
+        _claimed.c.attempts == 1,
+        (_claimed.c.trigger != "parent")
+        | (func.coalesce(_PARENT_OF_CLAIMED, "success") == "success"),
+    )
+    .values(last_attempted_run=_NOW)
+    .returning(*_JOB_COLUMNS)
+    .cte("first_attempt")
+)
+_job_now = _jobs.alias("job_now")
+_CLAIM_IN_ONE = select(
+    *(_claimed.c[c.key] for c in _RUN_RETURNING),
+    _PARENT_OF_CLAIMED,
+    *(_first_attempt.c[k] for k in _JOB_KEYS),
+    *(_job_now.c[k] for k in _JOB_KEYS),
+).select_from(
+    _claimed.outerjoin(_first_attempt, _first_attempt.c.id == _claimed.c.job_id)
+    .outerjoin(_job_now, _job_now.c.id == _claimed.c.job_id)
+)
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
+
+def _claim_in_one(engine: Engine, params: dict[str, Any]
+                  ) -> tuple[RunInfo, JobRecord, str | None] | bool | None:
+    """The claim of a queued run in one statement; False when it missed (the run is not
+    pending or sent: the transaction's claim looks further)."""
+    with engine.connect() as conn:
+        row = conn.execution_options(**_AUTOCOMMIT).execute(_CLAIM_IN_ONE, params).first()
+    if row is None:
+        return False
+    run = _run_info(row)
+    after = len(_RUN_RETURNING) + 1
+    first, now = row[after], row[after + len(_JOB_KEYS)]
+    if first is None and now is None:
+        return None  # its job is gone (deleted with its runs meanwhile)
+    start = after if first is not None else after + len(_JOB_KEYS)
+    job = _job_of(row[start : start + len(_JOB_KEYS)])
+    return run, job, row[after - 1] if run.trigger == "parent" else None
+
+
+@cache
+def _end_in_one(state: str, failed_attempt: bool, done: str, uncounted: bool) -> Any:
+    """The run's end and its job's counters in one statement; a success ends nothing here
+    when a child waits for all its parents (the transaction marks its link too)."""
+    end = _END_UNCOUNTED if uncounted else _END
+    if state == "success":
+        end = end.where(~_CHILD_WAITS)
+    ended = end.returning(_runs.c.id).cte("ended")
+    counted = (
+        update(_jobs)
+        .where(_jobs.c.id == _JOB_ID, exists(select(ended.c.id)))
+        .values(**_counter_values(state, failed_attempt, done))
+        .cte("counted")
+    )
+    return select(ended.c.id).add_cte(counted)
 
 
 def claim(
@@ -308,8 +390,13 @@ def claim(
     """started <- pending/sent (or <- started by a dead process on this host), counting the
     attempt about to start in the same UPDATE. Returns the run, its job (with
     last_attempted_run set by a first attempt) and, for a dependent run, its parent's state."""
+    params = {"p_run": run_id, "p_me": me, "p_now": now}
+    if engine.dialect.name == "postgresql":
+        claimed = _claim_in_one(engine, params)
+        if claimed is not False:
+            return claimed  # type: ignore[return-value]
     with begin_write(engine) as conn:
-        row = conn.execute(_CLAIM, {"p_run": run_id, "p_me": me, "p_now": now}).first()
+        row = conn.execute(_CLAIM, params).first()
         if row is None:
             row = _claim_from_the_dead(conn, run_id, me, hostname, now)
             if row is None:
@@ -396,6 +483,64 @@ def _total_runs(text: str, zone: str | None, default_zone: str) -> int | None:
         return None
 
 
+def _end_params(run: RunInfo, me: str | None, state: str, outcome: Outcome,
+                now: datetime) -> dict[str, Any]:
+    began = run.started_at or now
+    return {
+        "p_run": run.id,
+        "p_me": me,
+        "p_now": now,
+        "p_state": state,
+        "p_duration": int((now - began) / timedelta(microseconds=1)) * 1000,
+        "p_output": tail(outcome.output),
+        "p_error": outcome.error,
+        "p_exit": outcome.exit_code,
+        "p_http": outcome.http_status,
+    }
+
+
+def _done(job: JobRecord, settings: Settings) -> tuple[str, int | None]:
+    """When the job is done after a run (_counter_values' `done`), and its runs in all."""
+    if not (job.schedule or job.cron):
+        return "yes", None
+    # a cron job repeats until disabled (Decision 18)
+    total = None if job.cron else _total_runs(job.schedule, job.timezone, settings.timezone)
+    return ("child" if total is None else "total"), total
+
+
+def end(
+    engine: Engine,
+    run: RunInfo,
+    job: JobRecord,
+    me: str,
+    state: str,
+    outcome: Outcome,
+    settings: Settings,
+    now: datetime,
+    *,
+    failed_attempt: bool = False,
+    attempts: int | None = None,
+    job_untouched: bool = False,
+) -> list[str] | None:
+    """A worker's `finish`, in a transaction of its own. On PostgreSQL the usual end (the run
+    and its job's counters, nothing else to record: no child waiting for all its parents, no
+    on-failure job) is one statement; anything else, or an end that did not happen there,
+    goes through `finish`, which decides as always."""
+    simple = not job_untouched and not (state in ("failed", "lost") and job.on_failure_job)
+    if simple and engine.dialect.name == "postgresql":
+        done, total = _done(job, settings)
+        params = {**_end_params(run, me, state, outcome, now), "p_job": job.id,
+                  "p_total": total, "p_attempts": attempts}
+        statement = _end_in_one(state, failed_attempt, done, attempts is not None)
+        with engine.connect() as conn:
+            if conn.execution_options(**_AUTOCOMMIT).execute(statement, params).first():
+                return []
+    with begin_write(engine) as conn:
+        return finish(conn, run, job, me, state, outcome, settings, now,
+                      failed_attempt=failed_attempt, attempts=attempts,
+                      job_untouched=job_untouched)
+
+
 def finish(
     conn: Connection,
     run: RunInfo,
@@ -418,18 +563,7 @@ def finish(
     it is (a dependent not run because its parent run did not succeed: Kala's metadata of
     that child stays as it was). Returns the runs recorded here to
     publish, or None when the run was no longer `me`'s to end."""
-    began = run.started_at or now
-    params: dict[str, Any] = {
-        "p_run": run.id,
-        "p_me": me,
-        "p_now": now,
-        "p_state": state,
-        "p_duration": int((now - began) / timedelta(microseconds=1)) * 1000,
-        "p_output": tail(outcome.output),
-        "p_error": outcome.error,
-        "p_exit": outcome.exit_code,
-        "p_http": outcome.http_status,
-    }
+    params = _end_params(run, me, state, outcome, now)
     if untaken:
         ended = conn.execute(_END_UNTAKEN, params)
     elif attempts is None:
@@ -440,10 +574,7 @@ def finish(
         return None  # someone else ended it (status callback, sweep)
     if job_untouched:
         return []
-    done, total = "yes", None
-    if job.schedule or job.cron:  # a cron job repeats until disabled (Decision 18)
-        total = None if job.cron else _total_runs(job.schedule, job.timezone, settings.timezone)
-        done = "child" if total is None else "total"
+    done, total = _done(job, settings)
     counted = conn.execute(
         _counters(state, failed_attempt, done), {"p_job": job.id, "p_now": now, "p_total": total}
     )

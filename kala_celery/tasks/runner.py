@@ -25,13 +25,13 @@ from kala_celery.runs.attempts import (
     RetryPolicy,
     RunInfo,
     claim,
-    finish,
     next_attempt,
     release,
     worker_id,
 )
+from kala_celery.runs.attempts import end as end_run
 from kala_celery.runs.outcome import Outcome
-from kala_celery.store.db import DatabaseAway, begin_write, engine_of
+from kala_celery.store.db import DatabaseAway, engine_of
 from kala_celery.store.tables import JOB_CELERY_TASK, JOB_REMOTE, utcnow
 
 log = logging.getLogger(__name__)
@@ -152,20 +152,9 @@ def execute_run(
         state: str, outcome: Outcome, *, failed_attempt: bool = False, untouched: bool = False
     ) -> Delivery:
         def write() -> list[str] | None:
-            with begin_write(engine) as conn:
-                return finish(
-                    conn,
-                    run,
-                    job,
-                    me,
-                    state,
-                    outcome,
-                    settings,
-                    clock(),
-                    failed_attempt=failed_attempt,
-                    attempts=made if made < counted else None,
-                    job_untouched=untouched,
-                )
+            return end_run(engine, run, job, me, state, outcome, settings, clock(),
+                           failed_attempt=failed_attempt,
+                           attempts=made if made < counted else None, job_untouched=untouched)
 
         follow = durably(write)
         if follow is None:  # the sweep took it from us, or its job was deleted, meanwhile
