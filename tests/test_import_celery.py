@@ -146,6 +146,9 @@ def test_redbeats_own_json_reads_as_entries() -> None:
     definition = encoded({"name": "n", "task": "t", "schedule": schedule(timedelta(hours=2))})
     e = import_redbeat.entry(definition, None, None, None)
     assert (e.kind, e.every) == ("interval", timedelta(hours=2))
+    e = import_redbeat.entry(b"{nope", None, None, None, "broken")  # named by its key
+    assert (e.name, e.problem is not None) == ("broken", True)
+    assert "its JSON is unreadable" in to_job(e, RULES, NOW).detail  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------- the real stores
@@ -222,9 +225,11 @@ def test_django_celery_beat_tasks_import_once_as_celery_task_jobs(
     anchor = re.fullmatch(r"R/(\S+)/PT30S", every["schedule"])
     assert anchor, every["schedule"]
     # the cadence goes on from the last run there: the next run is 30 s after it
-    assert every["next_run_at"] != wire_zero and every["disabled"] is False
+    assert (datetime.fromisoformat(every["next_run_at"])
+            == datetime.fromisoformat(anchor.group(1)) + timedelta(seconds=30))
+    assert every["disabled"] is False
     clocked = api.job("dcb-clocked-soon")
-    assert clocked["schedule"].startswith("R0/") and clocked["next_run_at"] != wire_zero
+    assert clocked["next_run_at"] == clocked["schedule"][3:-1]  # R0/<its time>/
     once = api.job("dcb-once-in-an-hour")
     assert once["schedule"].startswith("R0/")
     assert api.job("dcb-paused")["disabled"] is True
@@ -236,8 +241,6 @@ def test_django_celery_beat_tasks_import_once_as_celery_task_jobs(
     assert code == 1 and "9 jobs: 0 imported, 6 already here, 3 refused" in out, out
     assert len(api.http.get("/job/").json()["jobs"]) == 6
 
-
-wire_zero = "0001-01-01T00:00:00Z"
 
 
 def redbeat_app(url: str) -> Celery:

@@ -34,17 +34,18 @@ def read(url: str, key_prefix: str = DEFAULT_KEY_PREFIX,
         client = redis.Redis.from_url(url)
         keys = set(client.zrange(f"{key_prefix}:schedule", 0, -1))
         keys |= set(client.scan_iter(match=_glob(key_prefix) + "*", count=1000))
-        found: list[tuple[bytes, bytes | None, float | None]] = []
+        found: list[tuple[str, bytes, bytes | None, float | None]] = []
         for key in sorted(keys):
             if client.type(key) != b"hash":  # the schedule, the lock, the statics
                 continue
             definition, meta = client.hmget(key, ["definition", "meta"])
             if definition is None:
                 continue
-            found.append((definition, meta, client.zscore(f"{key_prefix}:schedule", key)))
+            found.append((key.decode(errors="replace")[len(key_prefix):], definition, meta,
+                          client.zscore(f"{key_prefix}:schedule", key)))
     except (redis.RedisError, ValueError) as exc:
         raise SourceError(f"cannot read RedBeat's entries from {url}: {exc}") from None
-    entries = [entry(d, m, score, cron_timezone) for d, m, score in found]
+    entries = [entry(d, m, score, cron_timezone, name) for name, d, m, score in found]
     return sorted(entries, key=lambda e: e.name)
 
 
@@ -69,15 +70,18 @@ def _time(value: Any) -> datetime | None:
 
 
 def entry(definition: bytes, meta: bytes | None, due: float | None,
-          cron_timezone: str | None) -> Entry:
-    """One RedBeat entry (its hash's `definition` and `meta`, its due time) as an Entry."""
+          cron_timezone: str | None, key_name: str = "") -> Entry:
+    """One RedBeat entry (its hash's `definition` and `meta`, its due time) as an Entry;
+    `key_name` (its key without the prefix) names one whose JSON is unreadable."""
     try:
         spec = json.loads(definition)
         info = json.loads(meta) if meta else {}
     except ValueError as exc:
-        return Entry(PREFIX, "?", "?", "unreadable", problem=f"its JSON is unreadable: {exc}")
+        return Entry(PREFIX, key_name, "", "unreadable",
+                     problem=f"its JSON is unreadable: {exc}")
     if not isinstance(spec, dict) or not isinstance(info, dict):
-        return Entry(PREFIX, "?", "?", "unreadable", problem="its definition is not an object")
+        return Entry(PREFIX, key_name, "", "unreadable",
+                     problem="its definition or meta is not a JSON object")
     options = spec.get("options") if isinstance(spec.get("options"), dict) else {}
     args, kwargs = spec.get("args"), spec.get("kwargs")
     problem = None
@@ -87,7 +91,7 @@ def entry(definition: bytes, meta: bytes | None, due: float | None,
         problem = "its kwargs are not an object"
     saved = datetime.fromtimestamp(due, UTC) if due is not None and due > 0 else None
     common: dict[str, Any] = dict(
-        id_prefix=PREFIX, name=str(spec.get("name", "")), task=str(spec.get("task", "")),
+        id_prefix=PREFIX, name=str(spec.get("name") or key_name), task=str(spec.get("task", "")),
         args=args or [], kwargs=kwargs or {}, queue=options.get("queue") or None,
         enabled=bool(spec.get("enabled", True)), last_run_at=_time(info.get("last_run_at")),
         total_run_count=int(info.get("total_run_count") or 0), saved_at=saved,
