@@ -151,6 +151,36 @@ def test_redbeats_own_json_reads_as_entries() -> None:
     assert "its JSON is unreadable" in to_job(e, RULES, NOW).detail  # type: ignore[union-attr]
 
 
+def test_the_create_paths_checks_refuse_with_their_own_reason(tmp_path: Path) -> None:
+    """Through import_job on a real (SQLite) store: what the API refuses is refused, the
+    rest is written, a second run finds it here."""
+    from kala_celery.store.db import make_engine, make_sessionmaker
+    from kala_celery.store.schema import ensure
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'kala.db'}")
+    ensure(engine)
+    sessions = make_sessionmaker(engine)
+    entries = [
+        Entry("dcb-", "fine", "app.tasks.fine", "crontab", cron="0 * * * *"),
+        Entry("dcb-", "bad cron", "app.tasks.t", "crontab", cron="61 * * * *"),
+        Entry("dcb-", "bad task", "not a task name", "interval", every=timedelta(hours=1)),
+        Entry("dcb-", "ours", "kala.run", "interval", every=timedelta(hours=1)),
+        Entry("dcb-", "bad queue", "app.tasks.t", "interval", every=timedelta(hours=1),
+              queue="no spaces allowed"),
+    ]
+    first = beat_entries.import_entries(sessions, entries, RULES, NOW)
+    by_name = {o.name: o for o in first}
+    assert by_name["fine"].result == "imported"
+    assert by_name["fine"].detail == "next run 2030-01-07T11:00:00Z"
+    for name, words in [("bad cron", "(Decision 18, docs/design.md)"),
+                        ("bad task", "is not a task name"), ("ours", "kala-celery's own"),
+                        ("bad queue", "(Decision 17, docs/design.md)")]:
+        assert by_name[name].result == REFUSED and words in by_name[name].detail, by_name[name]
+    again = beat_entries.import_entries(sessions, entries, RULES, NOW, dry_run=True)
+    assert [o.result for o in again] == ["already here", *[REFUSED] * 4]
+    engine.dispose()
+
+
 # ---------------------------------------------------------------- the real stores
 
 

@@ -63,7 +63,7 @@ _DECISIONS: tuple[tuple[re.Pattern[str], int], ...] = (
     (re.compile(r"^queue "), 17),
     (re.compile(r"retry_delay|retry_backoff"), 7),
     (re.compile(r"run_timeout"), 11),
-    (re.compile(r"^cron |cron expression"), 18),
+    (re.compile(r"^(invalid )?cron |cron expression"), 18),
     (re.compile(r"zone"), 3),
     # the limits of what the job store, Python and the schedule maths can hold
     (re.compile(r"U\+0000|64-bit|characters long; at most|longer than \d+ days|nests deeper"), 25),
