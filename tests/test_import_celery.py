@@ -79,6 +79,9 @@ def test_an_interval_keeps_its_cadence_from_the_last_run() -> None:
     job = mapped(entry("interval", every=timedelta(minutes=30), last_run_at=last))
     assert job.data["schedule"] == "R/2030-01-07T10:00:05Z/PT30M"
     assert job.state.next_run_at == datetime(2030, 1, 7, 11, 0, 5, tzinfo=UTC)
+    # a last run at (or, clocks apart, after) the import is used: the next is after it
+    job = mapped(entry("interval", every=timedelta(minutes=30), last_run_at=NOW))
+    assert job.state.next_run_at == NOW + timedelta(minutes=30)
     # never run: from its start time, or from when it was saved
     start = NOW + timedelta(hours=2)
     job = mapped(entry("interval", every=timedelta(hours=1), start_time=start))
@@ -226,7 +229,7 @@ NIGHTLY = beat_entries.job_id("dcb-", "nightly report")
 def test_django_celery_beat_tasks_import_once_as_celery_task_jobs(
     django_db: str, db_url: str, api: Api
 ) -> None:
-    fill_django(django_db, 3600)
+    fill_django(django_db, 20)  # every-30s ran 10 s ago there
     source = ["--from-django-celery-beat", django_db, "--db", db_url]
     code, out = run_import(*source, "--dry-run")
     assert code == 1 and out.endswith("9 jobs: 6 to import, 0 already here, 3 refused "

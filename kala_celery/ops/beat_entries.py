@@ -186,7 +186,10 @@ def _timing(entry: Entry, rules: jobs.Rules,
         text = f"R/{_stamp(anchor)}/{iso_duration(every)}"
         try:
             parsed = schedule.parse_schedule(text)
-            nxt = parsed.occurrence(parsed.index_at_or_after(max(now, anchor)))
+            # the last run's occurrence was used there: the next is after it
+            used = entry.last_run_at is not None
+            after = max(now, anchor + timedelta(microseconds=1) if used else anchor)
+            nxt = parsed.occurrence(parsed.index_at_or_after(after))
         except schedule.ScheduleError:  # refused by the create path's check, with its reason
             return {"schedule": text}, Progress(0, False, None)
         return {"schedule": text}, Progress(0, False, nxt)
