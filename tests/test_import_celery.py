@@ -309,7 +309,7 @@ def test_redbeat_entries_import_once_as_celery_task_jobs(
 
     url = redbeat_url_of(redis_url)
     redis.Redis.from_url(url).flushdb()
-    fill_redbeat(url, 3600, prefix="beat:")
+    fill_redbeat(url, 20, prefix="beat:")
     source = ["--from-redbeat", url, "--redbeat-prefix", "beat:", "--redbeat-timezone",
               "America/New_York", "--db", db_url]
     code, out = run_import("--from-redbeat", url, "--db", db_url, "--dry-run")
@@ -321,8 +321,13 @@ def test_redbeat_entries_import_once_as_celery_task_jobs(
     weekday = api.job("redbeat-weekday-report")
     assert (weekday["cron"], weekday["timezone"], weekday["queue"], weekday["type"]) == (
         "15 6 * * mon-fri", "America/New_York", "theirs", 2)
-    assert weekday["celery_task"] == {"name": "tests.own_celery_app.add", "args": [2, 3]}
-    assert re.fullmatch(r"R/\S+/PT30S", api.job("redbeat-every-30s")["schedule"])
+    assert weekday["celery_task"] == {"name": "tests.own_celery_app.add", "args": [2, 3],
+                                      "kwargs": {}}
+    every = api.job("redbeat-every-30s")
+    anchor = re.fullmatch(r"R/(\S+)/PT30S", every["schedule"])
+    assert anchor, every["schedule"]
+    assert (datetime.fromisoformat(every["next_run_at"])
+            == datetime.fromisoformat(anchor.group(1)) + timedelta(seconds=30))
     hourly = api.job("redbeat-hourly")
     assert (hourly["schedule"].endswith("/PT1H"), hourly["disabled"]) == (True, True)
     code, out = run_import(*source)
