@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -29,7 +30,7 @@ from kala_celery.ops.cli import main
 from kala_celery.ops.import_table import REFUSED
 from kala_celery.store.jobs import Rules
 from tests.live import Api
-from tests.processes import wait_for
+from tests.processes import free_port, wait_for
 from tests.test_worker_runs import finished
 
 pytestmark = pytest.mark.timeout(240)
@@ -182,6 +183,25 @@ def test_the_create_paths_checks_refuse_with_their_own_reason(tmp_path: Path) ->
     again = beat_entries.import_entries(sessions, entries, RULES, NOW, dry_run=True)
     assert [o.result for o in again] == ["already here", *[REFUSED] * 4]
     engine.dispose()
+
+
+def test_a_source_that_cannot_be_read_is_named_and_nothing_is_made(tmp_path: Path) -> None:
+    store = ["--db", f"sqlite:///{tmp_path / 'kala.db'}"]
+    code, _ = run_import("--from-django-celery-beat", f"sqlite:///{tmp_path / 'none.db'}",
+                         *store)
+    assert code == 1 and not (tmp_path / "none.db").exists()  # SQLite would have made it
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    result = CliRunner().invoke(main, ["import", "--from-django-celery-beat",
+                                       f"sqlite:///{empty}", *store])
+    assert result.exit_code == 1
+    assert "no django-celery-beat table django_celery_beat_periodictask" in result.stderr
+    result = CliRunner().invoke(main, ["import", "--from-redbeat",
+                                       f"redis://127.0.0.1:{free_port()}/0", *store])
+    assert result.exit_code == 1 and "cannot read RedBeat's entries from" in result.stderr
+    result = CliRunner().invoke(main, ["import", "--from-redbeat", "redis://x",
+                                       "--from-django-celery-beat", "sqlite://", *store])
+    assert result.exit_code == 2 and "give one of" in result.stderr
 
 
 # ---------------------------------------------------------------- the real stores

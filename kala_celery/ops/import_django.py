@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import MetaData, Table, create_engine, select
@@ -36,6 +37,9 @@ def engine_url(url: str) -> str:
         raise SourceError(f"not a database URL: {exc}") from None
     if parsed.drivername in ("postgres", "postgresql"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite" and not (
+            parsed.database and Path(parsed.database).is_file()):  # SQLite would make one
+        raise SourceError(f"no SQLite database at {parsed.database or '(memory)'}")
     return parsed.render_as_string(hide_password=False)
 
 
