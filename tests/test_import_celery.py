@@ -87,6 +87,9 @@ def test_an_interval_keeps_its_cadence_from_the_last_run() -> None:
     start = NOW + timedelta(hours=2)
     job = mapped(entry("interval", every=timedelta(hours=1), start_time=start))
     assert job.state.next_run_at == start
+    job = mapped(entry("interval", every=timedelta(hours=1), start_time=start,
+                       last_run_at=NOW - timedelta(minutes=50)))  # ran, then held back
+    assert job.state.next_run_at == NOW + timedelta(hours=2, minutes=10)
     saved = datetime(2030, 1, 7, 9, 15, tzinfo=UTC)
     job = mapped(entry("interval", every=timedelta(hours=1), saved_at=saved))
     assert job.state.next_run_at == datetime(2030, 1, 7, 11, 15, tzinfo=UTC)
@@ -105,6 +108,8 @@ def test_one_offs_keep_their_time_and_are_refused_once_they_ran() -> None:
     job = mapped(entry("interval", every=timedelta(hours=1), one_off=True,
                        saved_at=NOW - timedelta(minutes=10)))
     assert job.data["schedule"] == "R0/2030-01-07T11:37:00Z/"  # one run: Kala's R0
+    job = mapped(entry("crontab", cron="0 12 * * *", one_off=True))
+    assert job.data["schedule"] == "R0/2030-01-07T12:00:00Z/" and "cron" not in job.data
     ran = to_job(entry("clocked", clocked_time=past, total_run_count=1), RULES, NOW)
     assert isinstance(ran, beat_entries.Outcome) and ran.result == REFUSED
     assert "ran already" in ran.detail

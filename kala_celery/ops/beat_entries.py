@@ -188,7 +188,8 @@ def _timing(entry: Entry, rules: jobs.Rules,
             parsed = schedule.parse_schedule(text)
             # the last run's occurrence was used there: the next is after it
             used = entry.last_run_at is not None
-            after = max(now, anchor + timedelta(microseconds=1) if used else anchor)
+            after = max(now, anchor + timedelta(microseconds=1) if used else anchor,
+                        entry.start_time or now)  # nothing before its start time
             nxt = parsed.occurrence(parsed.index_at_or_after(after))
         except schedule.ScheduleError:  # refused by the create path's check, with its reason
             return {"schedule": text}, Progress(0, False, None)
