@@ -227,7 +227,8 @@ def test_a_source_that_is_not_a_job_listing_is_refused_with_the_reason(tmp_path:
     assert missing.returncode == 1 and "cannot read" in missing.stderr
     assert "  import " in CliRunner().invoke(main, ["--help"]).stdout
     both = run_import("--from", "http://x", "--from-file", "f")
-    assert both.returncode == 2 and "one of --from URL and --from-file FILE" in both.stderr
+    assert both.returncode == 2
+    assert "give one of --from URL, --from-file FILE, --from-django-celery-beat" in both.stderr
     away = run_import("--from", f"http://127.0.0.1:{free_port()}", "--db", "sqlite://")
     assert away.returncode == 1 and "cannot read http://127.0.0.1:" in away.stderr
     listing = tmp_path / "empty.json"

@@ -70,7 +70,7 @@ def main() -> None:
     worker  a Celery worker that runs jobs (also: celery -A kala_celery worker)
     beat    the scheduler that dispatches due jobs (also: celery -A kala_celery beat -S kala)
     run     run one command the way a worker would (Kala's debug command)
-    import  the jobs of a running Kala (or a saved GET /api/v1/job/ body) into the job store
+    import  the jobs of a Kala, django-celery-beat or RedBeat into the job store
     db      the job store's schema: `db upgrade`, `db current`
     health  exit 0 if a beat or a worker on this host is alive (for compose and k8s)
     """
@@ -272,13 +272,28 @@ def health(kind: str, host: str | None, any_host: bool, db: str | None, broker: 
               help="A running Kala or NextKala, e.g. http://kala-host:8000.")
 @click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path),
               help="A saved GET /api/v1/job/ body instead.")
+@click.option("--from-django-celery-beat", "django_url", metavar="DATABASE_URL",
+              help="django-celery-beat's periodic tasks, from the Django project's database "
+                   "(postgresql://... or sqlite:///...).")
+@click.option("--from-redbeat", "redbeat_url", metavar="REDIS_URL",
+              help="RedBeat's entries, from its Redis.")
+@click.option("--redbeat-prefix", default="redbeat:", show_default=True,
+              help="RedBeat's key prefix (its redbeat_key_prefix).")
+@click.option("--redbeat-timezone", metavar="ZONE",
+              help="The zone RedBeat's crontabs run in (the Celery app's timezone; RedBeat "
+                   "does not store it). Default: KALA_TIMEZONE.")
 @click.option("--dry-run", is_flag=True, help="Show the plan; write nothing.")
 @_store_options
-def import_command(source: str | None, from_file: Path | None, dry_run: bool, db: str | None,
-                   broker: str | None, data_dir: str | None) -> None:
-    """Write every job of a Kala into the job store: ids, fields, links, counters and each
-    schedule's progress kept. Jobs already here are left alone; a refused job is named with
-    the Decision behind it (docs/design.md). Exit 1 when any job was refused."""
+def import_command(source: str | None, from_file: Path | None, django_url: str | None,
+                   redbeat_url: str | None, redbeat_prefix: str, redbeat_timezone: str | None,
+                   dry_run: bool, db: str | None, broker: str | None,
+                   data_dir: str | None) -> None:
+    """Write every job of a Kala, or every periodic task of django-celery-beat or RedBeat,
+    into the job store. A Kala's jobs keep ids, fields, links, counters and each schedule's
+    progress; a periodic task becomes a Celery-task job (type 2) with the id dcb-<name> or
+    redbeat-<name> (docs/import-celery.md). Jobs already here are left alone; a refused job
+    is named with the Decision behind it (docs/design.md). Exit 1 when any job was refused."""
+    from kala_celery.ops import beat_entries, import_django, import_redbeat
     from kala_celery.ops import import_kala as importer
     from kala_celery.schedule import parse_plain_duration
     from kala_celery.store.db import DatabaseAway, make_engine, make_sessionmaker
@@ -286,28 +301,43 @@ def import_command(source: str | None, from_file: Path | None, dry_run: bool, db
     from kala_celery.store.schema import SchemaError, ensure
     from kala_celery.store.tables import utcnow
 
-    if bool(source) == (from_file is not None):
-        raise click.UsageError("give one of --from URL and --from-file FILE")
+    given = [bool(source), from_file is not None, bool(django_url), bool(redbeat_url)]
+    if sum(given) != 1:
+        raise click.UsageError("give one of --from URL, --from-file FILE, "
+                               "--from-django-celery-beat DATABASE_URL and --from-redbeat "
+                               "REDIS_URL")
     settings = _settings(db, broker, data_dir, None)
+    kala = source or from_file is not None
     try:
-        body = importer.read_file(from_file) if from_file else importer.read_url(source or "")
-        found, undecodable = importer.parse_listing(body)
+        if kala:
+            body = importer.read_file(from_file) if from_file else importer.read_url(source or "")
+            found, undecodable = importer.parse_listing(body)
+        elif django_url:
+            entries = import_django.read(django_url)
+        else:
+            entries = import_redbeat.read(redbeat_url or "", redbeat_prefix, redbeat_timezone)
     except importer.SourceError as exc:
         raise click.ClickException(str(exc)) from None
-    # A Kala job's owner is kept as Kala stored it: KALA_DEFAULT_OWNER is for new jobs.
-    rules = Rules(allow_shell=settings.allow_shell, default_timezone=settings.timezone)
+    # A Kala job's owner is kept as Kala stored it: KALA_DEFAULT_OWNER is for new jobs, which
+    # a periodic task of another scheduler is.
+    rules = Rules(allow_shell=settings.allow_shell, default_timezone=settings.timezone,
+                  default_owner="" if kala else settings.default_owner)
     now = utcnow()
     keep_since = now - parse_plain_duration(settings.run_retention)
     engine = make_engine(settings.db_url)
     try:
         ensure(engine)
-        outcomes = importer.import_jobs(make_sessionmaker(engine), found, rules, now,
-                                        dry_run=dry_run, keep_since=keep_since)
+        if kala:
+            outcomes = importer.import_jobs(make_sessionmaker(engine), found, rules, now,
+                                            dry_run=dry_run, keep_since=keep_since)
+            outcomes += undecodable
+        else:
+            outcomes = beat_entries.import_entries(make_sessionmaker(engine), entries, rules,
+                                                   now, dry_run=dry_run)
     except (*DatabaseAway, SchemaError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         engine.dispose()
-    outcomes += undecodable
     click.echo(importer.table(outcomes, dry_run=dry_run))
     if any(o.result == importer.REFUSED for o in outcomes):
         raise SystemExit(1)

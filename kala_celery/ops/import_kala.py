@@ -14,52 +14,40 @@ from __future__ import annotations
 import contextlib
 import heapq
 import json
-import re
 import uuid
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import insert, select
-from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import schedule, wire
-from kala_celery.errors import Conflict, Forbidden, InvalidJob
+from kala_celery.ops import import_table
+from kala_celery.ops.import_table import (
+    HERE,
+    IMPORTED,
+    PLANNED,
+    REFUSED,
+    Outcome,
+    Progress,
+    SourceError,
+    as_dry_run,
+    cite,
+    decision_for,
+    ids_here,
+    in_batches,
+    refusal,
+    table,
+    write_one,
+)
 from kala_celery.schedule import cron, occurrences
-from kala_celery.store import bulk, jobs
-from kala_celery.store.tables import Job, Run
+from kala_celery.store import jobs
 
-IMPORTED, HERE, REFUSED = "imported", "already here", "refused"
-PLANNED = "to import"  # what a dry run says instead of "imported"
-
-
-class SourceError(Exception):
-    """The jobs could not be read (Kala away, not a job listing)."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What the import did with one job: `result` is IMPORTED (or PLANNED), HERE or REFUSED;
-    `detail` says where the job stands here, or why it was refused (naming the Decision)."""
-
-    job_id: str
-    name: str
-    result: str
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where an imported job stands on its schedule here."""
-
-    runs_used: int
-    is_done: bool
-    next_run_at: datetime | None
+# The report's pieces, shared with the other imports (ops/import_table.py), kept by name here.
+__all__ = ["HERE", "IMPORTED", "PLANNED", "REFUSED", "Outcome", "Progress", "SourceError",
+           "decision_for", "import_jobs", "parse_listing", "progress", "read_file", "read_url",
+           "table"]
 
 
 # ---------------------------------------------------------------- reading
@@ -108,7 +96,7 @@ def parse_listing(body: bytes) -> tuple[dict[str, dict[str, Any]], list[Outcome]
         try:
             data = wire.decode_job(json.dumps(entry).encode())
         except wire.WireError as exc:
-            refused.append(Outcome(key, str(name), REFUSED, f"{exc} ({_cite(23)})"))
+            refused.append(Outcome(key, str(name), REFUSED, f"{exc} ({cite(23)})"))
             continue
         data["id"] = data.get("id") or key
         decoded[data["id"]] = data
@@ -247,60 +235,15 @@ def history(job_id: str, stats: list[Any] | None, trigger: str,
     return rows
 
 
-# ---------------------------------------------------------------- refusals
-
-
-# Which Decision (docs/design.md) stands behind a refusal, by the reason's wording.
-_DECISIONS: tuple[tuple[re.Pattern[str], int], ...] = (
-    (re.compile(r"parent|dependen|cycle|levels deep|runs per run"), 9),
-    (re.compile(r"remote_properties|remote job"), 12),
-    (re.compile(r"^id "), 14),
-    (re.compile(r"local jobs are disabled"), 16),
-    (re.compile(r"^type "), 19),
-    (re.compile(r"^queue "), 17),
-    (re.compile(r"retry_delay|retry_backoff"), 7),
-    (re.compile(r"run_timeout"), 11),
-    (re.compile(r"zone"), 3),
-    # the limits of what the job store, Python and the schedule maths can hold
-    (re.compile(r"U\+0000|64-bit|characters long; at most|longer than \d+ days|nests deeper"), 25),
-)
-
-
-def _cite(number: int) -> str:
-    return f"Decision {number}, docs/design.md"
-
-
-def decision_for(reason: str) -> int:
-    """The Decision behind a refusal's reason; 23 (accept what Kala accepts, refuse for
-    safety) covers the schedule and field checks."""
-    for pattern, number in _DECISIONS:
-        if pattern.search(reason):
-            return number
-    return 23
-
-
-def _refusal(job_id: str, name: str, reason: str, number: int | None = None) -> Outcome:
-    return Outcome(job_id, name, REFUSED, f"{reason} ({_cite(number or decision_for(reason))})")
-
-
 # ---------------------------------------------------------------- writing
 
 
-def _where(job: Job, parents: list[str]) -> str:
-    if parents:
-        return "runs after " + ", ".join(parents)
-    if job.disabled:
-        return "disabled"
-    if job.is_done:
-        return "done"
-    if job.next_run_at is not None:
-        return f"next run {wire.format_time(job.next_run_at)}"
-    return "one-off, not run again"
+BATCH = import_table.BATCH  # jobs per transaction (a test makes it small)
 
 
 def _import_one(session: Session, data: dict[str, Any], parents: list[str],
                 rules: jobs.Rules, now: datetime, keep_since: datetime | None) -> Outcome:
-    job_id, name = data["id"], data.get("name", "")
+    job_id = data["id"]
     data = {**data, "parent_jobs": parents}
     data.pop("dependent_jobs", None)  # each child links itself, in import order
     parsed = None
@@ -313,28 +256,8 @@ def _import_one(session: Session, data: dict[str, Any], parents: list[str],
         state = Progress(0, False, parsed.first_at_or_after(kala_next or now))
     else:
         state = progress(data, parsed, now)
-    try:
-        with session.begin_nested():
-            job = jobs.import_job(session, data, rules, now, runs_used=state.runs_used,
-                                  is_done=state.is_done, next_run_at=state.next_run_at)
-            runs = history(job_id, data.get("stats"), "parent" if parents else "schedule",
-                           keep_since)
-            if runs:
-                session.execute(insert(Run), runs)
-    except InvalidJob as exc:
-        return _refusal(job_id, name, exc.reason)
-    except Forbidden as exc:
-        return _refusal(job_id, name, str(exc))
-    except Conflict:  # written here meanwhile (by the API, or another import)
-        return Outcome(job_id, name, HERE)
-    except (OverflowError, DataError) as exc:  # Kala's uint counters beyond our BIGINT
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        return _refusal(job_id, name, f"a number in it does not fit the job store's 64-bit "
-                        f"integers ({reason})", 25)
-    return Outcome(job_id, name, IMPORTED, _where(job, parents))
-
-
-BATCH = 200  # jobs per transaction: SQLite's write lock is held for one batch at a time
+    runs = history(job_id, data.get("stats"), "parent" if parents else "schedule", keep_since)
+    return write_one(session, data, rules, now, state, parents=parents, runs=runs)
 
 
 def import_jobs(sessions: sessionmaker[Session], jobs_by_id: dict[str, dict[str, Any]],
@@ -346,32 +269,22 @@ def import_jobs(sessions: sessionmaker[Session], jobs_by_id: dict[str, dict[str,
     finishes it. Returns one outcome per job, in import order."""
     parents = parents_of(jobs_by_id)
     planned, cyclic = order(jobs_by_id, parents)
-    with sessions() as session:
-        ids = list(jobs_by_id)
-        here = set(session.scalars(select(Job.id).where(Job.id.in_(ids)))) if ids else set()
+    here = ids_here(sessions, jobs_by_id)
     outcomes: dict[str, Outcome] = {}
     for job_id in sorted(cyclic):
         name = jobs_by_id[job_id].get("name", "")
-        outcomes[job_id] = Outcome(job_id, name, HERE) if job_id in here else _refusal(
+        outcomes[job_id] = Outcome(job_id, name, HERE) if job_id in here else refusal(
             job_id, name, "its dependent jobs form a cycle (or depend on one)", 9)
-    size = len(planned) if dry_run else BATCH
-    for first in range(0, len(planned), size):
-        with sessions() as session:
-            # SQLite: BEGIN IMMEDIATE now, so each job's SAVEPOINT nests in this transaction
-            # (pysqlite begins none for a SAVEPOINT, whose RELEASE would then commit).
-            bulk.lock_for_write(session)
-            for job_id in planned[first:first + size]:
-                outcomes[job_id] = _plan_one(session, jobs_by_id[job_id], parents[job_id],
-                                             here, outcomes, rules, now, keep_since)
-            if dry_run:
-                session.rollback()
-            else:
-                session.commit()
+
+    def write(session: Session, job_id: str) -> Outcome:
+        outcome = _plan_one(session, jobs_by_id[job_id], parents[job_id], here, outcomes,
+                            rules, now, keep_since)
+        outcomes[job_id] = outcome  # a refused parent refuses its dependents in this run
+        return outcome
+
+    in_batches(sessions, planned, write, dry_run=dry_run, size=BATCH)
     result = [outcomes[j] for j in [*planned, *sorted(cyclic)]]
-    if dry_run:
-        result = [Outcome(o.job_id, o.name, PLANNED, o.detail) if o.result == IMPORTED else o
-                  for o in result]
-    return result
+    return as_dry_run(result) if dry_run else result
 
 
 def _plan_one(session: Session, data: dict[str, Any], parents: list[str], here: set[str],
@@ -382,25 +295,5 @@ def _plan_one(session: Session, data: dict[str, Any], parents: list[str], here: 
         return Outcome(job_id, name, HERE)
     refused = [p for p in parents if p in outcomes and outcomes[p].result == REFUSED]
     if refused:
-        return _refusal(job_id, name, f"its parent job {refused[0]!r} was refused", 9)
+        return refusal(job_id, name, f"its parent job {refused[0]!r} was refused", 9)
     return _import_one(session, data, parents, rules, now, keep_since)
-
-
-# ---------------------------------------------------------------- the report
-
-
-def table(outcomes: Iterable[Outcome], *, dry_run: bool = False) -> str:
-    """The outcomes as a text table, with a count of each result under it."""
-    outcomes = list(outcomes)
-    rows = [("id", "name", "result", "detail")]
-    rows += [(o.job_id, o.name, o.result, o.detail) for o in outcomes]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[3]])
-             .rstrip() for row in rows]
-    counts = Counter(o.result for o in outcomes)
-    verb = PLANNED if dry_run else IMPORTED
-    lines.append(f"{len(outcomes)} jobs: {counts[verb]} {verb}, "
-                 f"{counts[HERE]} {HERE}, {counts[REFUSED]} {REFUSED}"
-                 + (" (dry run: nothing written)" if dry_run else ""))
-    return "\n".join(lines)
-
