@@ -65,7 +65,7 @@ def _valid_id(job_id: str) -> bool:
     )
 
 
-def _check_id(job_id: str) -> None:
+def check_id(job_id: str) -> None:
     """An id that must be kept as given (an imported job's) must be one we can serve."""
     if not _valid_id(job_id):
         raise InvalidJob(
@@ -774,7 +774,7 @@ def import_job(
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
     job_id = data["id"]
-    _check_id(job_id)
+    check_id(job_id)
     job = Job(id=job_id, created_at=now, runs_used=runs_used, missed_occurrences=0,
               is_done=is_done, overlap_skipped=0)
     _apply_fields(job, data, rules)
