@@ -9,7 +9,10 @@ restart with the same code changes nothing:
 - an entry that is new is created; one that changed in code is replaced through the store's
   rules (an unchanged interval keeps its job's anchor and progress);
 - a job whose entry is gone from code is disabled (its runs stay);
-- an operator's disable (the API's, the dashboard's) is kept: the sync never enables a job.
+- an operator's disable (the API's, the dashboard's) is kept: the sync never enables a job;
+- an app with no beat schedule at all (kala's own, `kala-celery beat`) syncs nothing, so its
+  beats can share a store with the beats of the app whose schedule it is. One app's
+  schedule per store: two apps with different schedules would disable each other's jobs.
 
 What converts: `crontab(...)` to `cron` (five fields) in the app's timezone; a `timedelta`,
 a number of seconds or `schedule(run_every=...)` to `R/<first start>/<interval>`, the first
@@ -115,6 +118,12 @@ class Wanted:
     bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
     intervals: dict[str, str] = field(default_factory=dict)  # job id -> ISO interval
     left_out: dict[str, str] = field(default_factory=dict)  # entry name -> why
+
+    @property
+    def empty(self) -> bool:
+        """The app has no beat schedule at all (kala's own app, `kala-celery beat`): its beat
+        leaves the jobs from code alone, as another app's beat may share the store."""
+        return not (self.bodies or self.left_out)
 
 
 def _body(name: str, entry: Mapping[str, Any], timezone: str,

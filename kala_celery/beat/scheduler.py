@@ -70,7 +70,8 @@ class KalaScheduler(Scheduler):
         app's own beat_schedule is read here and made jobs on that first tick
         (beat/beat_schedule.py)."""
         self._default_tz = settings_of(self.app).timezone
-        self._from_code = wanted(self.app)
+        from_code = wanted(self.app)
+        self._from_code = None if from_code.empty else from_code
 
     def _connect(self) -> None:
         if self._store is None:

@@ -178,8 +178,7 @@ def _one(session: Session, body: dict[str, Any], rules: jobs.Rules, now: datetim
         created, _run = start.create(session, decoded, rules, now)
         return created.id, Change("+", created.id, created.name)
     before = exported(session, job)
-    decoded["id"] = job.id
-    decoded["source"] = decoded.get("source") or job.source
+    decoded["id"] = job.id  # a body keyed by name replaces the job of that name
     job_id, name = job.id, job.name
     savepoint = session.begin_nested()
     try:

@@ -555,7 +555,8 @@ def replace_job(
 
     An unchanged schedule keeps the job's progress (runs used, next occurrence); a new one
     starts over and its start must be in the future. Metadata counters are kept unless the
-    body gives them; children are kept unless the body lists `dependent_jobs`.
+    body gives them; children are kept unless the body lists `dependent_jobs`; `source`
+    unless the body gives one.
     """
     job = get_job(session, job_id, lock=True)
     if not managed:
@@ -564,8 +565,9 @@ def replace_job(
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
     old_schedule = (job.schedule, job.cron, job.timezone, bool(parent_ids(session, job_id)))
-    was_disabled, old_mode = job.disabled, job.parents_mode
+    was_disabled, old_mode, old_source = job.disabled, job.parents_mode, job.source
     _apply_fields(job, data, rules)
+    job.source = job.source or old_source  # kept unless the body names one (Decision 30)
     if "metadata" in data:
         _apply_metadata(job, data["metadata"])
     children = data.get("dependent_jobs")
