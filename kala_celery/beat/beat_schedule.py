@@ -147,7 +147,7 @@ def _body(name: str, entry: Mapping[str, Any], timezone: str,
     if type(value) is crontab:
         body["cron"] = _cron_text(value)
         body["timezone"] = timezone
-        if deadline is not None:
+        if deadline is not None and deadline > 0:
             epsilons.append(timedelta(seconds=math.ceil(deadline)))
     elif type(value) is solar:
         raise ValueError("solar schedules have no kala equivalent")
@@ -163,10 +163,12 @@ def _body(name: str, entry: Mapping[str, Any], timezone: str,
         queue = options["queue"]
         body["queue"] = queue if isinstance(queue, str) else getattr(queue, "name", str(queue))
     expires = options.get("expires")
-    if _seconds(expires) is not None:
-        epsilons.append(timedelta(seconds=math.ceil(_seconds(expires).total_seconds())))
-    elif expires is not None:
-        raise ValueError("options.expires is a point in time, not a number of seconds")
+    if expires is not None:
+        window = _seconds(expires)
+        if window is None or window.total_seconds() <= 0:
+            raise ValueError("options.expires is not a positive number of seconds (a point "
+                             "in time has no job field)")
+        epsilons.append(timedelta(seconds=math.ceil(window.total_seconds())))
     if epsilons:
         body["epsilon"] = iso_interval(min(epsilons))
     for option in sorted(set(options) - CARRIED_OPTIONS):
