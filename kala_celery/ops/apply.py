@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import wire
@@ -34,6 +34,7 @@ from kala_celery.runs import start
 from kala_celery.store import bulk, jobs
 from kala_celery.store.tables import SOURCE_APPLY, SOURCE_CONFIG, Job
 
+_LOCK = "SELECT pg_advisory_xact_lock(7040531)"  # beside beat/beat_schedule.py's 7040530
 # What the store keeps by itself: never part of a job as code.
 _STATE_KEYS = ("next_run_at", "metadata", "stats", "is_done", "dependent_jobs")
 # The API's defaults of a created job's fields (the extension keys are left out when unset).
@@ -210,7 +211,7 @@ def apply_bodies(sessions: sessionmaker[Session], bodies: list[dict[str, Any]],
     Runs a change records (a one-off created) stay pending: the beat's sweep sends them."""
     with sessions() as session:
         session.begin()
-        bulk.lock_for_write(session)
+        _lock(session)
         try:
             changes = _apply_all(session, bodies, rules, now, prune=prune)
         except _Refused as exc:
@@ -228,6 +229,15 @@ def apply_bodies(sessions: sessionmaker[Session], bodies: list[dict[str, Any]],
 
 class _Refused(Exception):
     pass
+
+
+def _lock(session: Session) -> None:
+    """One apply at a time: two at once would both create a job keyed by name (PostgreSQL:
+    an advisory lock until the commit; SQLite: its write lock)."""
+    if bulk.is_postgresql(session):
+        session.execute(text(_LOCK))
+    else:
+        bulk.lock_for_write(session)
 
 
 def _apply_all(session: Session, bodies: list[dict[str, Any]], rules: jobs.Rules,
