@@ -138,7 +138,7 @@ def test_the_api_keeps_config_jobs_read_only_and_names_the_entry(api: Api) -> No
     assert api.http.post(f"/job/start/{job_id}/?wait=false").status_code == 202
 
     page = api.raw.get(f"/webui/job/{job_id}/").text
-    assert "from beat_schedule entry &#39;nightly report&#39;" in page
+    assert "from beat_schedule entry 'nightly report'" in page
     assert f"/webui/job/{job_id}/edit" not in page
     edit = api.raw.get(f"/webui/job/{job_id}/edit")
     assert edit.status_code == 302  # back to the job's page, which says why
@@ -178,3 +178,18 @@ def test_an_app_without_a_beat_schedule_leaves_jobs_from_code_alone() -> None:
     assert wanted(app_with({})).empty
     only_solar = wanted(app_with({"sunset": {"task": "t", "schedule": solar.__new__(solar)}}))
     assert not only_solar.empty  # its app has a schedule: its stale jobs are disabled
+
+
+def test_an_entry_the_store_refuses_is_logged_and_the_others_land(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    taken = job_id_for("taken")
+    api.create(id=taken, name="the api's", command="true", schedule=f"R/{future()}/PT1H")
+    entries = {"taken": {"task": "t.a", "schedule": 60},
+               "fine": {"task": "t.b", "schedule": 60}}
+    with caplog.at_level(logging.ERROR):
+        done = sync_from_code(api.state.sessions, wanted(app_with(entries)), jobs.Rules(),
+                              utcnow())
+    assert done.created == [job_id_for("fine")] and set(done.refused) == {taken}
+    assert "entry 'taken' left out" in caplog.text and "not from beat_schedule" in caplog.text
+    assert api.job(taken)["name"] == "the api's" and "source" not in api.job(taken)

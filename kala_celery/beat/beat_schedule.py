@@ -252,7 +252,7 @@ def _apply(session: Session, want: Wanted, rules: jobs.Rules, now: datetime) -> 
                     start.replace(session, job_id, body, rules, now, managed=True)
                     done.updated.append(job_id)
         except JobError as exc:
-            done.refused[job_id] = exc.reason
+            done.refused[job_id] = str(exc)
     for job_id, job in existing.items():
         if job_id not in want.bodies and not job.disabled:
             jobs.disable_job(session, job_id)

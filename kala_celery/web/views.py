@@ -251,7 +251,7 @@ def new_job() -> Response | tuple[str, int]:
 def _read_only(exc: Conflict, job_id: str) -> Response:
     """A job made from a beat_schedule entry is changed in code (Decision 30 of
     docs/design.md): back to its page, saying so."""
-    flash(exc.reason)
+    flash(str(exc), "error")
     return redirect(url_for(".job", job_id=job_id))
 
 
