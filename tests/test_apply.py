@@ -87,6 +87,17 @@ def test_an_export_applied_changes_nothing_and_a_changed_file_is_a_diff(
     assert len(created) == 1 and created[0][4] == "apply"
     assert apply(db_url, tmp_path / "changed.yaml").returncode == 0  # keyed by name: no twin
 
+    # links a body gives from above (dependent_jobs) are a change too, and then the same
+    child = next(b for b in bodies if b["name"] == "child")
+    parent_body = next(b for b in bodies if b["name"] == "parent")
+    (tmp_path / "links.yaml").write_text(yaml.safe_dump([{**parent_body,
+                                                          "dependent_jobs": []}]))
+    unlinked = apply(db_url, tmp_path / "links.yaml")
+    assert unlinked.returncode == 2, unlinked
+    assert f'dependent_jobs: ["{child["id"]}"] -> (unset)' in unlinked.stdout
+    assert api.job(parent)["dependent_jobs"] is None
+    assert apply(db_url, tmp_path / "links.yaml").returncode == 0
+
 
 def test_prune_disables_only_apply_jobs_the_file_left_out(
     api: Api, db_url: str, tmp_path: Path

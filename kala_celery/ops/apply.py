@@ -98,6 +98,13 @@ def exported(session: Session, job: Job) -> dict[str, Any]:
     return _strip(json.loads(text))
 
 
+def _compared(session: Session, job: Job) -> dict[str, Any]:
+    """What a body can change: the exported form and the job's children (a body may list
+    `dependent_jobs`; an export writes only `parent_jobs`, the same links seen from below)."""
+    children = jobs.child_ids(session, job.id)
+    return {**exported(session, job), **({"dependent_jobs": children} if children else {})}
+
+
 def export_all(session: Session) -> list[dict[str, Any]]:
     """Every job but the config ones, parents before children (then by id)."""
     rows = list(session.scalars(select(Job).where(Job.source.is_distinct_from(SOURCE_CONFIG))
@@ -178,13 +185,13 @@ def _one(session: Session, body: dict[str, Any], rules: jobs.Rules, now: datetim
         decoded["source"] = decoded.get("source") or SOURCE_APPLY
         created, _run = start.create(session, decoded, rules, now)
         return created.id, Change("+", created.id, created.name)
-    before = exported(session, job)
+    before = _compared(session, job)
     decoded["id"] = job.id  # a body keyed by name replaces the job of that name
     job_id, name = job.id, job.name
     savepoint = session.begin_nested()
     try:
         replaced, _run = start.replace(session, job_id, decoded, rules, now)
-        after = exported(session, replaced)
+        after = _compared(session, replaced)
     except BaseException:
         savepoint.rollback()
         raise
