@@ -7,7 +7,8 @@ so errors read as the API's) and created or replaced through the API's own rules
 (runs/start.py, store/jobs.py), keyed by `id`, else by `name`. What a job looks like is its
 exported form (`exported`): the API's document less what the store keeps by itself (next
 run, counters, stats, done) and less every field at its default. A body whose job's exported
-form is the same after as before changed nothing, and its savepoint is rolled back.
+form and children are the same after as before changed nothing, and its savepoint is rolled
+back.
 `--prune` disables the jobs made by apply (`source: "apply"`) that the file no longer
 names. `--dry-run` does all of it and rolls back. Jobs created here carry `source: "apply"`;
 an existing job keeps its source unless the body gives one.
