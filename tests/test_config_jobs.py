@@ -143,6 +143,12 @@ def test_the_api_keeps_config_jobs_read_only_and_names_the_entry(api: Api) -> No
     edit = api.raw.get(f"/webui/job/{job_id}/edit")
     assert edit.status_code == 302  # back to the job's page, which says why
 
+    # nor can another job take it as its dependent job (it would leave its schedule)
+    response = api.http.post("/job/", json={"name": "parent", "command": "true",
+                                            "dependent_jobs": [job_id]})
+    assert response.status_code == 409, response.text
+    assert "beat_schedule entry 'nightly report'" in response.json()["error"]
+
     # DELETE /job/all/ takes every job but this one, whose code still asks for it
     plain = api.create(name="plain", command="true", schedule=f"R/{future()}/PT1H")
     assert "source" not in api.job(plain)  # Kala's shape for the API's jobs

@@ -309,6 +309,13 @@ def _set_links(
         # (Decision 9).
         known = set(session.scalars(select(Job.id).where(Job.id.in_(children))))
         children = [child for child in children if child in known]
+        for child in session.scalars(  # as a child it would no longer run on its schedule
+                select(Job).where(Job.id.in_(children), Job.source == SOURCE_CONFIG)):
+            raise Conflict(
+                f"job {child.id!r} comes from the beat_schedule entry {child.name!r} of the "
+                "Celery app: it runs on the schedule its code gives and cannot become a "
+                "dependent job"
+            )
     new_parents = parents if parents is not None else parent_ids(session, job_id)
     new_children = children if children is not None else child_ids(session, job_id)
     # A cycle exists iff a (new) parent is reachable from the job through its (new) children.
