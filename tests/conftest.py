@@ -111,6 +111,7 @@ def cluster(
         def __init__(self) -> None:
             self.api = make_api(broker_url=redis_url, start_wait=30)
             self.env = env
+            self.started = workers  # a test's own processes, killed after it too
 
         def worker(self, *args: str, app: str = "kala_celery", concurrency: int = 2,
                    extra_env: dict[str, str] | None = None) -> Command:

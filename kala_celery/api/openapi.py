@@ -154,6 +154,10 @@ JOB_INPUT: Schema = {
         "parents_mode": _null_or({"enum": ["any", "all"],
                                   "description": "a child runs after any or all parents "
                                                  "succeeded (Decision 20)"}),
+        "source": _null_or({"enum": ["", "apply"],
+                            "description": "where the job comes from (Decision 30): \"apply\" "
+                                           "for `kala-celery apply`; \"config\" (a Celery "
+                                           "app's beat_schedule) is the beat's alone (400)"}),
         "celery_task": _null_or({
             "type": "object",
             "description": "type 2: a task of the workers' Celery app (Decision 19)",
@@ -182,7 +186,7 @@ KALA_STAT = _closed({
     "execution_duration": {**COUNT, "description": "nanoseconds"},
 })
 EXTENSIONS = ("timezone", "retry_delay", "retry_backoff", "run_timeout", "allow_overlap",
-              "queue", "cron", "overlap", "celery_task", "parents_mode")
+              "queue", "cron", "overlap", "celery_task", "parents_mode", "source")
 JOB: Schema = _closed(
     {
         "name": STRING, "id": STRING, "command": STRING, "owner": STRING,
@@ -216,6 +220,10 @@ JOB: Schema = _closed(
                         "properties": {"name": STRING, "args": {"type": ["array", "null"]},
                                        "kwargs": {"type": ["object", "null"]}}},
         "parents_mode": {"const": "all"},
+        "source": {"enum": ["config", "apply"],
+                   "description": "config: made from a Celery app's beat_schedule entry (its "
+                                  "name is the job's), read-only here (409); apply: made by "
+                                  "`kala-celery apply` (Decision 30)"},
     },
     optional=EXTENSIONS,
 )
@@ -312,7 +320,8 @@ OPERATIONS: dict[str, Schema] = {
             "$response.body#/id", "get_job", "replace_job", "start_job", "job_stats",
             "list_executions", "get_params", "enable_job", "disable_job", "delete_job")},
         "400": REFUSED, "403": _error("local jobs are disabled (KALA_ALLOW_SHELL=false)"),
-        "409": _error("the client-chosen id exists, or a concurrent change"),
+        "409": _error("the client-chosen id exists (for a job made from a beat_schedule "
+                      "entry, the message names the entry), or a concurrent change"),
         "413": _error("the body is larger than 1 MiB"),
     }, requestBody=BODY),
     "list_jobs": _op("every job", {
@@ -321,17 +330,22 @@ OPERATIONS: dict[str, Schema] = {
                                               "additionalProperties": _ref("Job")}}},
                      "every job by id"),
     }),
-    "delete_all": _op("delete every job and run", {"204": _empty("deleted")}),
+    "delete_all": _op("delete every job and run, but jobs made from a beat_schedule "
+                      "(Decision 30)", {"204": _empty("deleted")}),
     "get_job": _op("one job", {
         "200": _json(_closed({"job": _ref("Job")}), "the job"), "404": UNKNOWN_ID,
     }),
     "delete_job": _op("delete a job and the dependents only it runs (Decision 9)", {
         "204": _empty("deleted"), "404": UNKNOWN_ID,
+        "409": _error("the job comes from a beat_schedule entry, named in the message: it "
+                      "is removed in code (Decision 30)"),
     }),
     "replace_job": _op("replace a job (NextKala, Decision 14); a refused body changes nothing", {
         "200": _json(_closed({"job": _ref("Job")}), "the job as stored"),
         "400": REFUSED, "403": _error("local jobs are disabled"), "404": UNKNOWN_ID,
-        "409": _error("a concurrent change"), "413": _error("the body is larger than 1 MiB"),
+        "409": _error("a concurrent change, or the job comes from a beat_schedule entry, "
+                      "named in the message: it is changed in code (Decision 30)"),
+        "413": _error("the body is larger than 1 MiB"),
     }, requestBody=BODY),
     "job_stats": _op("a job's finished runs, Kala's JobStats, oldest first", {
         "200": _json(_closed({"job_stats": {"type": ["array", "null"],

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from kala_celery.beat.beat_schedule import Wanted, sync_from_code, wanted
 from kala_celery.beat.claim import RUN_IN_FLIGHT, Outgoing, claim_due, next_due
 from kala_celery.celery_app import settings_of
 from kala_celery.runs import attempts, heartbeats, sweep
@@ -56,6 +57,7 @@ class KalaScheduler(Scheduler):
         self._broker_retry_at = 0.0
         self._broker_failures = 0
         self._default_tz = "UTC"
+        self._from_code: Wanted | None = None
         self._publisher_thread = ThreadPoolExecutor(1, thread_name_prefix="kala-publish")
         self.name = f"{socket.gethostname()}/{os.getpid()}"  # its row in `beats`
         super().__init__(app, *args, **kwargs)
@@ -64,8 +66,12 @@ class KalaScheduler(Scheduler):
 
     def setup_schedule(self) -> None:
         """Nothing to load: jobs are read from SQL as they fall due (connected on first tick,
-        so a beat started while the database is down waits for it instead of dying)."""
+        so a beat started while the database is down waits for it instead of dying). The
+        app's own beat_schedule is read here and made jobs on that first tick
+        (beat/beat_schedule.py)."""
         self._default_tz = settings_of(self.app).timezone
+        from_code = wanted(self.app)
+        self._from_code = None if from_code.empty else from_code
 
     def _connect(self) -> None:
         if self._store is None:
@@ -73,6 +79,10 @@ class KalaScheduler(Scheduler):
             self._publisher = CeleryPublisher(self.app, store.sessions)
             self._reads = read_sessions(store.engine)  # an idle tick: one round trip
             self._store = store
+        if self._from_code is not None:  # once, on the first tick the database is up
+            rules = Rules(default_timezone=self._default_tz)
+            sync_from_code(self._store.sessions, self._from_code, rules, utcnow())
+            self._from_code = None
 
     def tick(self, *args: object, **kwargs: object) -> float:
         """Claim and publish everything due; return seconds to sleep."""

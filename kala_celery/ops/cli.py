@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -71,6 +72,7 @@ def main() -> None:
     beat    the scheduler that dispatches due jobs (also: celery -A kala_celery beat -S kala)
     run     run one command the way a worker would (Kala's debug command)
     import  the jobs of a Kala, django-celery-beat or RedBeat into the job store
+    apply   make a file of jobs (YAML or JSON) true in the job store; export writes one
     db      the job store's schema: `db upgrade`, `db current`
     health  exit 0 if a beat or a worker on this host is alive (for compose and k8s)
     """
@@ -341,6 +343,83 @@ def import_command(source: str | None, from_file: Path | None, django_url: str |
     click.echo(importer.table(outcomes, dry_run=dry_run))
     if any(o.result == importer.REFUSED for o in outcomes):
         raise SystemExit(1)
+
+
+def _open_store(settings: Settings) -> tuple[Any, Any]:
+    from kala_celery.store.db import DatabaseAway, make_engine, make_sessionmaker
+    from kala_celery.store.schema import SchemaError, ensure
+
+    engine = make_engine(settings.db_url)
+    try:
+        ensure(engine)
+    except (*DatabaseAway, SchemaError) as exc:
+        engine.dispose()
+        raise click.ClickException(str(exc)) from None
+    return engine, make_sessionmaker(engine)
+
+
+@main.command("apply")
+@click.option("-f", "--file", "path", required=True, type=click.Path(path_type=Path),
+              help="A YAML or JSON list of job bodies (the API's fields); - for stdin.")
+@click.option("--prune", is_flag=True,
+              help="Disable the jobs made by apply that the file no longer names.")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@_store_options
+def apply_command(path: Path, prune: bool, dry_run: bool, db: str | None, broker: str | None,
+                  data_dir: str | None) -> None:
+    """Make the jobs in a file true in the job store, in one transaction: create what is
+    missing, replace what differs (keyed by id, else name), and with --prune disable the
+    jobs made by apply that the file left out. Prints each change; exits 0 when nothing
+    changed, 2 when something did (or would, with --dry-run), 1 on a refusal (nothing is
+    written)."""
+    from kala_celery.ops import apply as applying
+    from kala_celery.store.db import DatabaseAway
+    from kala_celery.store.jobs import Rules
+    from kala_celery.store.tables import utcnow
+
+    settings = _settings(db, broker, data_dir, None)
+    try:
+        bodies = applying.read_file(path)
+    except applying.ApplyError as exc:
+        raise click.ClickException(str(exc)) from None
+    rules = Rules(allow_shell=settings.allow_shell, default_timezone=settings.timezone,
+                  default_owner=settings.default_owner)
+    engine, sessions = _open_store(settings)
+    try:
+        outcome = applying.apply_bodies(sessions, bodies, rules, utcnow(), prune=prune,
+                                        dry_run=dry_run)
+    except DatabaseAway as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    if outcome.refusal is not None:
+        click.echo(f"Error: {outcome.refusal}; nothing was written", err=True)
+        raise SystemExit(1)
+    for change in outcome.changes:
+        for line in change.lines():
+            click.echo(line)
+    if dry_run and outcome.changed:
+        click.echo("(dry run: nothing was written)")
+    raise SystemExit(2 if outcome.changed else 0)
+
+
+@main.command("export")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
+              show_default=True)
+@_store_options
+def export_command(fmt: str, db: str | None, broker: str | None, data_dir: str | None) -> None:
+    """Write the job store's jobs as `apply` reads them (only fields that differ from the
+    defaults; jobs from a Celery app's beat_schedule are left out, they live in code)."""
+    from kala_celery.ops import apply as applying
+
+    settings = _settings(db, broker, data_dir, None)
+    engine, sessions = _open_store(settings)
+    try:
+        with sessions() as session:
+            bodies = applying.export_all(session)
+    finally:
+        engine.dispose()
+    click.echo(applying.dump(bodies, fmt), nl=False)
 
 
 @main.command("run")

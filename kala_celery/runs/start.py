@@ -24,18 +24,21 @@ def _now(session: Session, job: Job, due: bool, now: datetime) -> Run | None:
 
 
 def create(
-    session: Session, data: dict[str, Any], rules: jobs.Rules, now: datetime
+    session: Session, data: dict[str, Any], rules: jobs.Rules, now: datetime, *,
+    managed: bool = False,
 ) -> tuple[Job, Run | None]:
-    """POST /job/: the job, and the run of a one-off job."""
-    job, due = jobs.create_job(session, data, rules, now)
+    """POST /job/: the job, and the run of a one-off job. managed: the beat's beat_schedule
+    sync (Decision 30)."""
+    job, due = jobs.create_job(session, data, rules, now, managed=managed)
     return job, _now(session, job, due, now)
 
 
 def replace(
-    session: Session, job_id: str, data: dict[str, Any], rules: jobs.Rules, now: datetime
+    session: Session, job_id: str, data: dict[str, Any], rules: jobs.Rules, now: datetime, *,
+    managed: bool = False,
 ) -> tuple[Job, Run | None]:
     """PUT /job/{id}/: the job, and the run of a job that became a one-off."""
-    job, due = jobs.replace_job(session, job_id, data, rules, now)
+    job, due = jobs.replace_job(session, job_id, data, rules, now, managed=managed)
     return job, _now(session, job, due, now)
 
 

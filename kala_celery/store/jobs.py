@@ -27,6 +27,8 @@ from kala_celery.store.tables import (
     JOB_LOCAL,
     JOB_REMOTE,
     PARENTS_ALL,
+    SOURCE_APPLY,
+    SOURCE_CONFIG,
     Job,
     JobLink,
     Run,
@@ -42,6 +44,7 @@ _TASK_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
 PARENTS_MODES = ("any", PARENTS_ALL)  # "any" is Kala's (the default, stored as NULL)
 MAX_DEPTH = 32  # levels of dependent jobs below any job
 OVERLAP_POLICIES = ("buffer", "skip", "allow")  # Decision 21
+SOURCES = (SOURCE_CONFIG, SOURCE_APPLY)  # Decision 30
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def _valid_id(job_id: str) -> bool:
     )
 
 
-def _check_id(job_id: str) -> None:
+def check_id(job_id: str) -> None:
     """An id that must be kept as given (an imported job's) must be one we can serve."""
     if not _valid_id(job_id):
         raise InvalidJob(
@@ -76,7 +79,9 @@ def _client_id(session: Session, job_id: str | None) -> str:
     uuid4 (Kala ignores client ids, so an invalid or reserved one is ignored: Decision 14).
     An id that exists already is a 409: the client means that job (Decision 14)."""
     if job_id and _valid_id(job_id):
-        if session.get(Job, job_id) is not None:
+        existing = session.get(Job, job_id)
+        if existing is not None:
+            guard_config(existing, "change")
             raise Conflict(f"a job with id {job_id!r} already exists")
         return job_id
     return str(uuid.uuid4())
@@ -142,8 +147,35 @@ def _check_parents_mode(data: dict[str, Any]) -> None:
         raise InvalidJob(f'parents_mode must be "any" (the default) or "all", not {mode!r}')
 
 
-def _validate(data: dict[str, Any], rules: Rules) -> None:
+def _check_source(data: dict[str, Any], managed: bool) -> None:
+    """Decision 30: a body may say "apply" (what `kala-celery apply` writes) or nothing;
+    "config" is only the beat's, for the entries of a Celery app's beat_schedule."""
+    source = data.get("source")
+    if not source:
+        return
+    if source not in SOURCES:
+        raise InvalidJob(f'source must be "apply" or left out, not {source!r}')
+    if source == SOURCE_CONFIG and not managed:
+        raise InvalidJob(
+            'source "config" is set only by a kala beat, for the entries of a Celery app\'s '
+            "beat_schedule; a client cannot set it"
+        )
+
+
+def guard_config(job: Job, what: str) -> None:
+    """Decision 30: a job made from a beat_schedule entry is changed in code, not here (a
+    409 naming the entry); enable, disable and start stay allowed."""
+    if job.source == SOURCE_CONFIG:
+        raise Conflict(
+            f"job {job.id!r} comes from the beat_schedule entry {job.name!r} of the Celery "
+            f"app: {what} the entry in code and restart the beat (enable, disable and start "
+            "work here)"
+        )
+
+
+def _validate(data: dict[str, Any], rules: Rules, *, managed: bool = False) -> None:
     limits.check_job(data)  # Decision 25
+    _check_source(data, managed)
     job_type = data.get("type", JOB_LOCAL)
     if job_type not in (JOB_LOCAL, JOB_REMOTE, JOB_CELERY_TASK):
         raise InvalidJob(
@@ -277,6 +309,13 @@ def _set_links(
         # (Decision 9).
         known = set(session.scalars(select(Job.id).where(Job.id.in_(children))))
         children = [child for child in children if child in known]
+        for child in session.scalars(  # as a child it would no longer run on its schedule
+                select(Job).where(Job.id.in_(children), Job.source == SOURCE_CONFIG)):
+            raise Conflict(
+                f"job {child.id!r} comes from the beat_schedule entry {child.name!r} of the "
+                "Celery app: it runs on the schedule its code gives and cannot become a "
+                "dependent job"
+            )
     new_parents = parents if parents is not None else parent_ids(session, job_id)
     new_children = children if children is not None else child_ids(session, job_id)
     # A cycle exists iff a (new) parent is reachable from the job through its (new) children.
@@ -367,6 +406,7 @@ def _apply_fields(job: Job, data: dict[str, Any], rules: Rules) -> None:
         else None
     )
     job.parents_mode = PARENTS_ALL if data.get("parents_mode") == PARENTS_ALL else None
+    job.source = data.get("source") or None
 
 
 def _apply_metadata(job: Job, metadata: dict[str, Any] | None) -> None:
@@ -479,11 +519,13 @@ def _insert(session: Session, job: Job) -> None:
 
 
 def create_job(
-    session: Session, data: dict[str, Any], rules: Rules, now: datetime
+    session: Session, data: dict[str, Any], rules: Rules, now: datetime, *,
+    managed: bool = False,
 ) -> tuple[Job, bool]:
     """Create a job from a decoded body. Returns the job, and whether a run of it is due now
-    (a one-off job): runs/start.py records it in the same transaction."""
-    _validate(data, rules)
+    (a one-off job): runs/start.py records it in the same transaction. managed: the caller
+    is the beat's beat_schedule sync, which may write source "config" (Decision 30)."""
+    _validate(data, rules, managed=managed)
     parents = _unique(data.get("parent_jobs") or [])
     parsed = _validate_schedule(data, rules, bool(parents))
     job_id = _client_id(session, data.get("id"))
@@ -513,21 +555,26 @@ def _start_if_due(job: Job, rules: Rules, now: datetime, *, fresh: bool,
 
 
 def replace_job(
-    session: Session, job_id: str, data: dict[str, Any], rules: Rules, now: datetime
+    session: Session, job_id: str, data: dict[str, Any], rules: Rules, now: datetime, *,
+    managed: bool = False,
 ) -> tuple[Job, bool]:
     """PUT: replace every field of an existing job (NextKala). A refused body changes nothing.
 
     An unchanged schedule keeps the job's progress (runs used, next occurrence); a new one
     starts over and its start must be in the future. Metadata counters are kept unless the
-    body gives them; children are kept unless the body lists `dependent_jobs`.
+    body gives them; children are kept unless the body lists `dependent_jobs`; `source`
+    unless the body gives one.
     """
     job = get_job(session, job_id, lock=True)
-    _validate(data, rules)
+    if not managed:
+        guard_config(job, "change")
+    _validate(data, rules, managed=managed)
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
     old_schedule = (job.schedule, job.cron, job.timezone, bool(parent_ids(session, job_id)))
-    was_disabled, old_mode = job.disabled, job.parents_mode
+    was_disabled, old_mode, old_source = job.disabled, job.parents_mode, job.source
     _apply_fields(job, data, rules)
+    job.source = job.source or old_source  # kept unless the body names one (Decision 30)
     if "metadata" in data:
         _apply_metadata(job, data["metadata"])
     children = data.get("dependent_jobs")
@@ -579,8 +626,8 @@ def get_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
 def delete_job(session: Session, job_id: str) -> list[str]:
     """Delete a job with Kala's cascade, atomically: each child whose every parent is being
     deleted goes too (recursively); children with another parent just lose the link.
-    Returns the ids deleted."""
-    get_job(session, job_id, lock=True)
+    Returns the ids deleted. A job made from a beat_schedule entry is refused (Decision 30)."""
+    guard_config(get_job(session, job_id, lock=True), "remove")
     doomed = {job_id}
     frontier = [job_id]
     while frontier:
@@ -612,9 +659,12 @@ def delete_job(session: Session, job_id: str) -> list[str]:
 
 
 def delete_all(session: Session) -> None:
+    """Every job but those made from a beat_schedule entry (Decision 30), which the code
+    owns: they and their runs stay (the beat would only make them again)."""
+    kept = select(Job.id).where(Job.source == SOURCE_CONFIG)
     session.execute(delete(JobLink))
-    session.execute(delete(Run))
-    session.execute(delete(Job))
+    session.execute(delete(Run).where(Run.job_id.not_in(kept)))
+    session.execute(delete(Job).where(Job.source.is_distinct_from(SOURCE_CONFIG)))
 
 
 # ---------------------------------------------------------------- enable / disable / start
@@ -733,7 +783,7 @@ def import_job(
     parents = _unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
     job_id = data["id"]
-    _check_id(job_id)
+    check_id(job_id)
     job = Job(id=job_id, created_at=now, runs_used=runs_used, missed_occurrences=0,
               is_done=is_done, overlap_skipped=0)
     _apply_fields(job, data, rules)

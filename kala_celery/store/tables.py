@@ -61,6 +61,8 @@ JOB_LOCAL = 0
 JOB_REMOTE = 1
 JOB_CELERY_TASK = 2  # Decision 19: runs a task of the worker's Celery app by name
 PARENTS_ALL = "all"  # Decision 20: parents_mode of a child that waits for all its parents
+SOURCE_CONFIG = "config"  # Decision 30: a job made from a Celery app's beat_schedule
+SOURCE_APPLY = "apply"  # Decision 30: a job made by `kala-celery apply`
 
 
 class Job(Base):
@@ -123,6 +125,9 @@ class Job(Base):
     celery_task: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     # Decision 20: NULL (Kala's: after any parent's success) or "all".
     parents_mode: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    # Decision 30: "config" (made by a beat from the Celery app's beat_schedule), "apply"
+    # (made by `kala-celery apply`), NULL (the API's).
+    source: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

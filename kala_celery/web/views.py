@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from kala_celery import wire
 from kala_celery.api.state import KalaState, kala
-from kala_celery.errors import INIT_ERROR, JobError, NotFound
+from kala_celery.errors import INIT_ERROR, Conflict, JobError, NotFound
 from kala_celery.runs import start
 from kala_celery.store import jobs
 from kala_celery.store.db import DatabaseAway
@@ -248,11 +248,22 @@ def new_job() -> Response | tuple[str, int]:
     return _form_page({"type": request.args.get("type", "0")}, job_id=None)
 
 
+def _read_only(exc: Conflict, job_id: str) -> Response:
+    """A job made from a beat_schedule entry is changed in code (Decision 30 of
+    docs/design.md): back to its page, saying so."""
+    flash(str(exc), "error")
+    return redirect(url_for(".job", job_id=job_id))
+
+
 def edit_job(job_id: str) -> Response | tuple[str, int]:
     if request.method == "POST":
         return _store(job_id)
     with _transaction() as session:
         job = jobs.get_job(session, job_id)
+        try:
+            jobs.guard_config(job, "change")
+        except Conflict as exc:
+            return _read_only(exc, job_id)
         values = forms.values_of(job, jobs.parent_ids(session, job_id),
                                  jobs.child_ids(session, job_id))
     return _form_page(values, job_id=job_id)
@@ -313,6 +324,8 @@ def delete_job(job_id: str) -> Response | str:
                 deleted = jobs.delete_job(session, job_id)
         except NotFound:
             abort(404)
+        except Conflict as exc:
+            return _read_only(exc, job_id)
         flash(f"Deleted {len(deleted)} job{'s' if len(deleted) != 1 else ''}.")
         return redirect(url_for(".jobs"))
     session = kala().sessions()
@@ -321,6 +334,8 @@ def delete_job(job_id: str) -> Response | str:
         doomed = [i for i in jobs.delete_job(session, job_id) if i != job_id]
         session.rollback()
         names = queries.names_of(session, doomed)
+    except Conflict as exc:
+        return _read_only(exc, job_id)
     finally:
         session.close()
     return render_template("kala_webui/delete.html", job_id=job_id, name=name,

@@ -348,6 +348,7 @@ _JOB = _index(
         ("overlap", "overlap", "string", "string"),  # Decision 21
         ("celery_task", "celery_task", _CELERY_TASK, "job.CeleryTask"),  # Decision 19
         ("parents_mode", "parents_mode", "string", "string"),  # Decision 20
+        ("source", "source", "string", "string"),  # Decision 30
     ]
 )
 

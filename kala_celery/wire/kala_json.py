@@ -129,7 +129,7 @@ def _int(value: Any) -> int:
 # reads from the database for 10k jobs at a time (plain rows: no ORM objects, no dicts), and
 # what job_values makes of a Job object for the single-job answers.
 
-# The extension keys (docs/design.md Decisions 3, 6, 7, 11, 17-21), in the order they are
+# The extension keys (docs/design.md Decisions 3, 6, 7, 11, 17-21, 30), in the order they are
 # written after "is_done", each only when it is not at its default, so that a plain Kala job
 # keeps Kala's shape. A new key is one row here (the Job column of the same name).
 # How a value is judged set: "text" unless None or ""; "delay" the same and not "PT0S" (Kala's
@@ -146,6 +146,7 @@ _EXTENSIONS: tuple[tuple[str, str], ...] = (
     ("overlap", "text"),  # Decision 21: "skip" or "allow"; buffer is unset
     ("celery_task", "json"),  # Decision 19
     ("parents_mode", "text"),  # Decision 20
+    ("source", "text"),  # Decision 30: "config" or "apply"; the API's jobs have none
 )
 
 # Kala's metadata counters: the Job columns under "metadata" (also what a body may seed)
