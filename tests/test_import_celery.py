@@ -28,6 +28,7 @@ from kala_celery.ops import beat_entries, import_redbeat
 from kala_celery.ops.beat_entries import Entry, Mapped, to_job
 from kala_celery.ops.cli import main
 from kala_celery.ops.import_table import REFUSED
+from kala_celery.schedule import exact_duration
 from kala_celery.store.jobs import Rules
 from tests.live import Api
 from tests.processes import free_port, wait_for
@@ -62,7 +63,7 @@ def test_a_job_id_comes_from_the_name_and_is_stable(name: str, expected: str) ->
     (3661, "PT1H1M1S"),
 ])
 def test_an_interval_is_an_exact_iso_duration(seconds: int, text: str) -> None:
-    assert beat_entries.iso_duration(timedelta(seconds=seconds)) == text
+    assert exact_duration(timedelta(seconds=seconds)) == text
 
 
 def entry(kind: str, **fields: object) -> Entry:

@@ -63,16 +63,6 @@ def job_id_for(entry_name: str) -> str:
     return f"beat-{slug}-{digest}"
 
 
-def iso_interval(every: timedelta) -> str:
-    """A whole number of seconds as an ISO 8601 duration of exact units (PT1H30M, PT2S):
-    hours, not days, since Kala's P1D is a calendar day in the job's zone."""
-    seconds = int(every.total_seconds())
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    parts = [f"{n}{unit}" for n, unit in ((hours, "H"), (minutes, "M"), (seconds, "S")) if n]
-    return "PT" + "".join(parts)
-
-
 def _field(value: Any) -> str:
     """One field of a crontab as given to it: '*', '*/15', 5, {0, 30}, range(1, 5)..."""
     if isinstance(value, str):
@@ -170,11 +160,11 @@ def _body(name: str, entry: Mapping[str, Any], timezone: str,
                              "in time has no job field)")
         epsilons.append(timedelta(seconds=math.ceil(window.total_seconds())))
     if epsilons:
-        body["epsilon"] = iso_interval(min(epsilons))
+        body["epsilon"] = kala_schedule.exact_duration(min(epsilons))
     for option in sorted(set(options) - CARRIED_OPTIONS):
         log.warning("beat: beat_schedule entry %r: option %s is not carried (a kala job "
                     "has no equivalent)", name, option)
-    return body, iso_interval(every) if every is not None else None
+    return body, kala_schedule.exact_duration(every) if every is not None else None
 
 
 def wanted(app: Celery) -> Wanted:

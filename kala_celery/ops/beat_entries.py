@@ -95,16 +95,6 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def iso_duration(every: timedelta) -> str:
-    """An exact duration in ISO 8601 (`PT30S`, `PT1H30M`, `PT48H`: hours, not days, since a
-    day in a zone with DST is not always 24 hours)."""
-    seconds = int(every.total_seconds())
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    text = "PT" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
-    return text + (f"{secs}S" if secs or text == "PT" else "")
-
-
 def _stamp(t: datetime) -> str:
     text = t.astimezone(UTC).replace(tzinfo=None).isoformat()
     return text + "Z"
@@ -183,7 +173,7 @@ def _timing(entry: Entry, rules: jobs.Rules,
         if isinstance(every, str):
             return every
         anchor = entry.last_run_at or entry.start_time or entry.saved_at or now
-        text = f"R/{_stamp(anchor)}/{iso_duration(every)}"
+        text = f"R/{_stamp(anchor)}/{schedule.exact_duration(every)}"
         try:
             parsed = schedule.parse_schedule(text)
             # the last run's occurrence was used there: the next is after it

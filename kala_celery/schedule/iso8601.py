@@ -25,6 +25,7 @@ __all__ = [
     "Schedule",
     "ScheduleError",
     "ScheduleOverflowError",
+    "exact_duration",
     "parse_duration",
     "parse_epsilon",
     "parse_plain_duration",
@@ -195,6 +196,16 @@ _PLAIN_RE = re.compile(
     r"P(?:[0-9]+(?:[.,][0-9]+)?[YMWD])*(?:T(?:[0-9]+(?:[.,][0-9]+)?[HMS])+)?", re.ASCII
 )
 _PLAIN_HINT = "expected an ISO 8601 duration like PT30S, PT1.5S, PT10M or P30D"
+
+
+def exact_duration(every: timedelta) -> str:
+    """Whole seconds as an ISO 8601 duration of exact units (`PT30S`, `PT1H30M`, `PT48H`):
+    hours, never days, since a day in a zone with DST is not always 24 hours. What
+    parse_plain_duration reads back."""
+    hours, rest = divmod(int(every.total_seconds()), 3600)
+    minutes, seconds = divmod(rest, 60)
+    text = "PT" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
+    return text + (f"{seconds}S" if seconds or text == "PT" else "")
 
 
 def parse_plain_duration(text: str) -> timedelta:
