@@ -136,6 +136,7 @@ fake_jobs = st.builds(
         "kwargs": st.dictionaries(texts, st.integers() | texts | st.lists(texts), max_size=3),
     }),
     parents_mode=st.none() | st.just("all"),
+    source=st.none() | st.sampled_from(["config", "apply"]),
 )
 id_lists = st.none() | st.lists(texts, max_size=3)
 

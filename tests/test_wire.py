@@ -55,6 +55,7 @@ class FakeJob:
     overlap: str | None = None
     celery_task: dict | None = None
     parents_mode: str | None = None
+    source: str | None = None
 
 
 T0 = datetime(2026, 11, 22, 18, 28, 12, 994555, tzinfo=UTC)
