@@ -22,6 +22,8 @@ schedule = {
                        "schedule": timedelta(seconds=2 if VARIANT == "a" else 3)},
     "quarter hours": {"task": "tests.beat_schedule_app.record", "args": ("cron",),
                       "schedule": crontab(minute="*/15", hour="8-18")},
+    "every minute": {"task": "tests.beat_schedule_app.record", "args": ("minute",),
+                     "schedule": crontab()},
 }
 if VARIANT == "a":
     schedule["number of seconds"] = {

@@ -26,6 +26,7 @@ TICK = job_id_for("tick every 2 s")
 NUMBER = job_id_for("number of seconds")
 SIGNAL = job_id_for("from on_after_configure")
 CRON = job_id_for("quarter hours")
+MINUTE = job_id_for("every minute")
 
 
 def _beats(cluster: object, tmp_path: Path, variant: str, n: int = 1) -> list[Command]:
@@ -90,8 +91,8 @@ def test_beat_schedule_entries_become_jobs_that_run_once_per_occurrence(
     for beat in beats:
         beat.stop()
     jobs = _jobs(cluster)
-    assert set(jobs) == {TICK, NUMBER, SIGNAL, CRON}  # each made once by two beats
-    made = [beat.output().count("beat: beat_schedule: 4 jobs created") for beat in beats]
+    assert set(jobs) == {TICK, NUMBER, SIGNAL, CRON, MINUTE}  # each made once by two beats
+    made = [beat.output().count("beat: beat_schedule: 5 jobs created") for beat in beats]
     assert sorted(made) == [0, 1], made  # one beat made them, the other found them made
     assert all(job.source == "config" for job in jobs.values())
     tick = jobs[TICK]
@@ -137,9 +138,20 @@ def test_beat_schedule_entries_become_jobs_that_run_once_per_occurrence(
     since = datetime.now(UTC)
     wait_for(lambda: len([r for r in _runs(cluster, TICK) if r.scheduled_for > since
                           and r.state == "success"]) >= 2, 20, "ticks every 3 s")
+    # the crontab entry runs too: its first whole minute while this beat runs, once, on time
+    # (earlier minutes may have fallen between this test's beats, and started late)
+    assert jobs[MINUTE].cron == "* * * * *"
+    [minute] = wait_for(lambda: [r for r in _runs(cluster, MINUTE) if r.scheduled_for > since
+                                 and r.state == "success"], 75, "an every-minute run")
+    assert minute.scheduled_for.second == 0 and minute.scheduled_for.microsecond == 0
+    _on_time([minute], timedelta(minutes=1))
+    wait_for(lambda: all(r.state == "success" for r in _runs(cluster, MINUTE)), 15,
+             "every minute run to finish")
+    assert record.read_text().split().count("minute") == len(_runs(cluster, MINUTE))
     changed.stop()
     new = [r for r in _runs(cluster, TICK) if r.scheduled_for > since and r.state == "success"]
     _on_time(new, timedelta(seconds=3))
+
 
 
 def _next_quarter_hour_8_to_18(t: datetime) -> datetime:
