@@ -113,6 +113,9 @@ def test_the_rules_name_only_series_that_metrics_exports(tmp_path: Path) -> None
 
 # --- end to end: a real Prometheus, a real serve ------------------------------------------
 
+TOKEN = "alert-rules-test-token"  # /metrics needs it, so the scrape must send it
+
+
 def rules_for_test(beat_threshold: int, beat_for: str) -> str:
     """The shipped rules with the beat alert's threshold and `for:` shortened, so a test sees
     it within seconds; everything else as shipped."""
@@ -167,11 +170,12 @@ def test_a_real_prometheus_raises_the_beat_alert_when_serves_beat_is_killed(
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(tmp_path / "kala-celery.rules.yml")],
-        "scrape_configs": [{"job_name": "kala-celery",
+        "scrape_configs": [{"job_name": "kala-celery",  # the scrape docs/operate.md shows
+                            "authorization": {"credentials": TOKEN},
                             "static_configs": [{"targets": [f"127.0.0.1:{api_port}"]}]}],
     }))
     serve = Command.kala("serve", "-p", f":{api_port}", "--data-dir", str(tmp_path / "data"),
-                        log=tmp_path / "serve.log", env={"KALA_API_TOKEN": ""})  # no token
+                        log=tmp_path / "serve.log", env={"KALA_API_TOKEN": TOKEN})
     prometheus = Command(
         [prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}",
          f"--storage.tsdb.path={tmp_path / 'tsdb'}",
@@ -192,6 +196,8 @@ def test_a_real_prometheus_raises_the_beat_alert_when_serves_beat_is_killed(
 
         [tick] = wait_for(ticks, 40, "Prometheus to scrape serve's beat's tick")
         assert tick["metric"]["job"] == "kala-celery"
+        unauthorised = httpx.get(f"http://127.0.0.1:{api_port}/metrics", timeout=5)
+        assert unauthorised.status_code == 401  # so the tick came through the token
         # while the beat ticks the alert is quiet (also past a start before its first tick)
         wait_for(lambda: beat_alert(base) is None, 20, "the beat alert to be quiet")
 
