@@ -13,12 +13,15 @@ have_chromium() {
         { command -v chromedriver >/dev/null 2>&1 || [ -x /usr/lib/chromium/chromedriver ]; }
 }
 
-# Debian package names of what is missing: the servers the tests start, and the browser the
-# dashboard's tests drive (tests/browser.py).
+# Debian package names of what is missing: the servers the tests start, the browser the
+# dashboard's tests drive (tests/browser.py), and Prometheus for the alerting rules.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 have_initdb || missing+=(postgresql)
 have_chromium || missing+=(chromium chromium-driver fonts-dejavu-core)  # fonts: readable screenshots
+# promtool and prometheus: the shipped alerting rules' tests (tests/test_alert_rules.py)
+{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } ||
+    missing+=(prometheus)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
