@@ -71,7 +71,8 @@ class _Guarded(httpx.BaseTransport):
     (the client set it from the URL's host) and, over TLS, the original host as server name
     (httpcore's `sni_hostname` extension, which the certificate is checked against too). A
     proxy from the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY) is used as
-    before, and is given the checked address."""
+    before: given the checked address over plain HTTP; an HTTPS URL keeps its name there (the
+    tunnel's TLS needs it), so the proxy resolves it again."""
 
     def __init__(self, policy: RemotePolicy, resolve: Resolve) -> None:
         self._policy = policy
@@ -79,13 +80,15 @@ class _Guarded(httpx.BaseTransport):
         self._proxies = urllib.request.getproxies_environment()
         self._transports: dict[str | None, httpx.HTTPTransport] = {}
 
-    def _transport(self, url: httpx.URL) -> httpx.HTTPTransport:
+    def _transport(self, url: httpx.URL) -> tuple[httpx.HTTPTransport, bool]:
+        """The transport for `url` (through the environment's proxy for it, if any), and
+        whether that is a proxy."""
         proxy = self._proxies.get(url.scheme) or self._proxies.get("all")
         if proxy and urllib.request.proxy_bypass_environment(url.host, self._proxies):
             proxy = None
         if proxy not in self._transports:
             self._transports[proxy] = httpx.HTTPTransport(proxy=proxy)
-        return self._transports[proxy]
+        return self._transports[proxy], proxy is not None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -105,6 +108,11 @@ class _Guarded(httpx.BaseTransport):
         why = self._policy.refusal(url.host, literal)
         if why is not None:
             raise Refused(why)
+        transport, proxied = self._transport(url)
+        if proxied and url.scheme == "https":
+            # httpcore's CONNECT tunnel takes the TLS server name from the URL, so the name
+            # stays and the proxy resolves it again (docs/security.md, "Proxies")
+            return transport.handle_request(request)
         extensions = dict(request.extensions)
         if url.scheme == "https":
             extensions.setdefault("sni_hostname", url.host)
@@ -115,7 +123,7 @@ class _Guarded(httpx.BaseTransport):
             stream=request.stream,
             extensions=extensions,
         )
-        return self._transport(url).handle_request(checked)
+        return transport.handle_request(checked)
 
     def close(self) -> None:
         for transport in self._transports.values():
