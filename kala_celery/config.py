@@ -6,6 +6,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 
 from kala_celery.schedule import ScheduleError, parse_plain_duration
@@ -203,8 +204,9 @@ class Settings:
     def __post_init__(self) -> None:
         self.remote_policy  # noqa: B018 (a bad CIDR is a ConfigError at start, not per run)
 
-    @property
+    @cached_property
     def remote_policy(self) -> RemotePolicy:
+        """Parsed once per Settings (each run of a remote job asks for it)."""
         return RemotePolicy.parse(self.remote_allow, self.remote_deny)
 
     @property
