@@ -5,11 +5,15 @@ directly, through a redirect or through a name, by tasks/remote.py's call and by
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -252,6 +256,15 @@ def test_a_bad_entry_is_a_configuration_error(bad: str) -> None:
         Settings.from_env({"KALA_REMOTE_DENY": bad})
     with pytest.raises(ConfigError, match="KALA_REMOTE_ALLOW"):
         Settings(remote_allow=bad)
+
+
+def test_a_bad_entry_stops_a_command_at_start(tmp_path: Path) -> None:
+    env = {**os.environ, "KALA_DATA_DIR": str(tmp_path), "KALA_REMOTE_DENY": "10.0.0.1/8"}
+    done = subprocess.run([sys.executable, "-m", "kala_celery", "db", "upgrade"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "KALA_REMOTE_DENY: '10.0.0.1/8' is not a CIDR" in done.stderr
+    assert not (tmp_path / "kala.db").exists()
 
 
 def test_settings_carry_the_lists_to_other_processes() -> None:
