@@ -295,12 +295,26 @@ def test_the_create_refuses_a_literal_refused_address(api: Any, url: str) -> Non
     assert api.job(job_id)["remote_properties"]["url"] == "http://metadata.google.internal/x"
 
 
-def test_a_real_worker_never_connects_to_loopback(cluster: Any, silent: Silent) -> None:
-    cluster.worker(extra_env={"KALA_REMOTE_ALLOW": ""})  # the default policy
-    api = cluster.api  # allows loopback, so the job is stored and reaches the worker
-    job_id = api.create(name="peek", type=1,
-                        remote_properties={"url": f"http://127.0.0.1:{silent.port}/secret"})
-    [run] = finished(api, job_id)
-    assert run["status"] == "Failed", run
-    assert "refused to call 127.0.0.1" in run["error"] and "KALA_REMOTE_ALLOW" in run["error"]
+def test_a_real_worker_never_connects_to_loopback(
+    cluster: Any, silent: Silent, server_on_127_0_0_2: tuple[str, Any]
+) -> None:
+    where, handler = server_on_127_0_0_2
+    handler.target = f"http://127.0.0.1:{silent.port}/secret"
+    cluster.worker(extra_env={"KALA_REMOTE_ALLOW": "127.0.0.2"})  # not 127.0.0.1
+    api = cluster.api  # allows loopback, so the jobs are stored and reach the worker
+
+    def run_of(url: str) -> dict:
+        job_id = api.create(name="peek", type=1, remote_properties={"url": url})
+        [run] = finished(api, job_id)
+        return run
+
+    direct = run_of(f"http://127.0.0.1:{silent.port}/secret")
+    redirected = run_of(f"http://{where}/go")
+    allowed = run_of(f"http://{where}/here")
+    for run in (direct, redirected):
+        assert run["status"] == "Failed", run
+        assert "refused to call 127.0.0.1: a loopback address" in run["error"], run
+        assert "KALA_REMOTE_ALLOW" in run["error"]
+    assert (allowed["status"], allowed["output"]) == ("Success", "here"), allowed
+    assert handler.seen == [("/go", where), ("/here", where)]
     assert silent.quiet() == 0
