@@ -217,6 +217,23 @@ def test_a_name_is_checked_and_connected_by_its_one_resolved_address(
     assert handler.seen == [("/here", f"service.test:{port}")]
 
 
+def test_allow_by_name_lets_that_name_reach_loopback(
+    server_on_127_0_0_2: tuple[str, Any]
+) -> None:
+    where, handler = server_on_127_0_0_2
+    port = where.rsplit(":", 1)[1]
+    policy = RemotePolicy.parse(allow="Service.Test.")  # no case, no final dot
+
+    def resolve(host: str, port: int) -> list[str]:
+        return ["127.0.0.2"]
+
+    outcome = _call(f"http://service.test:{port}/here", policy, resolve=resolve)
+    assert (outcome.ok, outcome.output) == (True, "here"), outcome
+    other = _call(f"http://other.test:{port}/here", policy, resolve=resolve)
+    _refused(other, "other.test (127.0.0.2)")  # the name is allowed, not its address
+    assert handler.seen == [("/here", f"service.test:{port}")]
+
+
 def test_a_name_that_resolves_to_the_metadata_address_is_refused() -> None:
     outcome = _call("http://metadata.test/latest/meta-data/",
                     resolve=lambda host, port: ["169.254.169.254"])
