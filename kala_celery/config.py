@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 
 from kala_celery.schedule import ScheduleError, parse_plain_duration
@@ -63,6 +65,104 @@ def _duration(name: str, raw: str) -> str:
     return raw
 
 
+# ---------------------------------------------------------------- what a remote job may reach
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+def _kind(address: Address) -> str | None:
+    """Which range refused by default `address` is in, or None: the worker's own machine, what
+    only it can see (a cloud's metadata service is link-local), and no single host at all."""
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_multicast:
+        return "multicast"
+    return None
+
+
+def plain_address(address: Address) -> Address:
+    """An IPv4-mapped IPv6 address (::ffff:127.0.0.1) as the IPv4 address it is."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+@dataclass(frozen=True)
+class RemotePolicy:
+    """Which addresses a remote job's call may connect to (docs/design.md Decision 33).
+
+    Refused by default: loopback, link-local, unspecified and multicast addresses. Allowed by
+    default: everything else, private ranges included. `allow` lets refused ones through;
+    `deny` refuses more. A network or host name in both: deny wins."""
+
+    allow_networks: tuple[Network, ...] = ()
+    allow_hosts: frozenset[str] = frozenset()
+    deny_networks: tuple[Network, ...] = ()
+    deny_hosts: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, allow: str = "", deny: str = "") -> RemotePolicy:
+        """From KALA_REMOTE_ALLOW and KALA_REMOTE_DENY; ConfigError for a bad entry."""
+        allow_nets, allow_hosts = _entries("KALA_REMOTE_ALLOW", allow)
+        deny_nets, deny_hosts = _entries("KALA_REMOTE_DENY", deny)
+        return cls(allow_nets, allow_hosts, deny_nets, deny_hosts)
+
+    def refusal(self, host: str, address: Address) -> str | None:
+        """Why a call to `host`, connecting to `address`, must not be made; None: it may."""
+        address = plain_address(address)
+        name = host.lower().rstrip(".")
+        where = f"{address}" if name == str(address) else f"{host} ({address})"
+        if name in self.deny_hosts or any(address in n for n in self.deny_networks):
+            return (
+                f"refused to call {where}: KALA_REMOTE_DENY names it "
+                "(a denial wins over KALA_REMOTE_ALLOW; see docs/security.md)"
+            )
+        if name in self.allow_hosts or any(address in n for n in self.allow_networks):
+            return None
+        kind = _kind(address)
+        if kind is None:
+            return None
+        article = "an" if kind == "unspecified" else "a"
+        return (
+            f"refused to call {where}: {article} {kind} address, which remote jobs may not reach "
+            f"unless KALA_REMOTE_ALLOW names it (e.g. KALA_REMOTE_ALLOW={address}; "
+            "see docs/security.md)"
+        )
+
+
+def _entries(name: str, raw: str) -> tuple[tuple[Network, ...], frozenset[str]]:
+    """Comma-separated CIDRs (or single addresses) and host names."""
+    networks: list[Network] = []
+    hosts: set[str] = set()
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        looks_numeric = ":" in item or "/" in item or item.replace(".", "").isdigit()
+        if looks_numeric:
+            try:
+                network = ipaddress.ip_network(item, strict=True)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{name}: {item!r} is not a CIDR (such as 10.0.0.0/8 or ::1/128): {exc}"
+                ) from None
+            networks.append(network)
+            if isinstance(network, ipaddress.IPv6Network):  # ::ffff:a.b.c.d/n is IPv4 too
+                mapped = network.network_address.ipv4_mapped
+                if mapped is not None and network.prefixlen >= 96:
+                    networks.append(ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}"))
+        elif all(label and len(label) <= 63 for label in item.rstrip(".").split(".")) and all(
+            c.isalnum() or c in "-._" for c in item
+        ):
+            hosts.add(item.lower().rstrip("."))
+        else:
+            raise ConfigError(f"{name}: {item!r} is neither a CIDR nor a host name")
+    return tuple(networks), frozenset(hosts)
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("kala-data")
@@ -96,6 +196,18 @@ class Settings:
     # per CPU).
     worker_pool: str = ""
     worker_concurrency: int = 0
+    # What a remote job may reach besides the default (comma-separated CIDRs and host names):
+    # allow lets loopback, link-local … through; deny refuses more (docs/security.md).
+    remote_allow: str = ""
+    remote_deny: str = ""
+
+    def __post_init__(self) -> None:
+        self.remote_policy  # noqa: B018 (a bad CIDR is a ConfigError at start, not per run)
+
+    @cached_property
+    def remote_policy(self) -> RemotePolicy:
+        """Parsed once per Settings (each run of a remote job asks for it)."""
+        return RemotePolicy.parse(self.remote_allow, self.remote_deny)
 
     @property
     def db_url(self) -> str:
@@ -123,6 +235,8 @@ class Settings:
             "KALA_BROKER_POLL_INTERVAL": str(self.broker_poll_interval),
             "KALA_WORKER_POOL": self.worker_pool,
             "KALA_WORKER_CONCURRENCY": str(self.worker_concurrency),
+            "KALA_REMOTE_ALLOW": self.remote_allow,
+            "KALA_REMOTE_DENY": self.remote_deny,
         }
         if self.api_token:
             env["KALA_API_TOKEN"] = self.api_token
@@ -191,6 +305,11 @@ class Settings:
         if "KALA_WORKER_CONCURRENCY" in env:
             key = "KALA_WORKER_CONCURRENCY"
             kw["worker_concurrency"] = _count(key, env[key])
+        for name in ("remote_allow", "remote_deny"):
+            key = f"KALA_{name.upper()}"
+            if key in env:
+                RemotePolicy.parse(**{name.removeprefix("remote_"): env[key]})
+                kw[name] = env[key]
         if "KALA_DEFAULT_OWNER" in env:
             kw["default_owner"] = env["KALA_DEFAULT_OWNER"]
         return cls(**kw)

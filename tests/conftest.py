@@ -15,10 +15,15 @@ import pytest
 
 from kala_celery.config import Settings
 from tests import servers
-from tests.live import Api, start_api
+from tests.live import LOOPBACK_ALLOW, Api, start_api
 from tests.processes import Command, wait_for
 
 T = TypeVar("T")
+
+# Every process the suite starts (workers, beats, `serve`) inherits this environment, and
+# Settings.from_env reads it: they may call the test listeners on loopback. A test of the
+# refusal gives its worker KALA_REMOTE_ALLOW="" (the default).
+os.environ["KALA_REMOTE_ALLOW"] = LOOPBACK_ALLOW
 
 
 def _start(start: Callable[[Path], T], base_dir: Path) -> T:
@@ -80,7 +85,8 @@ def make_api(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Api]]:
     started: list[Api] = []
 
     def start(**overrides: object) -> Api:
-        settings = Settings(database_url=db_url, data_dir=tmp_path, start_wait=0.3)
+        settings = Settings(database_url=db_url, data_dir=tmp_path, start_wait=0.3,
+                            remote_allow=LOOPBACK_ALLOW)
         api = start_api(settings.with_overrides(**overrides))
         started.append(api)
         return api
@@ -104,7 +110,7 @@ def cluster(
 
     redis.Redis.from_url(redis_url).flushdb()
     env = {"KALA_DATABASE_URL": db_url, "KALA_BROKER_URL": redis_url,
-           "KALA_DATA_DIR": str(tmp_path)}
+           "KALA_DATA_DIR": str(tmp_path), "KALA_REMOTE_ALLOW": LOOPBACK_ALLOW}
     workers: list[Command] = []
 
     class Cluster:

@@ -25,7 +25,7 @@ import pytest
 
 from kala_celery.config import Settings
 from tests import kala_reference
-from tests.live import Api, start_api
+from tests.live import LOOPBACK_ALLOW, Api, start_api
 from tests.processes import Command, wait_for
 
 ZERO = "0001-01-01T00:00:00Z"
@@ -220,14 +220,15 @@ def start_ours(base: Path, redis_url: str | None = None) -> Cluster:
     """Our API on SQLite; with `redis_url`, also a worker (4 processes) and a beat."""
     db = f"sqlite:///{base / 'kala.db'}"
     settings = Settings(database_url=db, data_dir=base, start_wait=30,
-                        broker_url=redis_url or "")
+                        broker_url=redis_url or "", remote_allow=LOOPBACK_ALLOW)
     api = start_api(settings)
     processes: list[Command] = []
     if redis_url:
         import redis
 
         redis.Redis.from_url(redis_url).flushdb()
-        env = {"KALA_DATABASE_URL": db, "KALA_BROKER_URL": redis_url, "KALA_DATA_DIR": str(base)}
+        env = {"KALA_DATABASE_URL": db, "KALA_BROKER_URL": redis_url, "KALA_DATA_DIR": str(base),
+               "KALA_REMOTE_ALLOW": LOOPBACK_ALLOW}
         worker = Command([sys.executable, "-m", "celery", "-A", "kala_celery", "worker", "-c", "4",
                           "-l", "info", "--without-gossip", "--without-mingle"],
                          base / "worker.log", env)

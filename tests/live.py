@@ -27,6 +27,11 @@ class LiveServer:
         self._thread.join(timeout=10)
 
 
+# The suite's listeners are on loopback, which a worker refuses to call by default
+# (docs/security.md): the APIs and workers the tests start allow it; the default stays.
+LOOPBACK_ALLOW = "127.0.0.0/8,::1"
+
+
 @dataclass
 class Api:
     """A running API: `http` talks to /api/v1, `raw` to the server root, `state` is the store."""

@@ -16,7 +16,7 @@ import pytest
 from flask import Flask, request
 
 from tests import openapi_check as ours
-from tests.live import LiveServer
+from tests.live import LOOPBACK_ALLOW, LiveServer
 from tests.processes import Command, free_port, wait_for
 from tests.test_flower import Flower
 from tests.test_worker_runs import finished
@@ -125,6 +125,7 @@ def topology_env(postgres_server, redis_server, tmp_path: Path) -> Iterator[dict
         "KALA_DATA_DIR": str(tmp_path / "kala-data"),
         "KALA_API_TOKEN": TOKEN,
         "KALA_TIMEZONE": "UTC",
+        "KALA_REMOTE_ALLOW": LOOPBACK_ALLOW,  # the hook the remote job calls is on 127.0.0.1
     }
     postgres_server.drop_database(name)
 

@@ -36,6 +36,7 @@ class KalaState:
             allow_shell=self.settings.allow_shell,
             default_timezone=self.settings.timezone,
             default_owner=self.settings.default_owner,
+            remote_policy=self.settings.remote_policy,
         )
 
 

@@ -323,7 +323,8 @@ def import_command(source: str | None, from_file: Path | None, django_url: str |
     # A Kala job's owner is kept as Kala stored it: KALA_DEFAULT_OWNER is for new jobs, which
     # a periodic task of another scheduler is.
     rules = Rules(allow_shell=settings.allow_shell, default_timezone=settings.timezone,
-                  default_owner="" if kala else settings.default_owner)
+                  default_owner="" if kala else settings.default_owner,
+                  remote_policy=settings.remote_policy)
     now = utcnow()
     keep_since = now - parse_plain_duration(settings.run_retention)
     engine = make_engine(settings.db_url)
@@ -383,7 +384,7 @@ def apply_command(path: Path, prune: bool, dry_run: bool, db: str | None, broker
     except applying.ApplyError as exc:
         raise click.ClickException(str(exc)) from None
     rules = Rules(allow_shell=settings.allow_shell, default_timezone=settings.timezone,
-                  default_owner=settings.default_owner)
+                  default_owner=settings.default_owner, remote_policy=settings.remote_policy)
     engine, sessions = _open_store(settings)
     try:
         outcome = applying.apply_bodies(sessions, bodies, rules, utcnow(), prune=prune,

@@ -7,18 +7,21 @@ request is one transaction: a refused request changes nothing.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from kala_celery import schedule, wire
+from kala_celery.config import RemotePolicy
 from kala_celery.errors import Conflict, Forbidden, InvalidJob, NotFound
 from kala_celery.schedule import cron, occurrences
 from kala_celery.store import bulk
@@ -47,6 +50,9 @@ OVERLAP_POLICIES = ("buffer", "skip", "allow")  # Decision 21
 SOURCES = (SOURCE_CONFIG, SOURCE_APPLY)  # Decision 30
 
 
+_DEFAULT_POLICY = RemotePolicy()
+
+
 @dataclass(frozen=True)
 class Rules:
     """The server settings that shape job rules."""
@@ -54,6 +60,7 @@ class Rules:
     allow_shell: bool = True
     default_timezone: str = "UTC"
     default_owner: str = ""
+    remote_policy: RemotePolicy = _DEFAULT_POLICY
 
 
 # ---------------------------------------------------------------- validation
@@ -199,8 +206,26 @@ def _validate(data: dict[str, Any], rules: Rules, *, managed: bool = False) -> N
             raise Forbidden("local jobs are disabled")
     elif not (data.get("remote_properties") or {}).get("url"):
         raise InvalidJob("a remote job (type 1) needs remote_properties.url")
+    else:
+        _check_remote_address(data["remote_properties"]["url"], rules.remote_policy)
     _check_extensions(data, rules)
     _check_overlap(data)
+
+
+def _check_remote_address(url: object, policy: RemotePolicy) -> None:
+    """A URL whose host is a literal address the worker would refuse is refused now (a name is
+    checked by the worker at each run, since what it resolves to can change)."""
+    if not isinstance(url, str):
+        return
+    try:
+        host = urlsplit(url.strip()).hostname
+        address = ipaddress.ip_address(host.partition("%")[0]) if host else None
+    except ValueError:
+        return  # not a literal address (or a URL each run will fail on, as in Kala)
+    if address is not None:
+        why = policy.refusal(host or "", address)
+        if why is not None:
+            raise InvalidJob(f"remote_properties.url: {why}")
 
 
 def parse_job_schedule(job: Job, default_timezone: str) -> occurrences.Parsed:

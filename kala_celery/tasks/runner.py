@@ -95,6 +95,7 @@ def perform(job: JobRecord, settings: Settings, run_env: Mapping[str, str]) -> O
                 headers=job.remote_headers,
                 timeout=job.remote_timeout,
                 expected_codes=job.remote_expected_codes,
+                policy=settings.remote_policy,
             )
         if not settings.allow_shell:
             return Outcome(ok=False, error="local jobs are disabled on this worker")
