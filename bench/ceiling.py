@@ -38,7 +38,7 @@ from bench.common import (
     utcnow,
     wait_worker_ready,
 )
-from bench.throughput import COMMAND, _postgres_pids, cpu_seconds
+from bench.throughput import COMMAND, cpu_seconds, postgres_pids
 
 JOBS = 50
 
@@ -168,7 +168,7 @@ def run(args, servers: Servers) -> Report:
 
                 def pids(pid: int = worker.pid, store: str = store
                          ) -> tuple[list[int], list[int], list[int]]:
-                    db = _postgres_pids(servers) if store == "postgresql" else []
+                    db = postgres_pids(servers) if store == "postgresql" else []
                     return [pid, *worker_children(pid)], db, redis_pids
 
                 ours = measure(fill, cluster.redis_url, pids, window, warmup, args.smoke)

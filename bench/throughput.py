@@ -89,7 +89,7 @@ def cpu_seconds(pids: list[int]) -> float:
     return sum(_ticks(p) for p in pids) / os.sysconf("SC_CLK_TCK")
 
 
-def _postgres_pids(servers: Servers) -> list[int]:
+def postgres_pids(servers: Servers) -> list[int]:
     pg = servers._pg
     if pg is None:
         return []
@@ -202,7 +202,7 @@ def run(args, servers: Servers) -> Report:
             report.note(f"{store}: queued {backlog:,} runs in {prefill_cpu:.1f} s of CPU "
                         "(recording runs and publishing them, before the window)")
             worker_pids = [worker.pid, *worker_children(worker.pid)]
-            db_pids = _postgres_pids(servers) if store == "postgresql" else []
+            db_pids = postgres_pids(servers) if store == "postgresql" else []
             redis_pids = [servers.redis.process.pid] if servers.redis.process else []
             cpu0 = [cpu_seconds(worker_pids), cpu_seconds(db_pids), cpu_seconds(redis_pids)]
             since = utcnow()
