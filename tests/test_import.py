@@ -20,7 +20,7 @@ from kala_celery import schedule, wire
 from kala_celery.errors import Conflict
 from kala_celery.ops import import_kala as importer
 from kala_celery.ops.cli import main
-from kala_celery.store import db
+from kala_celery.store import db, links
 from kala_celery.store import jobs as jobs_module
 from kala_celery.store.tables import Job
 from tests.kala_reference import Kala
@@ -283,7 +283,7 @@ def test_batches_keep_chains_refusals_and_order_across_transactions(
     assert "is larger than 9223372036854775807" in details["big"]  # the limits (Decision 25)
     assert details["big"].endswith("(Decision 25, docs/design.md)")
     with sessions() as session:
-        parents, children = jobs_module.links_of(session)
+        parents, children = links.links_of(session)
         assert parents == {"c1": ["p"], "c2": ["p"], "g": ["c2"]}
         assert children == {"p": ["c2", "c1"], "c2": ["g"]}  # Kala's order of children
         assert session.get(Job, "p").next_run_at == NOW + timedelta(days=1)
@@ -292,7 +292,7 @@ def test_batches_keep_chains_refusals_and_order_across_transactions(
         with pytest.raises(Conflict), session.begin_nested():
             jobs_module.import_job(session, {**found["c1"], "parent_jobs": ["p"]}, rules, NOW,
                                    runs_used=0, is_done=False, next_run_at=None)
-        assert jobs_module.parent_ids(session, "c1") == ["p"]  # the savepoint undid nothing else
+        assert links.parent_ids(session, "c1") == ["p"]  # the savepoint undid nothing else
     again = importer.import_jobs(sessions, found, rules, NOW)
     assert {o.job_id: o.result for o in again} == {
         **results, "p": "already here", "c1": "already here", "c2": "already here",

@@ -23,7 +23,7 @@ from kala_celery.api.http import (
 from kala_celery.api.state import kala
 from kala_celery.errors import Forbidden
 from kala_celery.runs import start
-from kala_celery.store import history, jobs
+from kala_celery.store import history, jobs, links
 from kala_celery.store.tables import JOB_REMOTE, TERMINAL_STATES, Job, Run, utcnow
 from kala_celery.wire import limits
 
@@ -45,7 +45,7 @@ def _publish(*runs: Run | None) -> bool:
 
 def _job_response(session: Session, job: Job) -> Response:
     """Kala's `{"job": {...}}` for one job, written by the list's formatter (wire.job_json)."""
-    parents, children = jobs.links_of(session, [job.id])
+    parents, children = links.links_of(session, [job.id])
     stats = history.recent_stats(session, [job.id], kala().settings.stats_in_job)
     text = wire.job_json(
         wire.job_values(job),
@@ -71,7 +71,7 @@ def list_jobs() -> Response:
     """Every job (Kala has no paging): plain rows written straight to JSON (api/listing.py)."""
     with _transaction() as session:
         rows = listing.job_rows(session)
-        parents, children = jobs.links_of(session)
+        parents, children = links.links_of(session)
         stats = history.recent_stats(session, None, kala().settings.stats_in_job)
     body = listing.list_document(rows, parents, children, stats)
     return Response(body, status=200, content_type=JSON_TYPE)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from kala_celery import schedule
 from kala_celery.runs import dispatch
 from kala_celery.schedule import cron, occurrences
-from kala_celery.store import bulk, jobs
+from kala_celery.store import bulk, links
 from kala_celery.store.tables import Job, JobLink, Run
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def claim_due(session: Session, now: datetime, limit: int, default_tz: str) -> C
         if step.run_for is not None
     ]
     # Dependents are looked up only below the claimed jobs that have any (most have none).
-    children = jobs.children_by_parent(session, parents) if parents else {}
+    children = links.children_by_parent(session, parents) if parents else {}
     run_ids = dispatch.record_trees(
         session, roots, trigger="schedule", now=now, count=False, children=children
     )

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from kala_celery import wire
 from kala_celery.errors import JobError
 from kala_celery.runs import start
-from kala_celery.store import bulk, jobs
+from kala_celery.store import bulk, jobs, links
 from kala_celery.store.tables import SOURCE_APPLY, SOURCE_CONFIG, Job
 
 _LOCK = "SELECT pg_advisory_xact_lock(7040531)"  # beside beat/beat_schedule.py's 7040530
@@ -94,7 +94,7 @@ def _strip(doc: dict[str, Any]) -> dict[str, Any]:
 def exported(session: Session, job: Job) -> dict[str, Any]:
     """The job as code: its API document less the store's own state and the defaults."""
     session.flush()
-    text = wire.job_json(wire.job_values(job), parent_ids=jobs.parent_ids(session, job.id),
+    text = wire.job_json(wire.job_values(job), parent_ids=links.parent_ids(session, job.id),
                          child_ids=None, stats=None, include_stats=False)
     return _strip(json.loads(text))
 
@@ -102,7 +102,7 @@ def exported(session: Session, job: Job) -> dict[str, Any]:
 def _compared(session: Session, job: Job) -> dict[str, Any]:
     """What a body can change: the exported form and the job's children (a body may list
     `dependent_jobs`; an export writes only `parent_jobs`, the same links seen from below)."""
-    children = jobs.child_ids(session, job.id)
+    children = links.child_ids(session, job.id)
     return {**exported(session, job), **({"dependent_jobs": children} if children else {})}
 
 

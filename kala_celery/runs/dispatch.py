@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from kala_celery.store import bulk, jobs
+from kala_celery.store import bulk, links
 from kala_celery.store.tables import Job, Run
 from kala_celery.wire import limits
 
@@ -60,7 +60,7 @@ def record_trees(
     if not roots:
         return []
     if children is None:
-        children = jobs.children_by_parent(session, [job_id for job_id, _ in roots])
+        children = links.children_by_parent(session, [job_id for job_id, _ in roots])
     rows: list[dict] = []
     root_ids: list[str] = []
     for job_id, when in roots:

@@ -1,7 +1,7 @@
 """Children that wait for all their parents (`parents_mode: "all"`, docs/design.md
 Decision 20).
 
-Such a child is not in its parents' chains (store/jobs.children_by_parent leaves it out).
+Such a child is not in its parents' chains (store/links.children_by_parent leaves it out).
 Instead each link remembers whether its parent has succeeded since the child's last run
 (`job_links.satisfied`). In the transaction that records a parent run's success, the
 child's job row is locked (FOR UPDATE on PostgreSQL; SQLite has one writer at a time), the

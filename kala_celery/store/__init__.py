@@ -3,7 +3,8 @@
 - tables: the SQLAlchemy tables (jobs, job_links, runs, workers, beats, metric_counts);
 - db: engines and sessions (SQLite's WAL, busy timeout and write lock), the schema at start;
 - schema, migrations/: the schema's Alembic revision, and who may change it;
-- jobs: the job rules (create, replace, delete with its cascade, enable, links, stats);
+- jobs: the job rules (create, replace, delete with its cascade, enable, stats);
+- links: the links between jobs, and the checks a change of links passes;
 - history: reads of run history (a job's stats, pages of runs, NextKala's status callback);
 - bulk: statements over a batch of rows (PostgreSQL arrays, SQLite executemany).
 

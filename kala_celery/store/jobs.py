@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,7 +23,7 @@ from kala_celery import schedule, wire
 from kala_celery.config import RemotePolicy
 from kala_celery.errors import Conflict, Forbidden, InvalidJob, NotFound
 from kala_celery.schedule import cron, occurrences
-from kala_celery.store import bulk
+from kala_celery.store import links
 from kala_celery.store.tables import (
     JOB_CELERY_TASK,
     JOB_LOCAL,
@@ -45,7 +44,6 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:@-]*")
 _QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
 _TASK_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
 PARENTS_MODES = ("any", PARENTS_ALL)  # "any" is Kala's (the default, stored as NULL)
-MAX_DEPTH = 32  # levels of dependent jobs below any job
 OVERLAP_POLICIES = ("buffer", "skip", "allow")  # Decision 21
 SOURCES = (SOURCE_CONFIG, SOURCE_APPLY)  # Decision 30
 
@@ -245,155 +243,6 @@ def schedule_refused(data: dict[str, Any], exc: schedule.ScheduleError) -> Inval
     return InvalidJob(f"schedule {data.get('schedule', '')!r}: {exc}")
 
 
-# ---------------------------------------------------------------- links
-
-
-def parent_ids(session: Session, job_id: str) -> list[str]:
-    rows = session.scalars(
-        select(JobLink.parent_id).where(JobLink.child_id == job_id).order_by(JobLink.id)
-    )
-    return list(rows)
-
-
-def child_ids(session: Session, job_id: str) -> list[str]:
-    rows = session.scalars(
-        select(JobLink.child_id).where(JobLink.parent_id == job_id).order_by(JobLink.position)
-    )
-    return list(rows)
-
-
-def links_of(session: Session, job_ids: Iterable[str] | None = None) -> tuple[dict, dict]:
-    """(parents by child, in link order; children by parent, in FIFO position order) for the
-    given jobs (all jobs when None)."""
-    query = select(JobLink.parent_id, JobLink.child_id, JobLink.position).order_by(JobLink.id)
-    if job_ids is not None:
-        ids = list(job_ids)
-        query = query.where(JobLink.parent_id.in_(ids) | JobLink.child_id.in_(ids))
-    parents: dict[str, list[str]] = {}
-    ranked: dict[str, list[tuple[int, str]]] = {}
-    for parent, child, position in session.execute(query):
-        parents.setdefault(child, []).append(parent)
-        ranked.setdefault(parent, []).append((position, child))
-    children = {parent: [child for _, child in sorted(edges)] for parent, edges in ranked.items()}
-    return parents, children
-
-
-def children_by_parent(session: Session, roots: list[str]) -> dict[str, list[str]]:
-    """Every job below `roots` mapped to its children in FIFO order (one query per level).
-    Children with parents_mode "all" are not in their parents' chains: they run on their own
-    once all their parents have succeeded (kala_celery/runs/parents.py, Decision 20)."""
-    children: dict[str, list[str]] = {}
-    frontier = list(roots)
-    while frontier:
-        rows = session.execute(
-            select(JobLink.parent_id, JobLink.child_id)
-            .join(Job, Job.id == JobLink.child_id)
-            .where(bulk.one_of(session, JobLink.parent_id, frontier))
-            .where(Job.parents_mode.is_(None))
-            .order_by(JobLink.parent_id, JobLink.position)
-        ).all()
-        for parent, child in rows:
-            children.setdefault(parent, []).append(child)
-        frontier = list(dict.fromkeys(c for _, c in rows if c not in children))
-    return children
-
-
-def _unique(ids: list[str]) -> list[str]:
-    return list(dict.fromkeys(ids))
-
-
-def _existing(session: Session, ids: list[str], what: str) -> None:
-    found = set(session.scalars(select(Job.id).where(Job.id.in_(ids)))) if ids else set()
-    for job_id in ids:
-        if job_id not in found:
-            raise InvalidJob(f"{what} {job_id!r} does not exist")
-
-
-def _descendants(session: Session, roots: list[str]) -> set[str]:
-    seen: set[str] = set()
-    frontier = list(roots)
-    while frontier:
-        seen.update(frontier)
-        nxt = session.scalars(select(JobLink.child_id).where(JobLink.parent_id.in_(frontier)))
-        frontier = [c for c in set(nxt) if c not in seen]
-    return seen
-
-
-def _set_links(
-    session: Session, job_id: str, parents: list[str] | None, children: list[str] | None
-) -> None:
-    """Replace the job's parent and/or child edges (None keeps that side), refusing cycles."""
-    if parents is not None:
-        if job_id in parents:
-            raise InvalidJob("a job cannot be its own parent")
-        _existing(session, parents, "parent job")
-    if children is not None:
-        if job_id in children:
-            raise InvalidJob("a job cannot depend on itself")
-        # Kala stores unknown dependent ids and skips them at run time: link the known ones
-        # (Decision 9).
-        known = set(session.scalars(select(Job.id).where(Job.id.in_(children))))
-        children = [child for child in children if child in known]
-        for child in session.scalars(  # as a child it would no longer run on its schedule
-                select(Job).where(Job.id.in_(children), Job.source == SOURCE_CONFIG)):
-            raise Conflict(
-                f"job {child.id!r} comes from the beat_schedule entry {child.name!r} of the "
-                "Celery app: it runs on the schedule its code gives and cannot become a "
-                "dependent job"
-            )
-    new_parents = parents if parents is not None else parent_ids(session, job_id)
-    new_children = children if children is not None else child_ids(session, job_id)
-    # A cycle exists iff a (new) parent is reachable from the job through its (new) children.
-    below = _descendants(session, new_children) if new_children else set()
-    if job_id in below or below.intersection(new_parents):
-        raise InvalidJob("the dependency would create a cycle")
-    if parents is not None:
-        session.execute(delete(JobLink).where(JobLink.child_id == job_id))
-        for parent in parents:
-            _append_child(session, parent, job_id)
-    if children is not None:
-        session.execute(delete(JobLink).where(JobLink.parent_id == job_id))
-        for position, child in enumerate(children):
-            session.add(JobLink(parent_id=job_id, child_id=child, position=position))
-    session.flush()
-    _check_tree_size(session, job_id)
-
-
-def _check_tree_size(session: Session, job_id: str) -> None:
-    """Every run dispatches its whole dependency tree as one chain: keep trees bounded."""
-    tops, frontier, seen = [], [job_id], {job_id}
-    while frontier:  # the top-most ancestors of the job
-        rows = session.execute(
-            select(JobLink.child_id, JobLink.parent_id).where(JobLink.child_id.in_(frontier))
-        ).all()
-        has_parent = {child for child, _ in rows}
-        tops += [j for j in frontier if j not in has_parent]
-        frontier = [p for _, p in rows if p not in seen]
-        seen.update(frontier)
-    children = children_by_parent(session, tops)
-    sizes: dict[str, int] = {}
-
-    def size(job: str, depth: int) -> int:
-        if depth > MAX_DEPTH:
-            raise InvalidJob(f"dependent jobs may nest at most {MAX_DEPTH} levels deep")
-        if job not in sizes:
-            sizes[job] = 1 + sum(size(c, depth + 1) for c in children.get(job, []))
-        return sizes[job]
-
-    for top in tops:
-        if size(top, 0) > limits.MAX_TREE_RUNS:
-            raise InvalidJob(
-                f"job {top!r} would start more than {limits.MAX_TREE_RUNS} runs per run "
-                "with its dependent jobs"
-            )
-
-
-def _append_child(session: Session, parent: str, child: str) -> None:
-    last = session.scalar(select(func.max(JobLink.position)).where(JobLink.parent_id == parent))
-    session.add(JobLink(parent_id=parent, child_id=child, position=(last or 0) + 1))
-    session.flush()
-
-
 # ---------------------------------------------------------------- create / replace
 
 
@@ -551,7 +400,7 @@ def create_job(
     (a one-off job): runs/start.py records it in the same transaction. managed: the caller
     is the beat's beat_schedule sync, which may write source "config" (Decision 30)."""
     _validate(data, rules, managed=managed)
-    parents = _unique(data.get("parent_jobs") or [])
+    parents = links.unique(data.get("parent_jobs") or [])
     parsed = _validate_schedule(data, rules, bool(parents))
     job_id = _client_id(session, data.get("id"))
     job = Job(id=job_id, created_at=now, runs_used=0, missed_occurrences=0, is_done=False,
@@ -567,7 +416,7 @@ def create_job(
         return job, due_now
     session.add(job)
     session.flush()
-    _set_links(session, job_id, parents or None, _unique(children) if children else None)
+    links.set_links(session, job_id, parents or None, links.unique(children) if children else None)
     return job, _start_if_due(job, rules, now, fresh=not parents, parsed=parsed)
 
 
@@ -594,16 +443,17 @@ def replace_job(
     if not managed:
         guard_config(job, "change")
     _validate(data, rules, managed=managed)
-    parents = _unique(data.get("parent_jobs") or [])
+    parents = links.unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
-    old_schedule = (job.schedule, job.cron, job.timezone, bool(parent_ids(session, job_id)))
+    old_schedule = (job.schedule, job.cron, job.timezone, bool(links.parent_ids(session, job_id)))
     was_disabled, old_mode, old_source = job.disabled, job.parents_mode, job.source
     _apply_fields(job, data, rules)
     job.source = job.source or old_source  # kept unless the body names one (Decision 30)
     if "metadata" in data:
         _apply_metadata(job, data["metadata"])
     children = data.get("dependent_jobs")
-    _set_links(session, job_id, parents, _unique(children) if children is not None else None)
+    kept = links.unique(children) if children is not None else None
+    links.set_links(session, job_id, parents, kept)
     if job.parents_mode != old_mode:  # Decision 20: a new mode counts parents afresh
         session.execute(
             update(JobLink).where(JobLink.child_id == job_id).values(satisfied=False)
@@ -711,7 +561,7 @@ def enable_job(
     if not job.disabled:
         return job, False
     job.disabled = False
-    if parent_ids(session, job_id):
+    if links.parent_ids(session, job_id):
         return job, False
     if not is_scheduled(job):
         ran = session.scalar(select(func.count()).select_from(Run).where(Run.job_id == job_id))
@@ -805,7 +655,7 @@ def import_job(
     refused, and no run is recorded. The id is kept; one already here is a Conflict (call it
     in a savepoint)."""
     _validate(data, rules)
-    parents = _unique(data.get("parent_jobs") or [])
+    parents = links.unique(data.get("parent_jobs") or [])
     _validate_schedule(data, rules, bool(parents))
     job_id = data["id"]
     check_id(job_id)
@@ -820,5 +670,5 @@ def import_job(
     except IntegrityError:  # the primary key: a job with this id is here already
         raise Conflict(f"a job with id {job_id!r} already exists") from None
     if parents:
-        _set_links(session, job_id, parents, None)
+        links.set_links(session, job_id, parents, None)
     return job

@@ -27,7 +27,7 @@ from kala_celery import wire
 from kala_celery.api.state import KalaState, kala
 from kala_celery.errors import INIT_ERROR, Conflict, JobError, NotFound
 from kala_celery.runs import start
-from kala_celery.store import jobs
+from kala_celery.store import jobs, links
 from kala_celery.store.db import DatabaseAway
 from kala_celery.store.tables import JOB_CELERY_TASK, JOB_REMOTE, Run, utcnow
 from kala_celery.web import auth, describe, forms, queries
@@ -161,8 +161,8 @@ def job_page(job_id: str) -> str:
     now = utcnow()
     with _transaction() as session:
         job = jobs.get_job(session, job_id)
-        parents = jobs.parent_ids(session, job_id)
-        children = jobs.child_ids(session, job_id)
+        parents = links.parent_ids(session, job_id)
+        children = links.child_ids(session, job_id)
         runs, total = queries.runs_newest_first(
             session, job_id, offset=(page - 1) * RUNS_PER_PAGE, limit=RUNS_PER_PAGE
         )
@@ -264,8 +264,8 @@ def edit_job(job_id: str) -> Response | tuple[str, int]:
             jobs.guard_config(job, "change")
         except Conflict as exc:
             return _read_only(exc, job_id)
-        values = forms.values_of(job, jobs.parent_ids(session, job_id),
-                                 jobs.child_ids(session, job_id))
+        values = forms.values_of(job, links.parent_ids(session, job_id),
+                                 links.child_ids(session, job_id))
     return _form_page(values, job_id=job_id)
 
 
