@@ -21,6 +21,7 @@ import pytest
 from kala_celery.config import ConfigError, RemotePolicy, Settings
 from kala_celery.runs.outcome import Outcome
 from kala_celery.tasks.remote import call
+from tests.test_remote import no_proxy  # noqa: F401 - autouse: no proxy here either
 from tests.test_worker_runs import finished
 
 pytestmark = pytest.mark.timeout(120)
@@ -113,13 +114,6 @@ def server_on_127_0_0_2() -> Iterator[tuple[str, type[Redirector]]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
 
 
 def _call(url: str, policy: RemotePolicy | None = None, **kwargs: Any) -> Outcome:
