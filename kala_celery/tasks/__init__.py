@@ -149,8 +149,8 @@ def _hand_to_writer(app, store: Store, run_id: str) -> Callable[[Ending], None]:
     heartbeat until it is written."""
 
     def hand(ending: Ending) -> None:
-        publisher = CeleryPublisher(app, store.sessions)
-        writer = writer_for(store.engine, publisher.publish_ids)
+        writer = writer_for(store.engine,
+                            lambda ids: CeleryPublisher(app, store.sessions).publish_ids(ids))
         writer.hand(Handed(ending, heartbeat.keep(run_id)))
 
     return hand
