@@ -4,8 +4,9 @@ A run's task hands its end (state, outcome, counters) to this process's writer a
 the worker takes its next message while the end is written. The writer takes every end that
 is waiting and writes them in one transaction (each still its own compare-and-set); an idle
 writer writes a lone end at once, so a run's end is recorded no later than before, and under
-load ends are grouped without anyone waiting for a batch to fill. A batch that fails is
-written again end by end, so one bad end cannot fail its neighbours.
+load ends are grouped without anyone waiting for a batch to fill. At most 64 ends wait: a
+task handing one more waits for room, so the worker never runs far ahead of its records. A
+batch that fails is written again end by end, so one bad end cannot fail its neighbours.
 
 What the delivery guarantee needs stays true: until its end is written, a run stays in this
 process's heartbeat (so no sweep takes it from a live worker), and a process that dies with
@@ -35,6 +36,7 @@ from kala_celery.tasks.runner import durably
 log = logging.getLogger(__name__)
 
 MOST_AT_ONCE = 64  # ends in one transaction
+MOST_WAITING = 64  # ends waiting to be written: a task handing one more waits for room
 FLUSH_TIMEOUT = 60.0  # seconds a shutting-down process waits for its ends to be written
 
 
@@ -57,11 +59,13 @@ class Writer:
     def __init__(self, engine: Engine, publish: Publish) -> None:
         self._engine = engine
         self._publish = publish
-        self._queue: queue.Queue[Handed] = queue.Queue()
+        self._queue: queue.Queue[Handed] = queue.Queue(MOST_WAITING)
         self._thread = threading.Thread(target=self._loop, name="kala-writer", daemon=True)
         self._thread.start()
 
     def hand(self, handed: Handed) -> None:
+        """Queue an end; when MOST_WAITING are waiting, wait for room (a writer that cannot
+        keep up slows its tasks down instead of holding ever more unwritten ends)."""
         self._queue.put(handed)
 
     def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
