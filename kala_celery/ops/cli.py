@@ -74,6 +74,7 @@ def main() -> None:
     import  the jobs of a Kala, django-celery-beat or RedBeat into the job store
     apply   make a file of jobs (YAML or JSON) true in the job store; export writes one
     db      the job store's schema: `db upgrade`, `db current`
+    token   named API tokens with scopes: `token create | list | revoke`
     health  exit 0 if a beat or a worker on this host is alive (for compose and k8s)
     """
 
@@ -357,6 +358,80 @@ def _open_store(settings: Settings) -> tuple[Any, Any]:
         engine.dispose()
         raise click.ClickException(str(exc)) from None
     return engine, make_sessionmaker(engine)
+
+
+@main.group()
+def token() -> None:
+    """Named API tokens with scopes (read, run, write, admin): docs/security.md."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--scopes", required=True, metavar="SCOPES",
+              help="Comma-separated: read (GET, metrics, the dashboard's pages), run (start, "
+                   "enable, disable), write (create, replace, delete), admin (tokens, audit).")
+@_store_options
+def token_create(name: str, scopes: str, db: str | None, broker: str | None,
+                 data_dir: str | None) -> None:
+    """Make a token NAME and print its secret, once: only a digest of it is kept."""
+    from kala_celery.errors import JobError
+    from kala_celery.store import audit, tokens
+    from kala_celery.store.tables import utcnow
+
+    engine, sessions = _open_store(_settings(db, broker, data_dir, None))
+    try:
+        with sessions.begin() as session:
+            wanted = tokens.parse_scopes(scopes)
+            secret = tokens.create(session, name, wanted, utcnow())
+            audit.record(session, audit.command_actor("token create"), "token create",
+                         changes={"token": [None, name],
+                                  "scopes": [None, tokens.scope_text(wanted)]})
+    except JobError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(secret)
+    click.echo(f"token {name!r} ({tokens.scope_text(wanted)}): the line above is its secret; "
+               "it is shown only now.", err=True)
+
+
+@token.command("list")
+@_store_options
+def token_list(db: str | None, broker: str | None, data_dir: str | None) -> None:
+    """Every named token: name, scopes, when it was made (never a secret)."""
+    from kala_celery.store import tokens
+    from kala_celery.wire import format_time
+
+    engine, sessions = _open_store(_settings(db, broker, data_dir, None))
+    try:
+        with sessions() as session:
+            rows = [(t.name, t.scopes, format_time(t.created_at))
+                    for t in tokens.all_tokens(session)]
+    finally:
+        engine.dispose()
+    for name, scopes, created in rows:
+        click.echo(f"{name}\t{scopes}\t{created}")
+
+
+@token.command("revoke")
+@click.argument("name")
+@_store_options
+def token_revoke(name: str, db: str | None, broker: str | None, data_dir: str | None) -> None:
+    """Delete token NAME: its secret opens nothing from the next request on."""
+    from kala_celery.errors import NotFound
+    from kala_celery.store import audit, tokens
+
+    engine, sessions = _open_store(_settings(db, broker, data_dir, None))
+    try:
+        with sessions.begin() as session:
+            gone = tokens.revoke(session, name)
+            audit.record(session, audit.command_actor("token revoke"), "token revoke",
+                         changes={"token": [name, None], "scopes": [gone.scopes, None]})
+    except NotFound:
+        raise click.ClickException(f"no token named {name!r}") from None
+    finally:
+        engine.dispose()
+    click.echo(f"revoked {name!r}")
 
 
 @main.command("apply")
