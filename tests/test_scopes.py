@@ -63,8 +63,7 @@ def test_every_operation_is_refused_without_its_scope_and_allowed_with_it(
     api = make_api()
     held = make_tokens(api, **{f"only-{s}": frozenset({s}) for s in tokens.SCOPES},
                        **{f"not-{s}": tokens.ALL_SCOPES - {s} for s in tokens.SCOPES})
-    admin = bearer(held["only-admin"])
-    writer = {**bearer(held["not-admin"])}
+    writer = bearer(held["not-admin"])
     assert api.raw.get("/api/v1/openapi.json").status_code == 401  # a token is configured
     document = api.raw.get("/api/v1/openapi.json", headers=bearer(held["only-read"])).json()
     tried: dict[str, int] = {"403": 0, "allowed": 0}

@@ -109,9 +109,9 @@ def job_changed(session: Session, actor: Actor, action: str, before: Mapping[str
 
 def deleted(session: Session, actor: Actor, names: Mapping[str, str], asked: str | None
             ) -> None:
-    """A row per deleted job (`names`: id -> name); a job the cascade took with `asked`
-    says so."""
-    for job_id, name in names.items():
+    """A row per deleted job (`names`: id -> name), `asked` first; a job the cascade took
+    with it says so."""
+    for job_id, name in sorted(names.items(), key=lambda item: item[0] != asked):
         changes = {} if asked in (None, job_id) else {"deleted with": [None, asked]}
         record(session, actor, "delete", job_id=job_id, job_name=name, changes=changes)
 

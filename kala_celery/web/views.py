@@ -408,8 +408,7 @@ def audit() -> str:
 
 
 def forbidden(principal: api_auth.Principal, scope: str) -> tuple[str, int]:
-    message = (f"The token {principal.name!r} has not got the {scope!r} scope this page "
-               "needs.")
+    message = f"The token {principal.name} has not got the {scope} scope this page needs."
     return render_template("kala_webui/missing.html", message=message), 403
 
 
