@@ -3,7 +3,8 @@ store reachable, is the broker), mounted by `init_kala(app, metrics_path=..., he
 create_app mounts them at /metrics and /health.
 
 /health needs no token (it tells only "ok" or "unavailable"); /metrics needs a token with the
-`read` scope once a token is configured, like the API's GET routes (Decision 31; Prometheus:
+`read` scope once a token is configured, like the API's GET routes (Decision 31 of
+docs/design.md; Prometheus:
 `authorization: {credentials: <token>}`).
 """
 

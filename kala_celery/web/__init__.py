@@ -45,8 +45,9 @@ ROUTES = [
     ("/audit", ["GET"], "audit", views.audit),
 ]
 OPEN = frozenset({"login", "static"})  # endpoints that need no token
-# The scope each page needs (Decision 31), as the API's operations: reading is `read`,
-# start/enable/disable `run`, the form and delete `write`, the audit trail `admin`.
+# The scope each page needs (Decision 31 of docs/design.md), as the API's operations:
+# reading is `read`, start/enable/disable `run`, the form and delete `write`, the audit
+# trail `admin`.
 SCOPES = {"jobs": "read", "logout": "any", "new": "write", "preview": "read", "stats": "read",
           "job": "read", "edit": "write", "start": "run", "enable": "run", "disable": "run",
           "delete": "write", "audit": "admin"}
