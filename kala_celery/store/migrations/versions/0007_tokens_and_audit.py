@@ -1,6 +1,6 @@
 """Who may do what (Decisions 31 and 32 of docs/design.md): api_tokens (named tokens
-with scopes, their secrets' digests), audit_log (every change, written in the change's transaction) and
-sign_in_failures (the dashboard's sign-in slowed down per address).
+with scopes, their secrets' digests), audit_log (every change, written in the change's
+transaction) and sign_in_failures (the dashboard's sign-in slowed down per address).
 
 Down revision 0005: 0006 was written at the same time on another branch; the chain is put
 in order when both are merged.
