@@ -5,9 +5,10 @@ Once a token is configured (KALA_API_TOKEN, or a named token: Decision 31 of
 docs/design.md), every dashboard page needs one: the sign-in page checks it and the Flask
 session keeps a digest of it, looked up again on every request, so a revoked token signs its
 sessions out. The session is signed with a key derived from the settings (KALA_API_TOKEN when
-there is one), so every API process on every machine accepts the same session. After FAILURES wrong tokens from one address within
-WINDOW, that address is refused (429) until the oldest of them is WINDOW old: the failures are
-rows in SQL (store/sign_in.py), so the limit holds across processes.
+there is one), so every API process on every machine accepts the same session. After FAILURES
+wrong tokens from one address within WINDOW, that address is refused (429) until the oldest
+of them is WINDOW old: the failures are rows in SQL (store/sign_in.py), so the limit holds
+across processes.
 """
 
 from __future__ import annotations
