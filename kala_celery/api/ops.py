@@ -97,7 +97,7 @@ def mount(app: Flask, settings: Settings, engine: Engine, *, metrics_path: str |
             if not principal.may("read"):
                 return auth.forbidden(principal, "read", "GET /metrics")
             body = render(registry)
-        except (DatabaseAway, SQLAlchemyError) as exc:
+        except (*DatabaseAway, SQLAlchemyError) as exc:
             log.warning("metrics: the job store is unavailable: %s", exc)
             response = Response(f"# the job store is unavailable ({type(exc).__name__})\n",
                                 status=503, mimetype="text/plain")
