@@ -95,7 +95,6 @@ def _serve_api(
 
     try:
         number = parse_port(port)
-        check_bind(interface, settings.api_token, insecure)
     except BindError as exc:
         raise click.UsageError(str(exc)) from None
     from kala_celery.store.schema import SchemaError
@@ -104,12 +103,29 @@ def _serve_api(
         app = create_app(settings)
     except SchemaError as exc:  # behind head: `kala-celery db upgrade`
         raise click.ClickException(str(exc)) from None
+    try:
+        check_bind(interface, settings.api_token, insecure, named=_named_tokens(app))
+    except BindError as exc:
+        raise click.UsageError(str(exc)) from None
     click.echo(startup_line(settings, interface, number), err=True)
     if not with_companions:
         serve_api(app, interface, number, workers=workers, access_log=access_log)
         return
     with companions(settings):
         serve_api(app, interface, number, workers=workers, access_log=access_log)
+
+
+def _named_tokens(app: Any) -> bool:
+    """Whether the job store holds a named token (False when it cannot be read now)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from kala_celery.store import tokens
+
+    try:
+        with app.extensions["kala"].sessions() as session:
+            return tokens.any_token(session)
+    except SQLAlchemyError:
+        return False
 
 
 def hidden(url: str) -> str:
