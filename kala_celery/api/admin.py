@@ -68,7 +68,7 @@ def _since(raw: str | None) -> datetime | None:
     if raw is None:
         return None
     try:
-        when = datetime.fromisoformat(raw.strip())
+        when = datetime.fromisoformat(raw.strip().upper())  # RFC 3339 allows "t" and "z"
     except ValueError:
         raise ValueError("since must be an RFC 3339 time such as 2026-12-01T00:00:00Z") from None
     if when.tzinfo is None:
