@@ -6,8 +6,9 @@ end in `/api/v1` gets `/webui` appended (`/scheduler` -> `/scheduler/webui/`). T
 be mounted at `/` itself then: its conventions (token, route misses) cover every path under its
 prefix.
 
-Modules: views (the pages' handlers), queries (their reads), forms (a form is a Kala JSON
-body), describe (schedules in words), auth (token login, CSRF); the routes are ROUTES below.
+Modules: views (the pages' handlers), queries (their reads), charts (SVG drawn on the server),
+forms (a form is a Kala JSON body), describe (schedules in words), auth (token login, CSRF);
+the routes are ROUTES below.
 May import everything below it (api's state and previews included); never webapp or ops.
 """
 
@@ -34,6 +35,7 @@ ROUTES = [
     ("/logout", ["POST"], "logout", views.logout),
     ("/new", ["GET", "POST"], "new", views.new_job),
     ("/preview", ["GET"], "preview", views.preview),
+    ("/overview", ["GET"], "overview", views.overview),
     ("/stats", ["GET"], "stats", views.stats),
     ("/job/<job_id>/", ["GET"], "job", views.job_page),
     ("/job/<job_id>/edit", ["GET", "POST"], "edit", views.edit_job),
@@ -104,6 +106,7 @@ def build_blueprint() -> Blueprint:
         return {
             "csrf_token": auth.csrf_token,
             "when": describe.when,
+            "ago": describe.ago,
             "duration": describe.duration,
             "size": describe.size,
             "readable": describe.readable,
