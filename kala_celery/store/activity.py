@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, extract, func, literal, select
+from sqlalchemy import Select, case, extract, func, literal, select
 from sqlalchemy.orm import Session
 
 from kala_celery.store.tables import Beat, Job, Run, Worker
@@ -124,9 +124,8 @@ def _in_window(window: Window) -> list[Any]:
     return [Run.scheduled_for >= window.start, Run.scheduled_for < window.end]
 
 
-def activity(session: Session, window: Window) -> Activity:
-    """One grouped scan of the window: (minute, state, lateness bucket) -> runs."""
-    dialect = session.get_bind().dialect.name
+def grouped_statement(dialect: str, window: Window) -> Select:
+    """(minute, state, lateness bucket or -1, runs) of the runs due in the window."""
     late = (Run.trigger == "schedule") & Run.started_at.is_not(None)
     rows = (
         select(
@@ -144,10 +143,14 @@ def activity(session: Session, window: Window) -> Activity:
         else_=len(LATENESS_BUCKETS),
     )
     bucket = case((rows.c.late.is_not(None), bucket), else_=literal(-1))
-    grouped = session.execute(
-        select(rows.c.minute, rows.c.state, bucket, func.count())
-        .group_by(rows.c.minute, rows.c.state, bucket)
-    ).all()
+    return (select(rows.c.minute, rows.c.state, bucket, func.count())
+            .group_by(rows.c.minute, rows.c.state, bucket))
+
+
+def activity(session: Session, window: Window) -> Activity:
+    """One grouped scan of the window: (minute, state, lateness bucket) -> runs."""
+    dialect = session.get_bind().dialect.name
+    grouped = session.execute(grouped_statement(dialect, window)).all()
     by_state: dict[str, list[int]] = {}
     lateness = [[0] * (len(LATENESS_BUCKETS) + 1) for _ in range(window.minutes)]
     index = _indexer(window)
