@@ -22,7 +22,7 @@ from kala_celery.store import activity
 from kala_celery.store.activity import LATENESS_BUCKETS, bucket_of, histogram_quantile
 from kala_celery.web.charts import seconds_words
 from tests.test_api_jobs import future
-from tests.webdata import insert_day_of_runs, insert_jobs, insert_runs
+from tests.webdata import insert_day_of_runs, insert_heartbeats, insert_jobs, insert_runs
 
 STARTED = ("started", "success", "failed", "lost")  # states whose ran_at is the start
 
@@ -49,6 +49,7 @@ def day(db_url: str, tmp_path: Path) -> dict:
     now = datetime.now(UTC)
     ids = insert_jobs(engine, 12, now=now)
     written = insert_day_of_runs(engine, ids, now=now, every=timedelta(minutes=7), hours=26)
+    insert_heartbeats(engine, now=now)
     yield {"app": app, "client": app.test_client(), "ids": ids, "runs": written}
     engine.dispose()
 

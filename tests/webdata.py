@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, select
 
 from kala_celery.store.tables import Beat, Job, Run, Worker
 
@@ -84,8 +84,8 @@ def insert_day_of_runs(engine: Engine, job_ids: list[str], *, now: datetime | No
     """A day of varied history for the charts: each job ran every `every` over the last
     `hours`, due on a phase of its own; most succeeded in 1-40 s and started 0.1-3 s late, a
     few failed or were lost (a bad hour 6 h ago fails a third of them and starts them late),
-    a few were skipped; each job's newest run is still running or queued. Then a beat and
-    three workers, one of them silent. Returns the runs written."""
+    a few were skipped; each job's newest run is still running or queued. Returns the runs
+    written."""
     now = (now or datetime.now(UTC)).replace(microsecond=0)
     rows = []
     steps = int(timedelta(hours=hours) / every)
@@ -122,13 +122,21 @@ def insert_day_of_runs(engine: Engine, job_ids: list[str], *, now: datetime | No
     with engine.begin() as conn:
         for lo in range(0, len(rows), 5000):
             conn.execute(insert(Run.__table__), rows[lo:lo + 5000])
+    return len(rows)
+
+
+def insert_heartbeats(engine: Engine, *, now: datetime | None = None) -> None:
+    """A beat and three workers, the third silent for 10 minutes; the first lists the runs
+    that are `started` (at most ten) as running."""
+    now = (now or datetime.now(UTC)).replace(microsecond=0)
+    with engine.begin() as conn:
+        started = conn.execute(select(Run.id).where(Run.state == "started").limit(10))
+        running = " ".join(started.scalars())
         conn.execute(insert(Beat.__table__), [
             {"name": "kala-beat-1/41", "started_at": now - timedelta(hours=30),
              "last_tick": now - timedelta(seconds=2)}])
         conn.execute(insert(Worker.__table__), [
             {"name": f"celery@worker-{i}/{300 + i}", "started_at": now - timedelta(hours=30),
              "last_seen": now - timedelta(seconds=3 if i < 2 else 600),
-             "running": " ".join(r["id"] for r in rows if r["state"] == "started")[:200]
-             if i == 0 else ""}
+             "running": running if i == 0 else ""}
             for i in range(3)])
-    return len(rows)
