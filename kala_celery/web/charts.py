@@ -93,7 +93,7 @@ def seconds_words(seconds: float | None) -> str:
 
 def _ticks(start: datetime, end: datetime, count: int, zone: Any, now: datetime) -> list[str]:
     """`count` times from start to end: "06:00", with the day where it changes ("7 Dec
-    00:00"); only days ("7 Dec") over a span of more than three days."""
+    00:00"); with seconds over less than ten minutes, only days over more than three days."""
     step = (end - start) / (count - 1)
     out, day = [], None
     for i in range(count):
@@ -102,7 +102,7 @@ def _ticks(start: datetime, end: datetime, count: int, zone: Any, now: datetime)
         if end - start > timedelta(days=3):
             out.append(f"{local.day} {local:%b}{year}")
         else:
-            label = f"{local:%H:%M}"
+            label = f"{local:%H:%M:%S}" if end - start < timedelta(minutes=10) else f"{local:%H:%M}"
             out.append(label if local.date() == day else f"{local.day} {local:%b}{year} {label}")
         day = local.date()
     return out
@@ -148,9 +148,9 @@ def run_strip(runs: Sequence[StripRun], upcoming: Sequence[datetime], now: datet
         return None
     times = [r.scheduled_for for r in runs] + list(upcoming) + [now]
     start, end = min(times), max(times)
-    span = max((end - start).total_seconds(), 60.0)
-    start -= timedelta(seconds=span * 0.02)
-    end = start + timedelta(seconds=span * 1.04)
+    span = (end - start).total_seconds()
+    pad = max(span * 0.02, (10.0 - span) / 2)  # at least 10 s across, the runs centred
+    start, end = start - timedelta(seconds=pad), end + timedelta(seconds=pad)
     total = (end - start).total_seconds()
 
     def x(t: datetime) -> float:
@@ -208,7 +208,8 @@ def run_strip(runs: Sequence[StripRun], upcoming: Sequence[datetime], now: datet
     if runs:
         summary += (f" ({failed} failed or lost; the longest took {seconds_words(longest_run)}, "
                     f"the latest start was {seconds_words(latest_start)} after due)")
-    summary += f" and the next {len(upcoming)} occurrence{'s' if len(upcoming) != 1 else ''}"
+    if upcoming:
+        summary += f" and the next {len(upcoming)} occurrence{'s' if len(upcoming) != 1 else ''}"
     labels = [(0.0, seconds_words(longest)), (base, "0")]
     if latest_start:
         labels.append((HEIGHT - 2, seconds_words(latest)))
