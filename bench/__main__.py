@@ -61,6 +61,11 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--list-jobs", type=size,
                    help="api, dashboard: stored jobs for the list/stats (10k); "
                    "import: jobs moved out of Kala (2k)")
+    g = p.add_argument_group("dashboard")
+    g.add_argument("--dashboard-runs", type=size,
+                   help="stored runs for the charts (1M; smoke: 10k)")
+    g.add_argument("--runs-days", type=float,
+                   help="days the stored runs are spread over (7: about 1/7 in the last 24 h)")
     g = p.add_argument_group("vs-kala")
     g.add_argument("--stores", nargs="+", choices=["embedded", "postgresql"],
                    help="kala-celery serve's stores beside Kala (embedded)")

@@ -285,7 +285,7 @@ def test_with_a_token_the_pages_need_it(browser: Browser, guarded: str) -> None:
 
 
 _TABLE = """return Array.from(document.querySelectorAll(
-    'table[data-chart="' + arguments[0] + '"] tbody tr')).map(tr => [tr.dataset.minute,
+    'table[data-chart="' + arguments[0] + '"] tbody tr')).map(tr => [tr.dataset.hour,
     Array.from(tr.querySelectorAll('td')).map(td => [td.dataset.state || '', td.textContent])])"""
 ENDED = ("success", "failed", "lost", "skipped")
 
@@ -294,8 +294,8 @@ def _executions(served: str, job_id: str) -> list[dict]:
     return ours.get(f"{served}/api/v1/job/{job_id}/executions/").json()["job_stats"]
 
 
-def _minute(stamp: str) -> str:
-    return stamp[:16]  # "2026-12-07T06:01" of the API's RFC 3339 UTC time
+def _hour(stamp: str) -> str:
+    return stamp[:13]  # "2026-12-07T06" of the API's RFC 3339 UTC time
 
 
 def test_the_charts_draw_the_runs_the_workers_ran(on_served: Browser, served: str) -> None:
@@ -335,7 +335,7 @@ def test_the_charts_draw_the_runs_the_workers_ran(on_served: Browser, served: st
     since = b.driver.find_element("css selector", "#runs-chart").get_attribute("data-since")
 
     def as_listed() -> tuple[dict, int]:
-        """Runs due in the window by minute and state, and the scheduled ones that started,
+        """Runs due in the window by hour and state, and the scheduled ones that started,
         from every job's executions."""
         counts: dict[str, dict[str, int]] = {}
         started = 0
@@ -343,17 +343,18 @@ def test_the_charts_draw_the_runs_the_workers_ran(on_served: Browser, served: st
             for r in _executions(served, job_id):
                 if r["scheduled_for"] < since.replace("+00:00", "Z"):
                     continue
-                by_state = counts.setdefault(_minute(r["scheduled_for"]), {})
+                by_state = counts.setdefault(_hour(r["scheduled_for"]), {})
                 by_state[r["state"]] = by_state.get(r["state"], 0) + 1
                 started += r["trigger"] == "schedule" and r["state"] in ("success", "failed")
         return counts, started
 
     def as_drawn() -> tuple[dict, int]:
         rows = b.driver.execute_script(_TABLE, "runs-per-minute")
-        counts = {minute: {state: int(n) for state, n in cells if state and int(n)}
-                  for minute, cells in rows}
+        counts = {hour: {state: int(n.replace(",", "")) for state, n in cells
+                         if state and n != "0"}
+                  for hour, cells in rows}
         late = b.driver.execute_script(_TABLE, "lateness-per-minute")
-        return counts, sum(int(cells[0][1]) for _minute_, cells in late)
+        return counts, sum(int(cells[0][1].replace(",", "")) for _hour_, cells in late)
 
     def same() -> bool:
         b.driver.refresh()

@@ -61,6 +61,35 @@ def _cells(page: str, chart: str) -> str:
     return table[1]
 
 
+def _by(runs: list[dict], key: str) -> tuple[dict[str, Counter], dict[str, list[int]]]:
+    """Runs by due time (formatted with `key`): counts by state, and the lateness histogram of
+    the scheduled ones that started."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    histograms: dict[str, list[int]] = defaultdict(lambda: [0] * (len(LATENESS_BUCKETS) + 1))
+    for r in runs:
+        due = _time(r["scheduled_for"])
+        counts[due.strftime(key)][r["state"]] += 1
+        if r["trigger"] == "schedule" and r["state"] in STARTED:
+            late = max((_time(r["ran_at"]) - due).total_seconds(), 0)
+            histograms[due.strftime(key)][bucket_of(late)] += 1
+    return counts, histograms
+
+
+def test_the_minutes_are_the_runs_the_api_lists(day: dict) -> None:
+    """The store's aggregate, minute by minute (the pages' tables sum them by the hour)."""
+    window = activity.Window.ending(datetime.now(UTC))
+    with day["app"].extensions["kala"].sessions() as session:
+        seen = activity.activity(session, window)
+    due = [r for r in _listed(day["client"], day["ids"])
+           if window.start <= _time(r["scheduled_for"]) < window.end]
+    counts, histograms = _by(due, "%Y-%m-%dT%H:%M")
+    key = [window.minute(k).strftime("%Y-%m-%dT%H:%M") for k in range(window.minutes)]
+    assert {key[k]: Counter({s: n[k] for s, n in seen.by_state.items() if n[k]})
+            for k in range(window.minutes) if seen.total(k)} == counts
+    assert {key[k]: seen.lateness[k] for k in range(window.minutes) if seen.started(k)} == \
+        dict(histograms)
+
+
 def test_the_overview_draws_the_runs_the_api_lists(day: dict) -> None:
     client = day["client"]
     page = client.get("/webui/overview").get_data(as_text=True)
@@ -70,16 +99,14 @@ def test_the_overview_draws_the_runs_the_api_lists(day: dict) -> None:
     due = [r for r in listed if _time(r["scheduled_for"]) >= start]
     assert 0 < len(due) < len(listed)  # the 2 h before the window are left out
 
-    # runs per minute by state: the table under the chart, minute by minute
-    expected: dict[str, Counter] = defaultdict(Counter)
-    for r in due:
-        expected[_time(r["scheduled_for"]).strftime("%Y-%m-%dT%H:%M")][r["state"]] += 1
+    # runs by state: the table under the chart, an hour a row
+    counts, histograms = _by(due, "%Y-%m-%dT%H")
     shown: dict[str, Counter] = {}
-    for minute, row in re.findall(r'<tr data-minute="([^"]+)">(.*?)</tr>',
-                                  _cells(page, "runs-per-minute")):
-        shown[minute] = Counter({state: int(n) for state, n in
-                                 re.findall(r'data-state="(\w+)">(\d+)<', row) if int(n)})
-    assert shown == expected
+    for hour, row in re.findall(r'<tr data-hour="([^"]+)">(.*?)</tr>',
+                                _cells(page, "runs-per-minute")):
+        shown[hour] = Counter({state: int(n) for state, n in
+                               re.findall(r'data-state="(\w+)">(\d+)<', row) if int(n)})
+    assert shown == counts
     assert f'data-figure="due">{len(due):,}<' in page
     failed = sum(1 for r in due if r["state"] in ("failed", "lost"))
     assert f'data-figure="failed">{failed:,}<' in page
@@ -87,19 +114,14 @@ def test_the_overview_draws_the_runs_the_api_lists(day: dict) -> None:
     drawn = set(re.findall(r'<path class="c-(\w+)" data-state', page))
     assert drawn == {r["state"] for r in due}
 
-    # lateness p50/p99 per minute: histogram_quantile over the runs' own start - due
-    histograms: dict[str, list[int]] = defaultdict(lambda: [0] * (len(LATENESS_BUCKETS) + 1))
-    for r in due:
-        if r["trigger"] == "schedule" and r["state"] in STARTED:
-            late = max((_time(r["ran_at"]) - _time(r["scheduled_for"])).total_seconds(), 0)
-            histograms[_time(r["scheduled_for"]).strftime("%Y-%m-%dT%H:%M")][bucket_of(late)] += 1
-    rows = re.findall(r'<tr data-minute="([^"]+)"><th scope="row">[^<]*</th><td class="num">'
+    # lateness p50/p99: histogram_quantile over the runs' own start - due, an hour a row
+    rows = re.findall(r'<tr data-hour="([^"]+)"><th scope="row">[^<]*</th><td class="num">'
                       r'(\d+)</td><td class="num">([^<]*)</td><td class="num">([^<]*)</td>',
                       _cells(page, "lateness-per-minute"))
-    assert {m: (int(n), p50, p99) for m, n, p50, p99 in rows} == {
-        m: (sum(h), seconds_words(histogram_quantile(0.5, h)),
-            seconds_words(histogram_quantile(0.99, h)))
-        for m, h in histograms.items()}
+    assert {h: (int(n), p50, p99) for h, n, p50, p99 in rows} == {
+        h: (sum(hist), seconds_words(histogram_quantile(0.5, hist)),
+            seconds_words(histogram_quantile(0.99, hist)))
+        for h, hist in histograms.items()}
     assert "alert threshold" in page  # KalaRunLatenessHigh's 60 s, drawn as a line
 
     # runs in flight: every run not ended, whenever it was due

@@ -68,6 +68,40 @@ class Activity:
     def percentile(self, k: int, q: float) -> float | None:
         return histogram_quantile(q, self.lateness[k])
 
+    def hours(self) -> list[Hour]:
+        """The window by clock hour (the first and last may be part of one), newest first,
+        the hours without runs left out: what the charts' tables list."""
+        out: list[Hour] = []
+        for k in range(self.window.minutes - 1, -1, -1):
+            start = self.window.minute(k).replace(minute=0)
+            if not out or out[-1].start != start:
+                out.append(Hour(start, {}, [0] * (len(LATENESS_BUCKETS) + 1)))
+            hour = out[-1]
+            for state, counts in self.by_state.items():
+                if counts[k]:
+                    hour.by_state[state] = hour.by_state.get(state, 0) + counts[k]
+            for b, n in enumerate(self.lateness[k]):
+                hour.lateness[b] += n
+        return [hour for hour in out if hour.by_state]
+
+
+@dataclass(frozen=True)
+class Hour:
+    start: datetime
+    by_state: dict[str, int]  # state -> runs due in the hour
+    lateness: list[int]  # the hour's histogram
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+    @property
+    def started(self) -> int:
+        return sum(self.lateness)
+
+    def percentile(self, q: float) -> float | None:
+        return histogram_quantile(q, self.lateness)
+
 
 def histogram_quantile(q: float, counts: list[int]) -> float | None:
     """Prometheus's histogram_quantile over one histogram of LATENESS_BUCKETS (+Inf last):

@@ -223,18 +223,14 @@ def run_strip(runs: Sequence[StripRun], upcoming: Sequence[datetime], now: datet
 AREA_H = HEIGHT
 
 
-def _steps(values: Sequence[float]) -> list[tuple[float, float]]:
-    """The corners of a step line through values[k] over [k, k + 1]."""
-    points = [(0.0, values[0])]
-    for k in range(1, len(values)):
-        if values[k] != values[k - 1]:
-            points += [(float(k), values[k - 1]), (float(k), values[k])]
-    points.append((float(len(values)), values[-1]))
-    return points
-
-
-def _path(points: list[tuple[float, float]]) -> str:
-    return "M" + "L".join(f"{_n(px)} {_n(py)}" for px, py in points)
+def _step_path(values: Sequence[float], first: int = 0) -> str:
+    """A step line through values[i] over [first + i, first + i + 1], in H/V commands (a
+    corner only where the value changes: a flat day is a few bytes)."""
+    d = f"M{first} {_n(values[0])}"
+    for i in range(1, len(values)):
+        if values[i] != values[i - 1]:
+            d += f"H{first + i}V{_n(values[i])}"
+    return d + f"H{first + len(values)}"
 
 
 def _nice(peak: float) -> float:
@@ -251,23 +247,21 @@ def runs_per_minute(activity: Activity, zone: Any, now: datetime) -> Chart:
     minutes = window.minutes
     totals = [activity.total(k) for k in range(minutes)]
     peak = max(totals, default=0)
-    top = _nice(peak)
-    scale = AREA_H / top
+    top = _nice(peak)  # the viewBox is `top` runs tall: y is a whole number of runs
     body = [f'<line class="grid" x1="0" x2="{minutes}" y1="{_n(gy)}" y2="{_n(gy)}" '
-            'vector-effect="non-scaling-stroke"/>' for gy in (0.0, AREA_H / 2)]
-    below = [0] * minutes
-    for state in STATES:
-        counts = activity.by_state.get(state)
-        if not counts or not any(counts):
-            continue
-        above = [b + c for b, c in zip(below, counts, strict=True)]
-        upper = [(px, AREA_H - py * scale) for px, py in _steps(above)]
-        lower = [(px, AREA_H - py * scale) for px, py in _steps(below)]
+            'vector-effect="non-scaling-stroke"/>' for gy in (0.0, top / 2)]
+    # Each state's area reaches from the bottom to the top of its place in the stack, drawn
+    # top of the stack first, so the ones below paint over it (one boundary per path).
+    present = [s for s in STATES if any(activity.by_state.get(s, ()))]
+    stacked, cumulative = [], [0] * minutes
+    for state in present:
+        cumulative = [c + n for c, n in zip(cumulative, activity.by_state[state], strict=True)]
+        stacked.append((state, cumulative))
+    for state, heights in reversed(stacked):
         body.append(f'<path class="c-{state}" data-state="{state}" '
-                    f'd="{_path(upper + lower[::-1])}Z"/>')
-        below = above
-    body.append(f'<line class="axis" x1="0" x2="{minutes}" y1="{_n(AREA_H)}" '
-                f'y2="{_n(AREA_H)}" vector-effect="non-scaling-stroke"/>')
+                    f'd="{_step_path([top - h for h in heights])}V{_n(top)}H0Z"/>')
+    body.append(f'<line class="axis" x1="0" x2="{minutes}" y1="{_n(top)}" y2="{_n(top)}" '
+                'vector-effect="non-scaling-stroke"/>')
     runs = sum(totals)
     if runs:
         at = max(range(minutes), key=lambda k: totals[k])
@@ -275,7 +269,7 @@ def runs_per_minute(activity: Activity, zone: Any, now: datetime) -> Chart:
                    f"minute ({when(window.minute(at), zone, now=now)})")
     else:
         summary = f"No runs due in the last {minutes // 60} h"
-    return Chart(_svg(minutes, AREA_H, summary, body, "area"), summary,
+    return Chart(_svg(minutes, top, summary, body, "area"), summary,
                  ticks=_ticks(window.start, window.end, 5, zone, now),
                  axis=_axis([(0.0, f"{top:,g}"), (AREA_H / 2, f"{top / 2:,g}"), (AREA_H, "0")]))
 
@@ -300,22 +294,20 @@ def lateness_per_minute(activity: Activity, zone: Any, now: datetime) -> Chart:
     worst: tuple[float, int] | None = None
     for q, css in ((0.99, "p99"), (0.5, "p50")):
         # a line through the minutes with runs; a gap where a minute had none
-        parts: list[list[tuple[float, float]]] = []
-        previous = False
+        runs: list[tuple[int, list[float]]] = []  # (first minute, y of each minute)
         for k in range(window.minutes):
             value = activity.percentile(k, q)
             if value is None:
-                previous = False
                 continue
             if q == 0.99 and (worst is None or value > worst[0]):
                 worst = (value, k)
-            y = _late_y(value)
-            if not previous:
-                parts.append([])
-            parts[-1] += [(float(k), y), (float(k + 1), y)]
-            previous = True
-        if parts:
-            d = "".join(_path(p) for p in parts)
+            y = round(_late_y(value), 1)
+            if runs and runs[-1][0] + len(runs[-1][1]) == k:
+                runs[-1][1].append(y)
+            else:
+                runs.append((k, [y]))
+        if runs:
+            d = "".join(_step_path(ys, first) for first, ys in runs)
             body.append(f'<path class="{css}" d="{d}" fill="none" '
                         'vector-effect="non-scaling-stroke"/>')
     if worst is None:

@@ -357,7 +357,7 @@ def _overview(session: Session, now: Any) -> dict[str, Any]:
     zone = describe.zone_or_utc(None, settings.timezone)
     window = activity.Window.ending(now)
     seen = activity.activity(session, window)
-    minutes = [k for k in range(window.minutes) if seen.total(k)]
+    hours = seen.hours()
     whole = [sum(h[b] for h in seen.lateness) for b in range(len(activity.LATENESS_BUCKETS) + 1)]
     return {
         "window": window,
@@ -366,8 +366,8 @@ def _overview(session: Session, now: Any) -> dict[str, Any]:
         "runs_chart": charts.runs_per_minute(seen, zone, now),
         "late_chart": charts.lateness_per_minute(seen, zone, now),
         "states": [s for s in charts.STATES if any(seen.by_state.get(s, ()))],
-        "minutes": minutes[::-1],  # newest first in the table
-        "due_24h": sum(seen.total(k) for k in minutes),
+        "hours": hours,
+        "due_24h": sum(hour.total for hour in hours),
         "failed_due_24h": sum(sum(seen.by_state.get(s, ())) for s in activity.FAILED),
         "p50_24h": activity.histogram_quantile(0.5, whole),
         "p99_24h": activity.histogram_quantile(0.99, whole),
