@@ -7,7 +7,8 @@ first, with the columns the charts read: an index-only range on SQLite), so a pa
 few thousand grouped rows however many runs are stored. A run belongs to the minute it was due
 (`scheduled_for`); lateness is a scheduled run's `started_at - scheduled_for` (at least 0), as
 /metrics counts it (migration 0002), filed under /metrics's buckets so that the percentiles
-here are what Prometheus's `histogram_quantile` gives over the same runs.
+here are what Prometheus's `histogram_quantile` gives over the same runs (Decision 34 of
+docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The dashboard's charts, drawn on the server as inline SVG: no JavaScript, no library.
+"""The dashboard's charts, drawn on the server as inline SVG: no JavaScript, no library
+(Decision 34 of docs/design.md).
 
 Each chart is a `Chart`: the SVG (stretched to the width of its card: the shapes scale, the
 lines keep their width, and there is no text inside it), the time labels under it and the
