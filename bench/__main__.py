@@ -65,7 +65,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--dashboard-runs", type=size,
                    help="stored runs for the charts (1M; smoke: 10k)")
     g.add_argument("--runs-days", type=float,
-                   help="days the stored runs are spread over (7: about 1/7 in the last 24 h)")
+                   help="days the stored runs are spread over (30, KALA_RUN_RETENTION's "
+                   "default; 7: four times as many in the Overview's 24 h)")
     g = p.add_argument_group("vs-kala")
     g.add_argument("--stores", nargs="+", choices=["embedded", "postgresql"],
                    help="kala-celery serve's stores beside Kala (embedded)")

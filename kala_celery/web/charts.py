@@ -205,12 +205,15 @@ def run_strip(runs: Sequence[StripRun], upcoming: Sequence[datetime], now: datet
                       default=None)
     latest_start = max((r.lateness for r in runs if r.lateness is not None), default=None)
     failed = sum(1 for r in runs if r.state in ("failed", "lost"))
-    summary = f"The last {len(runs)} run{'s' if len(runs) != 1 else ''}"
+    parts = []
     if runs:
-        summary += (f" ({failed} failed or lost; the longest took {seconds_words(longest_run)}, "
-                    f"the latest start was {seconds_words(latest_start)} after due)")
+        parts.append(f"the last {len(runs)} run{'s' if len(runs) != 1 else ''} ({failed} failed "
+                     f"or lost; the longest took {seconds_words(longest_run)}, the latest start "
+                     f"was {seconds_words(latest_start)} after due)")
     if upcoming:
-        summary += f" and the next {len(upcoming)} occurrence{'s' if len(upcoming) != 1 else ''}"
+        parts.append(f"the next {len(upcoming)} occurrence{'s' if len(upcoming) != 1 else ''}")
+    summary = " and ".join(parts)
+    summary = summary[:1].upper() + summary[1:]
     labels = [(0.0, seconds_words(longest)), (base, "0")]
     if latest_start:
         labels.append((HEIGHT - 2, seconds_words(latest)))
