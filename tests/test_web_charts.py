@@ -223,3 +223,38 @@ def test_lateness_percentiles_are_prometheus_histogram_quantile() -> None:
     assert histogram_quantile(0.99, counts) == pytest.approx(0.5 + 0.5 * 9.8 / 10)
     counts[-1] = 5  # later than the last bound: the last bound, as Prometheus answers
     assert histogram_quantile(0.99, counts) == 3600.0
+
+
+def test_the_drawing_is_small_and_says_what_it_draws() -> None:
+    from zoneinfo import ZoneInfo
+
+    from kala_celery.web import charts
+
+    now = datetime(2026, 12, 7, 12, 0, 30, tzinfo=UTC)
+    window = activity.Window.ending(now)
+    flat = activity.Activity(window, {"success": [3] * window.minutes},
+                             [[0, 0, 0, 3] + [0] * 10 for _ in range(window.minutes)])
+    utc = ZoneInfo("UTC")
+    runs = charts.runs_per_minute(flat, utc, now)
+    assert len(runs.svg) < 1000  # a flat day is one rectangle, not 1,440 corners
+    assert runs.summary == ("4,320 runs due in the last 24 h; at most 3 in a minute "
+                            "(6 Dec 12:01 UTC)")
+    assert runs.ticks == ["6 Dec 12:01", "18:01", "7 Dec 00:01", "06:01", "12:01"]
+    late = charts.lateness_per_minute(flat, utc, now)
+    assert "the worst p99 497 ms" in late.summary and len(late.svg) < 2000
+    assert [charts.seconds_words(s) for s in (None, 0.04, 2.5, 38, 222, 3600, 90_000)] == [
+        "—", "40 ms", "2.5 s", "38 s", "3.7 min", "1 h", "25 h"]
+
+    # a run still going past the longest ended one reaches the top, and says so
+    ended = charts.StripRun("a", "success", "schedule", now - timedelta(minutes=20),
+                            now - timedelta(minutes=20) + timedelta(seconds=2), 4_000_000_000)
+    going = charts.StripRun("b", "started", "manual", now - timedelta(minutes=10),
+                            now - timedelta(minutes=10), None)
+    strip = charts.run_strip([going, ended], [now + timedelta(minutes=10)], now, utc)
+    assert strip is not None
+    assert re.search(r'<title>success · due 7 Dec 11:40:30 UTC · took 4 s · started 2 s '
+                     r'late</title><rect class="c-success" x="[\d.]+" y="0" ', str(strip.svg))
+    assert "running for 10 min · started 0 ms late · manual" in str(strip.svg)
+    assert strip.summary == ("The last 2 runs (0 failed or lost; the longest took 4 s, the "
+                             "latest start was 2 s after due) and the next 1 occurrence")
+    assert charts.run_strip([], [], now, utc) is None
