@@ -123,6 +123,13 @@ def test_the_overview_draws_the_runs_the_api_lists(day: dict) -> None:
             seconds_words(histogram_quantile(0.99, hist)))
         for h, hist in histograms.items()}
     assert "alert threshold" in page  # KalaRunLatenessHigh's 60 s, drawn as a line
+    # each hour's numbers are also a tooltip over its part of each chart
+    tips = re.findall(r'<rect class="hover"[^>]*><title>[^<]* to \d\d:59: ([\d,]+) (runs|started)',
+                      page)
+    assert sorted(int(n.replace(",", "")) for n, kind in tips if kind == "runs") == sorted(
+        sum(c.values()) for c in counts.values())
+    assert sorted(int(n.replace(",", "")) for n, kind in tips if kind == "started") == sorted(
+        sum(h) for h in histograms.values())
 
     # runs in flight: every run not ended, whenever it was due
     for state in ("pending", "sent", "started"):

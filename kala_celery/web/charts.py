@@ -28,7 +28,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from kala_celery.schedule.words import when
-from kala_celery.store.activity import Activity
+from kala_celery.store.activity import Activity, Hour
 
 # Bottom to top in the stack; the words the pages use for each state (_macros.html).
 STATES = ("success", "failed", "lost", "skipped", "started", "sent", "pending")
@@ -225,6 +225,7 @@ def run_strip(runs: Sequence[StripRun], upcoming: Sequence[datetime], now: datet
 
 
 AREA_H = HEIGHT
+MINUTE, HOUR = timedelta(minutes=1), timedelta(hours=1)
 
 
 def _step_path(values: Sequence[float], first: int = 0) -> str:
@@ -245,8 +246,28 @@ def _nice(peak: float) -> float:
     return next(m * power for m in (1, 2, 5, 10) if m * power >= peak)
 
 
-def runs_per_minute(activity: Activity, zone: Any, now: datetime) -> Chart:
-    """The runs due in each minute of the window, stacked by their state now."""
+def _hover(activity: Activity, hours: Sequence[Hour], height: float, tip: Any) -> list[str]:
+    """A transparent band over each hour with runs, whose <title> (a tooltip, read by screen
+    readers) gives the hour's numbers: the chart's table, where the pointer is."""
+    window, out = activity.window, []
+    for hour in hours:
+        first = max(int((hour.start - window.start) / MINUTE), 0)
+        last = min(int((hour.start + HOUR - window.start) / MINUTE), window.minutes)
+        out.append(f'<rect class="hover" x="{first}" y="0" width="{last - first}" '
+                   f'height="{_n(height)}"><title>{escape(tip(hour))}</title></rect>')
+    return out
+
+
+def _hour_words(hour: Hour, zone: Any, now: datetime) -> str:
+    """"7 Dec 05:00 UTC to 05:59"."""
+    last = (hour.start + HOUR - MINUTE).astimezone(zone)
+    return f"{when(hour.start, zone, now=now)} to {last:%H:%M}"
+
+
+def runs_per_minute(activity: Activity, zone: Any, now: datetime,
+                    hours: Sequence[Hour] = ()) -> Chart:
+    """The runs due in each minute of the window, stacked by their state now; `hours` (the
+    window's Activity.hours()) get a tooltip each."""
     window = activity.window
     minutes = window.minutes
     totals = [activity.total(k) for k in range(minutes)]
@@ -266,6 +287,10 @@ def runs_per_minute(activity: Activity, zone: Any, now: datetime) -> Chart:
                     f'd="{_step_path([top - h for h in heights])}V{_n(top)}H0Z"/>')
     body.append(f'<line class="axis" x1="0" x2="{minutes}" y1="{_n(top)}" y2="{_n(top)}" '
                 'vector-effect="non-scaling-stroke"/>')
+    body += _hover(activity, hours, top, lambda h: (
+        f"{_hour_words(h, zone, now)}: {h.total:,} runs ("
+        + ", ".join(f"{h.by_state[s]:,} {STATE_WORDS[s]}" for s in STATES if s in h.by_state)
+        + ")"))
     runs = sum(totals)
     if runs:
         at = max(range(minutes), key=lambda k: totals[k])
@@ -284,8 +309,10 @@ def _late_y(seconds: float) -> float:
     return AREA_H - (min(level, high) - low) / (high - low) * AREA_H
 
 
-def lateness_per_minute(activity: Activity, zone: Any, now: datetime) -> Chart:
-    """p50 and p99 of due -> start per minute (scheduled runs that started), log scale."""
+def lateness_per_minute(activity: Activity, zone: Any, now: datetime,
+                        hours: Sequence[Hour] = ()) -> Chart:
+    """p50 and p99 of due -> start per minute (scheduled runs that started), log scale;
+    `hours` get a tooltip each."""
     window = activity.window
     body = []
     for seconds in LATE_LINES:
@@ -314,6 +341,9 @@ def lateness_per_minute(activity: Activity, zone: Any, now: datetime) -> Chart:
             d = "".join(_step_path(ys, first) for first, ys in runs)
             body.append(f'<path class="{css}" d="{d}" fill="none" '
                         'vector-effect="non-scaling-stroke"/>')
+    body += _hover(activity, [h for h in hours if h.started], AREA_H, lambda h: (
+        f"{_hour_words(h, zone, now)}: {h.started:,} started, p50 "
+        f"{seconds_words(h.percentile(0.5))}, p99 {seconds_words(h.percentile(0.99))}"))
     if worst is None:
         summary = "No scheduled run started in the last 24 h"
     else:
