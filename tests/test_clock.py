@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def test_on_sqlite_the_clock_is_the_host_s() -> None:
 @pytest.mark.parametrize("skew", ["+30s", "-45s"])
 def test_a_process_whose_clock_is_off_reads_the_database_s_time(postgres_server,
                                                                  skew: str) -> None:
-    url = postgres_server.create_database("kala_clock_" + ("fast" if skew[0] == "+" else "slow"))
+    url = postgres_server.create_database(f"kala_clock_{uuid.uuid4().hex[:12]}")
     env = {**os.environ, "LD_PRELOAD": faketime_lib(), "FAKETIME": skew,
            "FAKETIME_DONT_FAKE_MONOTONIC": "1", "PYTHONPATH": str(ROOT)}
     real_before = time.time()
@@ -72,3 +73,27 @@ def test_a_process_whose_clock_is_off_reads_the_database_s_time(postgres_server,
     # told once, with the size of the offset
     assert done.stderr.count("off the database's") == 1, done.stderr
     assert f"{offset:+.1f} s off the database's" in done.stderr
+
+
+def test_a_reading_that_took_long_is_not_used(postgres_server) -> None:
+    """A query sent into a partition reaches the server when the link heals: its answer is
+    not the time at the middle of the wait, so a reading slower than MOST_ROUND_TRIP is
+    dropped and the last good one goes on."""
+    from sqlalchemy import create_engine, event
+
+    engine = create_engine(postgres_server.create_database(f"kala_clock_{uuid.uuid4().hex[:12]}"))
+    subject = clock.DatabaseClock()
+    subject.bind(engine)
+    good = subject.offset()
+    assert good is not None and abs(good.total_seconds()) < 0.5
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def stuck(conn, cursor, statement, *args) -> None:  # the answer comes late
+        if "clock_timestamp" in statement:
+            time.sleep(clock.MOST_ROUND_TRIP + 0.3)
+
+    assert subject.sync() is False
+    assert abs((subject.offset() - good).total_seconds()) < 0.1  # the last good reading
+    event.remove(engine, "after_cursor_execute", stuck)
+    assert subject.sync() is True
+    engine.dispose()

@@ -102,7 +102,9 @@ def test_ends_handed_while_the_writer_writes_are_written_together(store, setting
         gate.open()
     wait_for(lambda: all(run_row(store, e.run.id).state == "success" for e in endings), 10,
              "every end")
-    assert batches.sizes == [8]  # the one held up went alone, the eight after it together
+    # the one held up went alone, the eight after it together; on PostgreSQL each end stays
+    # its own statement (two transactions ending runs of several jobs could deadlock)
+    assert batches.sizes == ([8] if store.engine.dialect.name == "sqlite" else [])
     assert job_row(store, job_id).success_count == 10
     writer.flush()
     assert not any(e.run.id in heartbeat._running for e in endings)

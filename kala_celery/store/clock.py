@@ -8,8 +8,10 @@ store, and again at most every RESYNC seconds (its heartbeat or tick does it, or
 `now()` after that); between readings it carries that time forward on the local monotonic
 clock, which measures intervals and is never set. A reading costs one round trip, so a run
 pays nothing for it; its error is half that round trip plus the monotonic clock's drift
-since the last reading (microseconds a second). The local wall clock is only compared with
-it: an offset over OFFSET_WARNING is logged once, with its size.
+since the last reading (microseconds a second). A reading whose round trip took over
+MOST_ROUND_TRIP is not used: a query sent into a network partition reaches the server when
+the link heals, and would set the clock ahead by half the outage. The local wall clock is
+only compared with it: an offset over OFFSET_WARNING is logged once, with its size.
 
 On the embedded SQLite default the database is a file on this host: its clock is the host's,
 and `now()` is the wall clock.
@@ -28,6 +30,7 @@ from sqlalchemy import Connection, Engine, text
 log = logging.getLogger(__name__)
 
 RESYNC = 15.0  # seconds between readings of the database's time
+MOST_ROUND_TRIP = 0.5  # seconds: a slower reading is not used (its error is up to half that)
 OFFSET_WARNING = timedelta(seconds=2)
 
 
@@ -68,6 +71,12 @@ class DatabaseClock:
             log.debug("the database's time was not read: %s", exc)
             return False
         if not isinstance(value, datetime):
+            return False
+        if after - before > MOST_ROUND_TRIP:
+            # The query may have waited anywhere in that time (sent into a partition, it
+            # reaches the server when the link heals): the reading could be off by up to the
+            # whole of it. The last good reading goes on instead.
+            log.debug("the database's time took %.1f s to read; not used", after - before)
             return False
         value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
         with self._lock:

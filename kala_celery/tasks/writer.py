@@ -2,9 +2,10 @@
 
 A run's task hands its end (state, outcome, counters) to this process's writer and returns:
 the worker takes its next message while the end is written. The writer takes every end that
-is waiting and writes them in one transaction (each still its own compare-and-set); an idle
-writer writes a lone end at once, so a run's end is recorded no later than before, and under
-load ends are grouped without anyone waiting for a batch to fill. At most 64 ends wait: a
+is waiting and writes them: on SQLite in one transaction (each still its own compare-and-set),
+on PostgreSQL each in its one statement (see Writer). An idle writer writes a lone end at
+once, so a run's end is recorded no later than before, and under load ends are grouped
+without anyone waiting for a batch to fill. At most 64 ends wait: a
 task handing one more waits for room, so the worker never runs far ahead of its records. A
 batch that fails is written again end by end, so one bad end cannot fail its neighbours.
 
@@ -59,6 +60,11 @@ class Writer:
     def __init__(self, engine: Engine, publish: Publish) -> None:
         self._engine = engine
         self._publish = publish
+        # Grouped in one transaction on SQLite only (one writer at a time: no deadlock). On
+        # PostgreSQL two transactions that each end several runs lock those runs' jobs and
+        # counter rows in different orders, and deadlock; there each end stays its one
+        # statement (Decision 29).
+        self._together = engine.dialect.name == "sqlite"
         self._queue: queue.Queue[Handed] = queue.Queue(MOST_WAITING)
         self._thread = threading.Thread(target=self._loop, name="kala-writer", daemon=True)
         self._thread.start()
@@ -95,8 +101,8 @@ class Writer:
     def _write(self, batch: list[Handed]) -> None:
         endings = [handed.ending for handed in batch]
         try:
-            if len(endings) == 1:  # a lone end: as the task wrote it (one statement on PG)
-                results = [self._one(endings[0])]
+            if len(endings) == 1 or not self._together:  # each as the task wrote it
+                results = [self._one(e) for e in endings]
             else:
                 results = durably(lambda: end_together(self._engine, endings))
         except DatabaseAway:
