@@ -157,9 +157,10 @@ class History:
 
     def _database_cut(self, host: str, began: float, until: float) -> Fault | None:
         """A cut of `host` from the database longer than KALA_WORKER_TIMEOUT that overlaps
-        [began, until]: what allows its run to be taken back and run again."""
+        [began, until]: what allows its run to be taken back and run again. The db host's
+        link down cuts every host."""
         for fault in self.faults:
-            if (fault.host == host.removeprefix("kcmh-") and fault.cuts_database
+            if (fault.host in (host.removeprefix("kcmh-"), "db") and fault.cuts_database
                     and fault.end - fault.start > self.worker_timeout
                     and fault.start <= until and fault.end >= began):
                 return fault

@@ -178,6 +178,18 @@ class Network:
         host.run(["nft", "-f", "-"], stdin=_NFT_TABLE)
         return host
 
+    def wait_worker_done(self, host: str, run_ids: Iterable[str], timeout: float) -> None:
+        """The worker on `host` has logged its line for each of `run_ids` (`job '<name>'
+        (<id>) run <run id>: <what became of it>`): a late outcome was tried."""
+        workers = [c for c in self.machines.processes
+                   if c.log_path.name.startswith(f"{host}-worker-")]
+
+        def logged() -> bool:
+            output = "".join(c.output() for c in workers)
+            return all(f"run {run_id}: " in output for run_id in run_ids)
+
+        wait_for(logged, timeout, f"{host}'s worker to log what became of {list(run_ids)}")
+
     # -- faults ---------------------------------------------------------------------
 
     def link(self, name: str, up: bool) -> None:
@@ -588,15 +600,18 @@ class Cluster:
     # -- processes ----------------------------------------------------------------------
 
     def start(self, layout: dict[str, Sequence[str]], skews: dict[str, int] | None = None,
-              api: str = "h1") -> None:
+              api: str = "h1", concurrency: int = 2) -> None:
         """Start `layout` ({"h1": ["beat", "worker"], ...}) and the API on `api`; `skews`
-        puts a process's clock off: {"h1 beat": 30, "h2 worker": -45}. Returns when every
-        process is ready."""
+        puts a process's clock off: {"h1 beat": 30, "h2 worker": -45}; workers run
+        `concurrency` pool processes. Returns when every process is ready."""
         skews = skews or {}
         for host, kinds in layout.items():
             for kind in kinds:
-                starter = self.machines.beat if kind == "beat" else self.machines.worker
-                starter(host, self.env, skews.get(f"{host} {kind}", 0))
+                skew = skews.get(f"{host} {kind}", 0)
+                if kind == "beat":
+                    self.machines.beat(host, self.env, skew)
+                else:
+                    self.machines.worker(host, self.env, skew, concurrency)
         self.machines.api(api, self.env)
         self._api_host = api
         self.machines.wait_started()

@@ -72,7 +72,8 @@ def long_jobs(cluster: Cluster) -> list[str]:
 def cut_while_running(cluster: Cluster, faults: dict[str, str], taken_from: str) -> float:
     """Begin `faults` ({host: kind}) while a long command runs on `taken_from`, keep them
     until the sweep has taken that run back and KALA_WORKER_TIMEOUT has passed, heal them;
-    returns when they healed (real time)."""
+    returns when they healed (real time), once the cut worker has tried to record that
+    run's outcome late."""
     running = wait_for(lambda: cluster.running_on(taken_from, long_jobs(cluster)), 60,
                        f"a long command starting on {taken_from}")
     began = time.monotonic()
@@ -82,7 +83,9 @@ def cut_while_running(cluster: Cluster, faults: dict[str, str], taken_from: str)
              f"the sweep taking {taken_from}'s run back")
     for host in faults:
         cluster.heal(host)
-    return time.time()
+    back = time.time()
+    cluster.wait_worker_done(taken_from, running, timeout=60)
+    return back
 
 
 def assert_kept(history: History, cluster: Cluster) -> None:
