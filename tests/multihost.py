@@ -178,18 +178,6 @@ class Network:
         host.run(["nft", "-f", "-"], stdin=_NFT_TABLE)
         return host
 
-    def wait_worker_done(self, host: str, run_ids: Iterable[str], timeout: float) -> None:
-        """The worker on `host` has logged its line for each of `run_ids` (`job '<name>'
-        (<id>) run <run id>: <what became of it>`): a late outcome was tried."""
-        workers = [c for c in self.machines.processes
-                   if c.log_path.name.startswith(f"{host}-worker-")]
-
-        def logged() -> bool:
-            output = "".join(c.output() for c in workers)
-            return all(f"run {run_id}: " in output for run_id in run_ids)
-
-        wait_for(logged, timeout, f"{host}'s worker to log what became of {list(run_ids)}")
-
     # -- faults ---------------------------------------------------------------------
 
     def link(self, name: str, up: bool) -> None:
@@ -666,6 +654,18 @@ class Cluster:
         wanted, now = set(jobs), time.time()
         return [e.run_id for e in self.executions() if e.host == f"kcmh-{host}"
                 and e.job_id in wanted and e.end is None and now - e.start < fresh]
+
+    def wait_worker_done(self, host: str, run_ids: Iterable[str], timeout: float) -> None:
+        """The worker on `host` has logged its line for each of `run_ids` (`job '<name>'
+        (<id>) run <run id>: <what became of it>`): a late outcome was tried."""
+        workers = [c for c in self.machines.processes
+                   if c.log_path.name.startswith(f"{host}-worker-")]
+
+        def logged() -> bool:
+            output = "".join(c.output() for c in workers)
+            return all(f"run {run_id}: " in output for run_id in run_ids)
+
+        wait_for(logged, timeout, f"{host}'s worker to log what became of {list(run_ids)}")
 
     # -- faults -------------------------------------------------------------------------
 
