@@ -4,7 +4,7 @@ on SQLite and PostgreSQL, duplicate deliveries, crashes, and how few statements 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from kala_celery.runs.attempts import abandon, worker_id
 from kala_celery.runs.outcome import Outcome
 from kala_celery.store import jobs
 from kala_celery.store.db import Store, store_for
-from kala_celery.store.tables import Job, Run, utcnow
+from kala_celery.store.tables import Job, Run, SupersededAttempt, utcnow
 from kala_celery.tasks.runner import Delivery, execute_run
 
 FOREVER = "R/2099-01-01T00:00:00Z/PT1H"
@@ -65,9 +65,10 @@ def record(store: Store, job_id: str, trigger: str = "manual", when=None) -> str
 
 
 def deliver(store: Store, settings: Settings, run_id: str, attempt: Attempts,
-            hostname: str = "host") -> Delivery:
+            hostname: str = "host", later: timedelta = timedelta()) -> Delivery:
+    """A delivery of `run_id` handled `later` than now (by the clock the worker reads)."""
     return execute_run(store.sessions, run_id, hostname=hostname, settings=settings,
-                       attempt=attempt)
+                       attempt=attempt, clock=lambda: utcnow() + later)
 
 
 def run_row(store: Store, run_id: str) -> Run:
@@ -229,8 +230,16 @@ def test_a_retry_delay_releases_the_run_and_the_redelivery_makes_the_next_attemp
     run = run_row(store, run_id)
     assert (run.state, run.attempts, run.error) == ("sent", 1, "exit status 3: broken")
     assert job_row(store, job_id).error_count == 1
-    assert deliver(store, settings, run_id, Attempts(BAD)) == Delivery(retry_in=20.0, owned=True)
-    assert deliver(store, settings, run_id, Attempts(OK)) == Delivery(owned=True, ended="success")
+    # A delivery before the next attempt is due (a countdown that ran on a faster clock)
+    # starts nothing and comes back when it is due by the database's clock (Decision 27).
+    never = Attempts()
+    early = deliver(store, settings, run_id, never)
+    assert early.owned and 9.0 < early.retry_in <= 10.0 and never.calls == 0
+    assert (run_row(store, run_id).state, run_row(store, run_id).attempts) == ("sent", 1)
+    assert deliver(store, settings, run_id, Attempts(BAD), later=timedelta(seconds=10)
+                   ) == Delivery(retry_in=20.0, owned=True)
+    assert deliver(store, settings, run_id, Attempts(OK), later=timedelta(seconds=30)
+                   ) == Delivery(owned=True, ended="success")
     run = run_row(store, run_id)
     assert (run.state, run.attempts) == ("success", 3)
     job = job_row(store, job_id)
@@ -253,10 +262,7 @@ def test_epsilon_skips_a_late_run_and_ends_the_retries(store, settings) -> None:
     delayed = create(store, schedule=FOREVER, epsilon="PT1S", retries=5, retry_delay="PT1S")
     run_id = record(store, delayed, trigger="schedule", when=utcnow() - timedelta(seconds=0.9))
     assert deliver(store, settings, run_id, Attempts(BAD)).retry_in == 1.0
-    with store.sessions.begin() as session:  # as if the redelivery came late
-        session.execute(update(Run).where(Run.id == run_id)
-                        .values(scheduled_for=utcnow() - timedelta(seconds=5)))
-    deliver(store, settings, run_id, never)
+    deliver(store, settings, run_id, never, later=timedelta(seconds=5))  # a late redelivery
     run = run_row(store, run_id)
     assert never.calls == 0
     assert (run.state, run.attempts) == ("failed", 1)
@@ -355,3 +361,72 @@ def test_a_run_taken_away_mid_attempt_records_nothing_more(store, settings) -> N
     job = job_row(store, job_id)
     assert (job.error_count, job.number_of_finished_runs) == (0, 0)
     assert run_row(store, run_id).state == "lost"
+
+
+class CutOff:
+    """A worker's command during which its worker is cut off from the database for longer
+    than KALA_WORKER_TIMEOUT: the sweep takes the run back and `then` (another delivery)
+    runs the next attempt to its end before this command's outcome `outcome` comes back."""
+
+    def __init__(self, store: Store, settings: Settings, then: Callable[[str], Delivery],
+                 outcome: Outcome) -> None:
+        self.store, self.settings, self.then, self.outcome = store, settings, then, outcome
+        self.newer: Delivery | None = None
+
+    def __call__(self, job: Job, settings: Settings, run_env: dict) -> Outcome:
+        run_id = run_env["KALA_RUN_ID"]
+        assert abandon(self.store.sessions, run_id, self.settings, utcnow(),
+                       "worker silent for over 60 s (worker lost)") == [run_id]
+        self.newer = self.then(run_id)
+        return self.outcome
+
+
+def superseded(store: Store, run_id: str) -> list[tuple]:
+    with store.engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(
+            select(SupersededAttempt.attempt, SupersededAttempt.worker, SupersededAttempt.state,
+                   SupersededAttempt.exit_code, SupersededAttempt.error)
+            .where(SupersededAttempt.run_id == run_id))]
+
+
+@pytest.mark.parametrize("second_worker", ["other-host", "host"])
+def test_a_late_outcome_never_overwrites_the_newer_attempt(store, settings,
+                                                           second_worker: str) -> None:
+    """Decision 28: the cut-off worker's failure comes back after another worker's attempt
+    succeeded: the run keeps the newer attempt's success, the late failure is kept on its
+    own attempt. "host": the redelivery reached the same worker process (a threads pool),
+    whose name alone would not tell the attempts apart."""
+    job_id = create(store, schedule=FOREVER, retries=1)
+    run_id = record(store, job_id)
+    cut_off = CutOff(store, settings, lambda rid: deliver(
+        store, settings, rid, Attempts(OK), hostname=second_worker), BAD)
+    assert deliver(store, settings, run_id, cut_off) == Delivery()  # nothing owned, nothing sent
+    assert cut_off.newer == Delivery(owned=True, ended="success")
+    run = run_row(store, run_id)
+    assert (run.state, run.attempts, run.exit_code, run.error) == ("success", 2, 0, None)
+    assert run.worker == worker_id(second_worker)
+    assert superseded(store, run_id) == [
+        (1, worker_id("host"), "failed", 3, "exit status 3: broken")]
+    job = job_row(store, job_id)  # the late failure counts nothing on the job either
+    assert (job.success_count, job.number_of_finished_runs) == (1, 1)
+
+
+def test_a_late_release_for_a_retry_changes_nothing(store, settings) -> None:
+    """The cut-off worker's failed attempt would release the run for a delayed retry: the
+    sweep ended the run meanwhile (lost: no attempts left), so the release changes nothing and
+    the failure is kept on its attempt."""
+    job_id = create(store, schedule=FOREVER, retries=2, retry_delay="PT5S")
+    run_id = record(store, job_id)
+    first = Attempts(BAD)
+
+    def sweep_ends_it(job: Job, settings_: Settings, run_env: dict) -> Outcome:
+        with store.sessions.begin() as session:  # as if no attempts were left
+            session.execute(update(Job).where(Job.id == job_id).values(retries=0))
+        assert abandon(store.sessions, run_id, settings, utcnow(), "worker lost") == []
+        return first(job, settings_, run_env)
+
+    assert deliver(store, settings, run_id, sweep_ends_it) == Delivery()
+    run = run_row(store, run_id)
+    assert (run.state, run.attempts, run.error) == ("lost", 1, "worker lost")
+    assert superseded(store, run_id) == [(1, worker_id("host"), "failed", 3,
+                                          "exit status 3: broken")]

@@ -31,7 +31,8 @@ from prometheus_client.core import (
 )
 from sqlalchemy import Engine, func, select
 
-from kala_celery.store.tables import Beat, MetricCount, Run, Worker, utcnow
+from kala_celery.store.clock import now as db_now
+from kala_celery.store.tables import Beat, MetricCount, Run, Worker
 
 JOB_STATES = ("active", "disabled", "done")
 ENDED = ("success", "failed", "lost", "skipped")
@@ -69,7 +70,7 @@ class KalaCollector:
             open_runs = dict(conn.execute(_OPEN).all())
             beats = conn.execute(_BEATS).all()
             workers = conn.execute(_WORKERS).all()
-        now = utcnow()
+        now = db_now()
         series: dict[str, dict[str, tuple[float, float]]] = {}
         for name, label, n, total in counts:
             series.setdefault(name, {})[label] = (float(n or 0), float(total or 0))

@@ -15,7 +15,7 @@ from kala_celery.api.http import json_response, read_body
 from kala_celery.api.state import kala
 from kala_celery.schedule import occurrences
 from kala_celery.store import jobs
-from kala_celery.store.tables import utcnow
+from kala_celery.store.clock import now as db_now
 
 DEFAULT_COUNT = 10
 _COUNT_HINT = f"count must be a whole number from 1 to {occurrences.MAX_PREVIEW}"
@@ -77,7 +77,7 @@ def schedule_preview() -> Response:
     occurrences a job created now with that schedule would fire at. An unusable schedule is
     refused with the message a create would give."""
     data, count = _preview_body(read_body())
-    count, now = _count(count), utcnow()
+    count, now = _count(count), db_now()
     parsed = jobs.validate_timing(data, kala().rules, now)  # the create's checks and messages
     return _answer(parsed.upcoming(parsed.first(now), 0, count))
 

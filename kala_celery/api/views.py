@@ -24,7 +24,8 @@ from kala_celery.api.state import kala
 from kala_celery.errors import Forbidden
 from kala_celery.runs import start
 from kala_celery.store import history, jobs, links
-from kala_celery.store.tables import JOB_REMOTE, TERMINAL_STATES, Job, Run, utcnow
+from kala_celery.store.clock import now as db_now
+from kala_celery.store.tables import JOB_REMOTE, TERMINAL_STATES, Job, Run
 from kala_celery.wire import limits
 
 PAGE_LIMIT = 1000
@@ -62,7 +63,7 @@ def _job_response(session: Session, job: Job) -> Response:
 def create_job() -> Response:
     data = decode_first_mib(wire.decode_job)
     with _transaction() as session:
-        job, run = start.create(session, data, kala().rules, utcnow())
+        job, run = start.create(session, data, kala().rules, db_now())
     _publish(run)
     return json_response({"id": job.id}, 201)
 
@@ -86,7 +87,7 @@ def get_job(job_id: str) -> Response:
 def replace_job(job_id: str) -> Response:
     data = decode_first_mib(wire.decode_job)
     with _transaction() as session:
-        job, run = start.replace(session, job_id, data, kala().rules, utcnow())
+        job, run = start.replace(session, job_id, data, kala().rules, db_now())
         session.flush()
         response = _job_response(session, job)
     _publish(run)
@@ -107,7 +108,7 @@ def delete_all() -> Response:
 
 def enable_job(job_id: str) -> Response:
     with _transaction() as session:
-        _job, run = start.enable(session, job_id, kala().rules, utcnow())
+        _job, run = start.enable(session, job_id, kala().rules, db_now())
     _publish(run)
     return empty_response(204)
 
@@ -123,7 +124,7 @@ def start_job(job_id: str) -> Response:
     Location."""
     wait = request.args.get("wait", "true").strip().lower() not in ("false", "0", "no")
     with _transaction() as session:
-        run = start.manual(session, job_id, kala().rules, utcnow())
+        run = start.manual(session, job_id, kala().rules, db_now())
     sent = _publish(run)  # not sent (broker down): recorded, it goes out later; answer now
     if sent and wait and _wait_until_finished(run.id, kala().settings.start_wait):
         return empty_response(204)
@@ -234,7 +235,7 @@ def put_execution_status(job_id: str, run_id: str) -> Response:
         run = history.get_run(session, run_id)
         if run.job_id != job_id:
             return empty_response(404)
-        history.set_status(session, run_id, status, utcnow())
+        history.set_status(session, run_id, status, db_now())
     return empty_response(204)
 
 
@@ -253,6 +254,6 @@ def app_stats() -> Response:
             success_count=stats.success_count,
             next_run_at=stats.next_run_at,
             last_attempted_run=stats.last_attempted_run,
-            created=utcnow(),
+            created=db_now(),
         )
     )

@@ -28,9 +28,10 @@ from kala_celery.celery_app import settings_of
 from kala_celery.runs import attempts, heartbeats, sweep
 from kala_celery.runs.publish import CeleryPublisher
 from kala_celery.schedule import ScheduleError, parse_plain_duration
+from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import Store, read_sessions, store_for
 from kala_celery.store.jobs import Rules, rearm
-from kala_celery.store.tables import TERMINAL_STATES, UNARMED, Job, JobLink, Run, utcnow
+from kala_celery.store.tables import TERMINAL_STATES, UNARMED, Job, JobLink, Run
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,14 @@ class KalaScheduler(Scheduler):
             self._store = store
         if self._from_code is not None:  # once, on the first tick the database is up
             rules = Rules(default_timezone=self._default_tz)
-            sync_from_code(self._store.sessions, self._from_code, rules, utcnow())
+            sync_from_code(self._store.sessions, self._from_code, rules, db_now())
             self._from_code = None
 
     def tick(self, *args: object, **kwargs: object) -> float:
         """Claim and publish everything due; return seconds to sleep."""
         try:
             self._connect()
-            wait = self._tick(utcnow())
+            wait = self._tick(db_now())
         except SQLAlchemyError as exc:
             self._failures += 1
             self._db_up_since = None
@@ -136,7 +137,7 @@ class KalaScheduler(Scheduler):
         if upcoming is not None and upcoming <= now:
             self._drain(now)
             with self._reads() as session:  # due jobs left are busy: not before
-                upcoming = next_due(session, after=utcnow())
+                upcoming = next_due(session, after=db_now())
         self._waking_for = upcoming
         if self._unsent and time.monotonic() >= self._broker_retry_at:
             self._publish([])  # the broker refused them last time
@@ -145,7 +146,7 @@ class KalaScheduler(Scheduler):
             self._next_sweep = time.monotonic() + SWEEP_EVERY
         if upcoming is None:
             return self.max_interval
-        return max(0.0, min(self.max_interval, (upcoming - utcnow()).total_seconds()))
+        return max(0.0, min(self.max_interval, (upcoming - db_now()).total_seconds()))
 
     def _drain(self, now: datetime) -> None:
         """Claim everything due, a batch per transaction. On PostgreSQL each batch is

@@ -298,10 +298,10 @@ def import_command(source: str | None, from_file: Path | None, django_url: str |
     from kala_celery.ops import beat_entries, import_django, import_redbeat
     from kala_celery.ops import import_kala as importer
     from kala_celery.schedule import parse_plain_duration
+    from kala_celery.store.clock import now as db_now
     from kala_celery.store.db import DatabaseAway, make_engine, make_sessionmaker
     from kala_celery.store.jobs import Rules
     from kala_celery.store.schema import SchemaError, ensure
-    from kala_celery.store.tables import utcnow
 
     given = [bool(source), from_file is not None, bool(django_url), bool(redbeat_url)]
     if sum(given) != 1:
@@ -325,7 +325,7 @@ def import_command(source: str | None, from_file: Path | None, django_url: str |
     rules = Rules(allow_shell=settings.allow_shell, default_timezone=settings.timezone,
                   default_owner="" if kala else settings.default_owner,
                   remote_policy=settings.remote_policy)
-    now = utcnow()
+    now = db_now()
     keep_since = now - parse_plain_duration(settings.run_retention)
     engine = make_engine(settings.db_url)
     try:
@@ -374,9 +374,9 @@ def apply_command(path: Path, prune: bool, dry_run: bool, db: str | None, broker
     changed, 2 when something did (or would, with --dry-run), 1 on a refusal (nothing is
     written)."""
     from kala_celery.ops import apply as applying
+    from kala_celery.store.clock import now as db_now
     from kala_celery.store.db import DatabaseAway
     from kala_celery.store.jobs import Rules
-    from kala_celery.store.tables import utcnow
 
     settings = _settings(db, broker, data_dir, None)
     try:
@@ -387,7 +387,7 @@ def apply_command(path: Path, prune: bool, dry_run: bool, db: str | None, broker
                   default_owner=settings.default_owner, remote_policy=settings.remote_policy)
     engine, sessions = _open_store(settings)
     try:
-        outcome = applying.apply_bodies(sessions, bodies, rules, utcnow(), prune=prune,
+        outcome = applying.apply_bodies(sessions, bodies, rules, db_now(), prune=prune,
                                         dry_run=dry_run)
     except DatabaseAway as exc:
         raise click.ClickException(str(exc)) from None

@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, select
 
-from kala_celery.store.tables import Beat, Worker, utcnow
+from kala_celery.store import clock
+from kala_celery.store.tables import Beat, Worker
 
 KINDS = {"beat": (Beat, Beat.last_tick), "worker": (Worker, Worker.last_seen)}
 
@@ -33,9 +34,9 @@ def check(engine: Engine, kind: str, silence: timedelta, *, host: str | None = N
           now: datetime | None = None) -> Verdict:
     """Is a `kind` ("beat" or "worker") process on `host` (None: on any host) fresh?"""
     table, stamp = KINDS[kind]
-    now = now or utcnow()
     with engine.connect() as conn:
         rows = conn.execute(select(table.name, stamp)).all()
+        now = now or clock.read(conn)
     mine = [(name, seen) for name, seen in rows if host is None or on_host(name, host)]
     where = "" if host is None else f" on {host}"
     if not mine:

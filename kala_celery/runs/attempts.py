@@ -41,6 +41,7 @@ from sqlalchemy import (
     case,
     exists,
     func,
+    insert,
     select,
     update,
 )
@@ -57,6 +58,7 @@ from kala_celery.store.tables import (
     Job,
     JobLink,
     Run,
+    SupersededAttempt,
 )
 
 log = logging.getLogger(__name__)
@@ -167,7 +169,19 @@ _RUN_ID = _param("p_run", _runs.c.id)
 _ME = _param("p_me", _runs.c.worker)
 _NOW = _param("p_now", _runs.c.attempt_at)
 _JOB_ID = _param("p_job", _jobs.c.id)
-_OWNED = (_runs.c.id == _RUN_ID) & (_runs.c.state == "started") & (_runs.c.worker == _ME)
+_ATTEMPT = _param("p_attempt", _runs.c.attempts)
+# Fencing (Decision 28): a worker changes a run only while the run is in the attempt it
+# claimed; after the sweep took the run back, or another attempt began, it changes nothing.
+_OWNED = (
+    (_runs.c.id == _RUN_ID)
+    & (_runs.c.state == "started")
+    & (_runs.c.worker == _ME)
+    & (_runs.c.attempts == _ATTEMPT)
+)
+# A run released for a later attempt is not claimed before that attempt is due (by the
+# database's clock: the message's countdown ran on the releasing worker's).
+_READY = _param("p_ready", _runs.c.sent_at)
+EARLY_TOLERANCE = timedelta(seconds=0.5)
 _RUN_RETURNING = (
     _runs.c.id,
     _runs.c.job_id,
@@ -185,7 +199,11 @@ _JOB_KEYS = tuple(c.key for c in _JOB_COLUMNS)
 # started <- pending/sent, counting the attempt about to start.
 _CLAIM = (
     update(_runs)
-    .where(_runs.c.id == _RUN_ID, (_runs.c.state == "pending") | (_runs.c.state == "sent"))
+    .where(
+        _runs.c.id == _RUN_ID,
+        (_runs.c.state == "pending")
+        | ((_runs.c.state == "sent") & (_runs.c.sent_at.is_(None) | (_runs.c.sent_at <= _READY))),
+    )
     .values(
         state="started",
         worker=_ME,
@@ -195,7 +213,8 @@ _CLAIM = (
     )
     .returning(*_RUN_RETURNING)
 )
-_RUN_NOW = select(_runs.c.state, _runs.c.worker, _runs.c.attempts).where(_runs.c.id == _RUN_ID)
+_RUN_NOW = select(_runs.c.state, _runs.c.worker, _runs.c.attempts, _runs.c.sent_at).where(
+    _runs.c.id == _RUN_ID)
 # started (by a dead process: p_dead) <- started, counting the attempt about to start.
 _CLAIM_FROM_THE_DEAD = (
     update(_runs)
@@ -203,6 +222,7 @@ _CLAIM_FROM_THE_DEAD = (
         _runs.c.id == _RUN_ID,
         _runs.c.state == "started",
         _runs.c.worker == _param("p_dead", _runs.c.worker),
+        _runs.c.attempts == _ATTEMPT,
     )
     .values(
         worker=_ME,
@@ -386,13 +406,22 @@ def _end_in_one(state: str, failed_attempt: bool, done: str, uncounted: bool) ->
     return select(ended.c.id).add_cte(counted)
 
 
+@dataclass(frozen=True)
+class NotYet:
+    """The run's next attempt falls due in `seconds` (by the database's clock)."""
+
+    seconds: float
+
+
 def claim(
     engine: Engine, run_id: str, me: str, hostname: str, now: datetime
-) -> tuple[RunInfo, JobRecord, str | None] | None:
+) -> tuple[RunInfo, JobRecord, str | None] | NotYet | None:
     """started <- pending/sent (or <- started by a dead process on this host), counting the
     attempt about to start in the same UPDATE. Returns the run, its job (with
-    last_attempted_run set by a first attempt) and, for a dependent run, its parent's state."""
-    params = {"p_run": run_id, "p_me": me, "p_now": now}
+    last_attempted_run set by a first attempt) and, for a dependent run, its parent's state;
+    NotYet for a run released for a later attempt that is not due (its message came early:
+    its countdown ran on another machine's clock)."""
+    params = {"p_run": run_id, "p_me": me, "p_now": now, "p_ready": now + EARLY_TOLERANCE}
     if engine.dialect.name == "postgresql":
         claimed = _claim_in_one(engine, params)
         if claimed is not False:
@@ -401,8 +430,8 @@ def claim(
         row = conn.execute(_CLAIM, params).first()
         if row is None:
             row = _claim_from_the_dead(conn, run_id, me, hostname, now)
-            if row is None:
-                return None
+            if row is None or isinstance(row, NotYet):
+                return row
         run = _run_info(row)
         parent_state = None
         if run.trigger == "parent":
@@ -427,12 +456,15 @@ def _claim_from_the_dead(
     current = conn.execute(_RUN_NOW, {"p_run": run_id}).first()
     if current is None:
         return None  # its job was deleted
-    state, worker, attempts = current
+    state, worker, attempts, due = current
+    if state == "sent" and due is not None and due > now + EARLY_TOLERANCE:
+        return NotYet((due - now).total_seconds())
     if state != "started" or not _died_here(worker, hostname):
         log.info("run %s is %s already; delivery ignored", run_id, state)
         return None
     error = f"worker {worker} died during attempt {attempts}"
-    params = {"p_run": run_id, "p_dead": worker, "p_me": me, "p_now": now, "p_error": error}
+    params = {"p_run": run_id, "p_dead": worker, "p_me": me, "p_now": now, "p_error": error,
+              "p_attempt": attempts}
     row = conn.execute(_CLAIM_FROM_THE_DEAD, params).first()
     if row is None:
         return None  # another delivery claimed it first
@@ -441,11 +473,13 @@ def _claim_from_the_dead(
     return row
 
 
-def next_attempt(engine: Engine, run_id: str, job_id: str, me: str, now: datetime) -> int | None:
-    """Count the failed attempt and the next one in one transaction; None when the run is no
-    longer ours (the sweep gave up on it)."""
+def next_attempt(engine: Engine, run_id: str, job_id: str, me: str, attempt: int,
+                 now: datetime) -> int | None:
+    """Count the failed attempt `attempt` and the next one in one transaction; None when the
+    run is no longer in that attempt of ours (the sweep took it back)."""
+    params = {"p_run": run_id, "p_me": me, "p_attempt": attempt, "p_now": now}
     with begin_write(engine) as conn:
-        number = conn.scalar(_NEXT_ATTEMPT, {"p_run": run_id, "p_me": me, "p_now": now})
+        number = conn.scalar(_NEXT_ATTEMPT, params)
         if number is not None:
             conn.execute(_FAILED_ATTEMPT, {"p_job": job_id, "p_now": now})
         return number
@@ -456,15 +490,17 @@ def release(
     run_id: str,
     job_id: str,
     me: str,
+    attempt: int,
     outcome: Outcome,
     now: datetime,
     wait: float,
 ) -> bool:
     """started -> sent while waiting `wait` seconds for the next attempt (the run's message
-    falls due then); the failed attempt is counted."""
+    falls due then); the failed attempt `attempt` is counted."""
     params = {
         "p_run": run_id,
         "p_me": me,
+        "p_attempt": attempt,
         "p_output": tail(outcome.output),
         "p_error": outcome.error,
         "p_due": now + timedelta(seconds=wait),
@@ -474,6 +510,21 @@ def release(
         if released:
             conn.execute(_FAILED_ATTEMPT, {"p_job": job_id, "p_now": now})
         return released
+
+
+def supersede(engine: Engine, run_id: str, attempt: int, me: str, state: str,
+              outcome: Outcome, now: datetime) -> bool:
+    """Keep the outcome of attempt `attempt` that came after its run had moved on (the sweep
+    took it back while this worker was cut off): on the attempt's own row, never on the run
+    (Decision 28). False when the run is gone (its job was deleted)."""
+    with begin_write(engine) as conn:
+        if conn.scalar(select(_runs.c.id).where(_runs.c.id == run_id)) is None:
+            return False
+        conn.execute(insert(SupersededAttempt.__table__).values(
+            run_id=run_id, attempt=attempt, worker=me, state=state, finished_at=now,
+            exit_code=outcome.exit_code, http_status=outcome.http_status,
+            output=tail(outcome.output), error=outcome.error))
+    return True
 
 
 @lru_cache(maxsize=1024)
@@ -491,6 +542,7 @@ def _end_params(run: RunInfo, me: str | None, state: str, outcome: Outcome,
     return {
         "p_run": run.id,
         "p_me": me,
+        "p_attempt": run.attempts,
         "p_now": now,
         "p_state": state,
         "p_duration": int((now - began) / timedelta(microseconds=1)) * 1000,
@@ -629,7 +681,8 @@ def abandon(
         run, job = found
         policy = RetryPolicy.of(job, run, settings)
         if run.attempts < policy.attempts and policy.may_start(now):
-            params = {"p_run": run_id, "p_me": run.worker, "p_error": reason}
+            params = {"p_run": run_id, "p_me": run.worker, "p_attempt": run.attempts,
+                      "p_error": reason}
             if conn.execute(_GIVE_BACK, params).rowcount != 1:
                 return []
             conn.execute(_FAILED_ATTEMPT, {"p_job": job.id, "p_now": now})

@@ -27,8 +27,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery.celery_app import RUN_TASK
 from kala_celery.store import bulk
+from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import engine_of, read_sessions
-from kala_celery.store.tables import Job, Run, utcnow
+from kala_celery.store.tables import Job, Run
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ class CeleryPublisher:
                 session.execute(
                     update(Run)
                     .where(bulk.one_of(session, Run.id, sent), Run.state.in_(UNRUN))
-                    .values(state="sent", sent_at=utcnow())
+                    .values(state="sent", sent_at=db_now())
                 )
         return sent
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from kala_celery.store import schema
+from kala_celery.store import clock, schema
 
 # What a database outage raises (refused, restarting, connection dropped, SQLite busy past
 # its timeout): worth waiting out and trying again, unlike a wrong statement.
@@ -168,6 +168,7 @@ def store_for(url: str, *, pre_ping: bool = True) -> Store:
     if store is None:
         engine = make_engine(url, pre_ping=pre_ping)
         init_schema(engine)
+        clock.bind(engine)  # this process's "now": the database's (docs/design.md Decision 27)
         store = _stores[key] = Store(engine, make_sessionmaker(engine))
     return store
 

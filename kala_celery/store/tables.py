@@ -223,6 +223,28 @@ class Run(Base):
     )
 
 
+class SupersededAttempt(Base):
+    """An attempt whose outcome came after its run had moved on (docs/design.md Decision 28):
+    its worker was cut off from the database for longer than KALA_WORKER_TIMEOUT, the sweep
+    took the run back, and another attempt (or the sweep's verdict) is the run's state now.
+    The late outcome is kept here, on the attempt it belongs to, never on the run."""
+
+    __tablename__ = "superseded_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))  # what the attempt would have recorded
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
 class Worker(Base):
     """A worker process's heartbeat: `name` is what its runs carry in `runs.worker`
     (`<celery hostname>/<pid>`), `running` the ids of the runs it is executing (space

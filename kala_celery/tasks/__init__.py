@@ -23,8 +23,8 @@ from kala_celery.config import Settings
 from kala_celery.runs.attempts import worker_id
 from kala_celery.runs.publish import CeleryPublisher
 from kala_celery.runs.sweep import reopen
+from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import DatabaseAway, Store, size_pools_for, store_for
-from kala_celery.store.tables import utcnow
 from kala_celery.tasks import heartbeat
 from kala_celery.tasks.runner import execute_run
 
@@ -163,4 +163,4 @@ def _continue_chain(task, engine: Engine) -> None:
         log.warning("run %s: the next run of its chain was not sent (%s); the beat sends it",
                     task.request.id, exc)
         with contextlib.suppress(*DatabaseAway):
-            reopen(engine, utcnow(), [link.options["task_id"]])
+            reopen(engine, db_now(), [link.options["task_id"]])

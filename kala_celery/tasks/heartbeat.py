@@ -20,8 +20,9 @@ from contextlib import contextmanager
 from sqlalchemy import Engine
 
 from kala_celery.runs.heartbeats import record_heartbeat
+from kala_celery.store import clock
+from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import DatabaseAway, begin_write
-from kala_celery.store.tables import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ _beating: tuple[int, str] | None = None  # (pid, worker name) of the thread runn
 
 
 def _beat(engine: Engine, name: str) -> bool:
-    now = utcnow()  # before the snapshot: a run listed is one claimed before `now`
+    clock.sync()  # each heartbeat reads the database's time (docs/design.md Decision 27)
+    now = db_now()  # before the snapshot: a run listed is one claimed before `now`
     with _lock:
         running = sorted(+_running)
     try:

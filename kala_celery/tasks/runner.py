@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TypeVar
 
@@ -22,17 +22,20 @@ from kala_celery import schedule
 from kala_celery.config import Settings
 from kala_celery.runs.attempts import (
     JobRecord,
+    NotYet,
     RetryPolicy,
     RunInfo,
     claim,
     next_attempt,
     release,
+    supersede,
     worker_id,
 )
 from kala_celery.runs.attempts import end as end_run
 from kala_celery.runs.outcome import Outcome
+from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import DatabaseAway, engine_of
-from kala_celery.store.tables import JOB_CELERY_TASK, JOB_REMOTE, utcnow
+from kala_celery.store.tables import JOB_CELERY_TASK, JOB_REMOTE
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +141,7 @@ def execute_run(
     hostname: str,
     settings: Settings,
     attempt: Attempt = perform,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] = db_now,
 ) -> Delivery:
     """Handle one delivery of a run."""
     engine = engine_of(sessions)
@@ -146,26 +149,37 @@ def execute_run(
     claimed = claim(engine, run_id, me, hostname, clock())
     if claimed is None:
         return Delivery()
+    if isinstance(claimed, NotYet):  # its countdown ran on another clock: wait for ours
+        return Delivery(retry_in=claimed.seconds, owned=True)
     run, job, parent_state = claimed
     made = run.attempts - 1  # attempts made before this delivery (a retry delay, a crash)
 
     def end(
         state: str, outcome: Outcome, *, failed_attempt: bool = False, untouched: bool = False
     ) -> Delivery:
+        mine = replace(run, attempts=counted)  # the attempt held (docs/design.md Decision 28)
+
         def write() -> list[str] | None:
-            return end_run(engine, run, job, me, state, outcome, settings, clock(),
+            return end_run(engine, mine, job, me, state, outcome, settings, clock(),
                            failed_attempt=failed_attempt,
                            attempts=made if made < counted else None, job_untouched=untouched)
 
         follow = durably(write)
         if follow is None:  # the sweep took it from us, or its job was deleted, meanwhile
-            log.warning("job %r (%s) run %s: %s not recorded: the run is no longer this "
-                        "worker's", job.name, job.id, run.id, state)
-            return Delivery()
+            return superseded(state, outcome)
         seconds = (clock() - (run.started_at or clock())).total_seconds()
         log.info("job %r (%s) run %s: %s in %.3f s%s", job.name, job.id, run.id, state,
                  seconds, f": {outcome.error}" if outcome.error else "")
         return Delivery(publish=tuple(follow), owned=True, ended=state, error=outcome.error)
+
+    def superseded(state: str, outcome: Outcome) -> Delivery:
+        """Our attempt's outcome came after the run moved on: kept on the attempt, never on
+        the run (Decision 28)."""
+        kept = durably(lambda: supersede(engine, run.id, counted, me, state, outcome, clock()))
+        log.warning("job %r (%s) run %s: attempt %d's %s superseded: the run is no longer "
+                    "this worker's (the sweep took it back)%s", job.name, job.id, run.id,
+                    counted, state, "; its outcome is kept on the attempt" if kept else "")
+        return Delivery()
 
     counted = run.attempts  # the claim counted the attempt it expects to start
     if job.disabled:
@@ -191,9 +205,9 @@ def execute_run(
                 return end("skipped" if made == 0 else "failed", outcome)
             return end("failed", outcome, failed_attempt=True)  # the last one is uncounted
         if made == counted:  # the attempt after a failed one in this delivery
-            number = next_attempt(engine, run_id, job.id, me, clock())
-            if number is None:
-                return Delivery()  # the run was taken from us (the sweep ended it)
+            number = next_attempt(engine, run_id, job.id, me, counted, clock())
+            if number is None:  # the run was taken from us (the sweep ended it)
+                return superseded("failed", last)
             counted = number
         last = attempt(job, settings, run_environment(run, counted))
         made = counted
@@ -203,5 +217,5 @@ def execute_run(
             return end("failed", last, failed_attempt=True)
         wait = policy.wait_after(made)
         if wait > 0:
-            released = release(engine, run_id, job.id, me, last, clock(), wait)
-            return Delivery(retry_in=wait, owned=True) if released else Delivery()
+            released = release(engine, run_id, job.id, me, counted, last, clock(), wait)
+            return Delivery(retry_in=wait, owned=True) if released else superseded("failed", last)

@@ -28,8 +28,9 @@ from kala_celery.api.state import KalaState, kala
 from kala_celery.errors import INIT_ERROR, Conflict, JobError, NotFound
 from kala_celery.runs import start
 from kala_celery.store import jobs, links
+from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import DatabaseAway
-from kala_celery.store.tables import JOB_CELERY_TASK, JOB_REMOTE, Run, utcnow
+from kala_celery.store.tables import JOB_CELERY_TASK, JOB_REMOTE, Run
 from kala_celery.web import auth, describe, forms, queries
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def jobs_list() -> str:
             offset=(page - 1) * JOBS_PER_PAGE,
             limit=JOBS_PER_PAGE,
         )
-    now = utcnow()
+    now = db_now()
     rows = [_list_row(row, result.last_runs.get(row.id), state, now) for row in result.rows]
     pages = max(math.ceil(result.total / JOBS_PER_PAGE), 1)
     return render_template(
@@ -158,7 +159,7 @@ def _from_metadata(row: Any) -> tuple[str, Any]:
 def job_page(job_id: str) -> str:
     state = kala()
     page = _page_number("runs")
-    now = utcnow()
+    now = db_now()
     with _transaction() as session:
         job = jobs.get_job(session, job_id)
         parents = links.parent_ids(session, job_id)
@@ -204,7 +205,7 @@ def _form_page(values: dict[str, str], *, job_id: str | None, error: str = "",
                status: int = 200) -> tuple[str, int]:
     shown = describe.preview(
         values.get("schedule", ""), values.get("timezone", ""), kala().settings.timezone,
-        now=utcnow(), cron=values.get("cron", ""),
+        now=db_now(), cron=values.get("cron", ""),
     )
     return render_template(
         "kala_webui/form.html",
@@ -229,9 +230,9 @@ def _store(job_id: str | None) -> Response | tuple[str, int]:
         data = wire.decode_job(forms.body_from_form(values, new=job_id is None))
         with _transaction() as session:
             if job_id is None:
-                job, run = start.create(session, data, state.rules, utcnow())
+                job, run = start.create(session, data, state.rules, db_now())
             else:
-                job, run = start.replace(session, job_id, data, state.rules, utcnow())
+                job, run = start.replace(session, job_id, data, state.rules, db_now())
             saved_id = job.id
     except NotFound:
         abort(404)
@@ -275,7 +276,7 @@ def preview() -> Response:
         request.args.get("schedule", ""),
         request.args.get("timezone", ""),
         kala().settings.timezone,
-        now=utcnow(),
+        now=db_now(),
         cron=request.args.get("cron", ""),
     )
     return jsonify(result)
@@ -290,9 +291,9 @@ def _act(job_id: str, action: str) -> Response:
     try:
         with _transaction() as session:
             if action == "start":
-                run = start.manual(session, job_id, state.rules, utcnow())
+                run = start.manual(session, job_id, state.rules, db_now())
             elif action == "enable":
-                _job, run = start.enable(session, job_id, state.rules, utcnow())
+                _job, run = start.enable(session, job_id, state.rules, db_now())
             else:
                 jobs.disable_job(session, job_id)
     except NotFound:
@@ -346,7 +347,7 @@ def delete_job(job_id: str) -> Response | str:
 
 
 def stats() -> str:
-    now = utcnow()
+    now = db_now()
     with _transaction() as session:
         figures = jobs.app_stats(session)
         counts = queries.run_counts(session, now)
