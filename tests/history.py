@@ -131,14 +131,16 @@ class History:
     """The record, the runs table and the faults of one run of the cluster.
 
     `runs`: rows of the runs table as dicts (id, job_id, trigger, scheduled_for, state,
-    attempts, worker, output, error); `jobs`: job id -> a name to print; `until`: when the
+    attempts, worker, output, error); `superseded`: rows of superseded_attempts (run_id,
+    attempt, worker, state, output); `jobs`: job id -> a name to print; `until`: when the
     jobs were disabled (the end of the observed history)."""
 
     def __init__(self, executions: Sequence[Execution], runs: Iterable[dict[str, Any]],
                  faults: Sequence[Fault], *, jobs: dict[str, str], worker_timeout: float,
-                 until: float) -> None:
+                 until: float, superseded: Iterable[dict[str, Any]] = ()) -> None:
         self.executions = sorted(executions, key=lambda e: e.start)
         self.runs = {r["id"]: r for r in runs}
+        self.superseded = {(r["run_id"], r["attempt"]): r for r in superseded}
         self.faults = list(faults)
         self.jobs = jobs
         self.worker_timeout = worker_timeout
@@ -272,6 +274,24 @@ class History:
                                       f"{host}, which never ran it")
         return check
 
+    def late_outcomes_kept(self) -> Check:
+        """The outcome of an attempt taken back while its command ran is kept apart, on its
+        own attempt (superseded_attempts), once its worker is back."""
+        check = Check("a late outcome is kept on its own attempt")
+        for run, execution, _following in self._taken_attempts():
+            if execution is None or execution.end is None:
+                continue  # its command never got to an outcome
+            kept = self.superseded.get((run["id"], execution.attempt))
+            said = OUTPUT.search((kept or {}).get("output") or "")
+            if kept is None:
+                check.problems.append(f"{self._name(run['job_id'])} run {run['id'][:8]} "
+                                      f"attempt {execution.attempt} on {execution.host}: "
+                                      "its outcome is nowhere")
+            elif said is None or (int(said[1]), said[2]) != (execution.attempt, execution.host):
+                check.problems.append(f"run {run['id'][:8]} attempt {execution.attempt}: kept "
+                                      f"{kept.get('output')!r}")
+        return check
+
     def open_runs(self) -> Check:
         check = Check("no run left open")
         for run in self.runs.values():
@@ -308,8 +328,8 @@ class History:
 
     def checks(self) -> list[Check]:
         return [self.occurrences_twice(), self.early_starts(), self.runs_twice(),
-                self.taken_from_live(), self.outcomes_kept(), self.open_runs(),
-                self.fired_again(), self.stopped_jobs()]
+                self.taken_from_live(), self.outcomes_kept(), self.late_outcomes_kept(),
+                self.open_runs(), self.fired_again(), self.stopped_jobs()]
 
     def report(self) -> str:
         states = Counter(r["state"] for r in self.runs.values())
@@ -331,5 +351,16 @@ def read_runs(engine: Any, job_ids: Iterable[str]) -> list[dict[str, Any]]:
     query = text("SELECT id, job_id, trigger, scheduled_for, state, attempts, worker, output, "
                  "error, created_at, started_at, finished_at FROM runs WHERE job_id IN :ids "
                  "ORDER BY created_at").bindparams(bindparam("ids", expanding=True))
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query, {"ids": list(job_ids)}).mappings()]
+
+
+def read_superseded(engine: Any, job_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The late outcomes kept apart (superseded_attempts) of the runs of `job_ids`."""
+    from sqlalchemy import bindparam, text
+
+    query = text("SELECT s.run_id, s.attempt, s.worker, s.state, s.output FROM "
+                 "superseded_attempts s JOIN runs r ON r.id = s.run_id WHERE r.job_id IN :ids"
+                 ).bindparams(bindparam("ids", expanding=True))
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(query, {"ids": list(job_ids)}).mappings()]

@@ -717,17 +717,25 @@ class Cluster:
             return conn.execute(query, {"ids": list(self.jobs)}).scalar()
 
     def finish(self, drain: float = 60):  # -> history.History
-        """Heal every fault, disable the jobs, wait (≤ `drain` s) until no run is open, and
-        return the history."""
+        """Heal every fault, disable the jobs, wait (≤ `drain` s) until no run is open and
+        every late outcome is kept, and return the history."""
         self.heal_all()
         self.disable_all()
         until = time.time()
         with contextlib.suppress(TimeoutError):
             wait_for(lambda: self.open_runs() == 0, drain, "no run open")
         wait_for(lambda: not self._commands_running(), 30, "the last commands to end")
+        with contextlib.suppress(TimeoutError):  # a cut-off worker retries with back-off
+            wait_for(lambda: self.read_history(until).late_outcomes_kept().ok, drain,
+                     "every late outcome kept")
+        return self.read_history(until)
+
+    def read_history(self, until: float):  # -> history.History
         runs = self.history.read_runs(self.engine, self.jobs)
+        superseded = self.history.read_superseded(self.engine, self.jobs)
         return self.history.History(self.executions(), runs, self.faults, jobs=self.jobs,
-                                    worker_timeout=self.worker_timeout, until=until)
+                                    worker_timeout=self.worker_timeout, until=until,
+                                    superseded=superseded)
 
     def _commands_running(self) -> bool:
         return any(e.end is None and time.time() - e.start < 60 for e in self.executions())
