@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("scale")
     g.add_argument("--scale-jobs", type=size, help="jobs every minute (10k; smoke: 60)")
     g.add_argument("--minutes", type=int, help="scale, partitions: minutes of the run (10; "
-                   "smoke: scale one 10 s period, partitions 30 s)")
+                   "smoke: scale one 10 s period, partitions 20 s)")
     g = p.add_argument_group("chaos")
     g.add_argument("--workers", type=int, help="celery workers (3; smoke: 2)")
     g.add_argument("--beats", type=int, help="celery beats (2)")

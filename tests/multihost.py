@@ -139,11 +139,37 @@ def _free_subnet() -> ipaddress.IPv4Network:
     raise MultihostUnavailable("no free 10.213.X.0/24 on this machine")
 
 
+OWNERS = Path("/tmp/kcmh-owners")  # <tag> holds the pid of the process that made it
+
+
+def remove_stale() -> None:
+    """Remove what an earlier run left when it was killed before it could clean up: the
+    namespaces (with their processes) and bridge of every tag whose owner is gone."""
+    listed = _run(["ip", "netns", "list"], check=False).stdout.split()
+    tags = {name.split("-")[1] for name in listed if name.startswith(PREFIX)
+            and name.count("-") >= 2}
+    for tag in tags - {"probe"}:
+        owner = OWNERS / tag
+        with contextlib.suppress(OSError, ValueError):
+            if Path(f"/proc/{int(owner.read_text())}").exists():
+                continue  # alive: another run's
+        for name in (n for n in listed if n.startswith(f"{PREFIX}{tag}-")):
+            for pid in _run(["ip", "netns", "pids", name], check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            _run(["ip", "netns", "del", name], check=False)
+        _run(["ip", "link", "del", f"{PREFIX}{tag}-br"], check=False)
+        owner.unlink(missing_ok=True)
+
+
 class Network:
     """A bridge, and a namespace per host on it; `close()` removes them all."""
 
     def __init__(self, names: Iterable[str]) -> None:
+        remove_stale()
         self.tag = uuid.uuid4().hex[:4]
+        OWNERS.mkdir(exist_ok=True)
+        (OWNERS / self.tag).write_text(str(os.getpid()))
         self.subnet = _free_subnet()
         addresses = list(self.subnet.hosts())
         self.gateway = str(addresses[0])
@@ -205,6 +231,7 @@ class Network:
         for host in self.hosts.values():
             _run(["ip", "netns", "del", host.netns], check=False)  # its veth goes with it
         _run(["ip", "link", "del", self.bridge], check=False)
+        (OWNERS / self.tag).unlink(missing_ok=True)
         with contextlib.suppress(ValueError):
             atexit.unregister(self.close)
 
@@ -436,8 +463,9 @@ class Machines:
         self.db: Database | None = None
         self.network = Network(["db", *names])
         atexit.register(self.close)
+        servers._register(self)  # type: ignore[arg-type]  # closed on SIGTERM too
+        self._clocks: Clocks | None = None
         try:
-            self.clocks = Clocks(directory)
             self.db = Database(self.network.hosts["db"], directory / "db")
             self.db.start(str(self.network.subnet))
         except BaseException:
@@ -447,6 +475,14 @@ class Machines:
     @property
     def hosts(self) -> dict[str, Host]:
         return self.network.hosts
+
+    @property
+    def clocks(self) -> Clocks:
+        """Skewed clocks, made on first use: MultihostUnavailable without libfaketime or a
+        C compiler (only the tests that skew a clock need them)."""
+        if self._clocks is None:
+            self._clocks = Clocks(self.directory)
+        return self._clocks
 
     def host_of(self, hostname: str) -> str:
         """The host name (h1) of a process hostname (kcmh-h1)."""
@@ -501,7 +537,12 @@ class Machines:
 
     # -- the end ----------------------------------------------------------------------
 
+    def stop(self) -> None:  # what servers' SIGTERM safety net calls
+        self.close()
+
     def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            servers._live.remove(self)  # type: ignore[arg-type]
         self.stop_processes()
         if self.db is not None:
             with contextlib.suppress(Exception):

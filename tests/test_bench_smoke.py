@@ -61,7 +61,7 @@ def test_every_bench_suite_runs_in_smoke_mode(tmp_path: Path) -> None:
 @pytest.mark.serial  # namespaces, partitions and skewed clocks: alone, like tests/test_multihost
 @pytest.mark.timeout(240)
 def test_bench_partitions_runs_in_smoke_mode() -> None:
-    """30 s of random partitions on the multi-host harness, then the history check. Whether
+    """20 s of random partitions on the multi-host harness, then the history check. Whether
     the checks pass is tests/test_multihost.py's to assert; here the suite must run, print
     them and stop everything it started."""
     from tests import multihost

@@ -119,6 +119,10 @@ def test_a_host_cut_from_postgresql_and_another_cut_from_redis(cluster: Cluster)
 def test_a_fast_beat_and_a_slow_worker_change_nothing(cluster: Cluster) -> None:
     """The issue's run: one beat 30 s fast, one worker 45 s slow; then the fast beat's host
     is cut off (it must not have moved the jobs' next runs ahead)."""
+    try:
+        cluster.machines.clocks  # noqa: B018 - made here: a skip names what is missing
+    except multihost.MultihostUnavailable as exc:
+        pytest.skip(str(exc))
     cluster.start(LAYOUT, skews={"h1 beat": 30, "h2 worker": -45}, api="h3")
     cluster.create(JOBS)
     cluster.wait_runs(5, after=time.time(), timeout=90)
