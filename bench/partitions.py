@@ -93,13 +93,14 @@ def run(args: Any, servers_: Any) -> PartitionsReport:
     try:
         if plan.skew:
             machines.clocks  # noqa: B018 - made first: MultihostUnavailable names what is missing
-        history, faults_table = run_plan(machines, plan)
+        history, faults_table, claims = run_plan(machines, plan)
     except multihost.MultihostUnavailable as exc:
         report.note(f"not run: {exc}")
         return report
     finally:
         machines.close()
     fill(report, history, faults_table, plan)
+    fill_clocks(report, claims, SKEWS if plan.skew else {})
     if report.failures:
         report.note(f"FAILED: {', '.join(report.failures)} (logs kept in {directory})")
     else:
@@ -107,9 +108,11 @@ def run(args: Any, servers_: Any) -> PartitionsReport:
     return report
 
 
-def run_plan(machines: Machines, plan: Plan) -> tuple[History, list[tuple[str, float]]]:
+def run_plan(machines: Machines, plan: Plan
+             ) -> tuple[History, list[tuple[str, float]], dict[str, list[float]]]:
     """Start the cluster, make the jobs, run random faults for the plan's minutes; the
-    history, and per fault how long until every job had started again."""
+    history, per fault how long until every job had started again, and what each process
+    said of its clock."""
     rng = random.Random(plan.seed)
     timeout = plan.worker_timeout
     env = {"KALA_WORKER_TIMEOUT": f"PT{timeout}S", "KALA_REDELIVER_AFTER": "PT5S"}
@@ -139,7 +142,8 @@ def run_plan(machines: Machines, plan: Plan) -> tuple[History, list[tuple[str, f
                 recoveries.append((str(cluster.faults[-1]), float("inf")))
             time.sleep(rng.uniform(3, 10))  # every part up for a while
         log("partitions: disabling the jobs, waiting until no run is open")
-        return cluster.finish(drain=120), recoveries
+        history = cluster.finish(drain=120)
+        return history, recoveries, cluster.clock_claims()
     finally:
         cluster.close()
 
@@ -172,6 +176,23 @@ def fill(report: PartitionsReport, history: History, recoveries: list[tuple[str,
                 f" s; clocks {SKEWS if plan.skew else 'in step'}; seed {plan.seed}; "
                 f"{datetime.now(UTC):%H:%M} UTC")
     report.extra("the history check in full", history.report())
+
+
+def fill_clocks(report: PartitionsReport, claims: dict[str, list[float]],
+                skews: dict[str, int]) -> None:
+    """What each process logged of its clock against the database's (Decision 27): a skewed
+    one must say so, with its offset; any other one saying so reads the database's time
+    wrong (a reading that straddled a partition, say)."""
+    table = report.table("partitions: what the processes said of their clocks",
+                         ["process", "offsets logged (s)", "its clock's real offset (s)"])
+    wrong = False
+    for who in sorted(set(claims) | set(skews)):
+        said = claims.get(who, [])
+        real = skews.get(who, 0)
+        table.add(who, ", ".join(f"{o:+.1f}" for o in said) or "none", f"{real:+d}")
+        wrong = wrong or any(abs(o - real) > 2 for o in said) or (real and not said)
+    if wrong:
+        report.failures.append("every process knew the database's time")
 
 
 __all__ = ["run"]

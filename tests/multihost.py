@@ -28,6 +28,7 @@ import json
 import os
 import pwd
 import random
+import re
 import shutil
 import signal
 import socket
@@ -50,6 +51,7 @@ SUBNET = "10.213.{}.0/24"
 PG_PORT = 5432
 REDIS_PORT = 6379
 API_PORT = 8000
+CLOCK_CLAIM = re.compile(r"clock is ([+-]?\d+(?:\.\d+)?) s off the database")
 TOOLS = ("ip", "unshare", "nft", "setpriv", "hostname", "redis-server")
 
 
@@ -780,6 +782,17 @@ class Cluster:
 
     def _commands_running(self) -> bool:
         return any(e.end is None and time.time() - e.start < 60 for e in self.executions())
+
+    def clock_claims(self) -> dict[str, list[float]]:
+        """What each process said of its own clock ({"h1 beat": [30.0], ...}): a process
+        logs once when its clock is more than a few seconds off the database's (Decision
+        27), each pool process of a worker for itself."""
+        claims: dict[str, list[float]] = {}
+        for command in self.machines.processes:
+            host, kind, _n = command.log_path.stem.split("-")
+            for found in CLOCK_CLAIM.finditer(command.output()):
+                claims.setdefault(f"{host} {kind}", []).append(float(found[1]))
+        return claims
 
     def logs(self, lines: int = 40) -> str:
         """The tails of every process's log, for a failure's message."""

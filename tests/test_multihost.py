@@ -88,10 +88,20 @@ def cut_while_running(cluster: Cluster, faults: dict[str, str], taken_from: str)
     return back
 
 
-def assert_kept(history: History, cluster: Cluster) -> None:
+def assert_kept(history: History, cluster: Cluster, skews: dict[str, int] | None = None) -> None:
+    """The history passes every check, and each process knew the database's time: those
+    with a skewed clock said so, with its offset, and no other said its clock was off (its
+    reading of the database's time would be wrong, e.g. one that straddled a partition)."""
     report = history.report()
     print(report)
-    assert history.failures() == [], f"{report}\nlogs in {cluster.machines.directory}"
+    where = f"logs in {cluster.machines.directory}"
+    assert history.failures() == [], f"{report}\n{where}"
+    skews = skews or {}
+    claims = cluster.clock_claims()
+    wrong = {who: said for who, said in claims.items()
+             if any(abs(offset - skews.get(who, 0)) > 2 for offset in said)}
+    assert wrong == {}, f"processes whose idea of the database's time is off: {wrong}; {where}"
+    assert set(skews) <= set(claims), f"a skewed process did not say so: {claims}; {where}"
 
 
 def test_a_host_whose_link_is_down_longer_than_the_worker_timeout(cluster: Cluster) -> None:
@@ -123,9 +133,10 @@ def test_a_fast_beat_and_a_slow_worker_change_nothing(cluster: Cluster) -> None:
         cluster.machines.clocks  # noqa: B018 - made here: a skip names what is missing
     except multihost.MultihostUnavailable as exc:
         pytest.skip(str(exc))
-    cluster.start(LAYOUT, skews={"h1 beat": 30, "h2 worker": -45}, api="h3")
+    skews = {"h1 beat": 30, "h2 worker": -45}
+    cluster.start(LAYOUT, skews=skews, api="h3")
     cluster.create(JOBS)
     cluster.wait_runs(5, after=time.time(), timeout=90)
     back = cut_while_running(cluster, {"h1": LINK_DOWN}, taken_from="h1")
     cluster.wait_runs(2, after=back, timeout=60)
-    assert_kept(cluster.finish(), cluster)
+    assert_kept(cluster.finish(), cluster, skews)
