@@ -208,8 +208,11 @@ def fill_jobs(side: Side, total: int) -> None:
                  max_requests=creates // connections, expect=201)
 
 
-def list_latency(side: Side, requests: int, jobs: int) -> tuple[list[float], int]:
-    """Times of `requests` GET /job/ and the size of the answer, which must list `jobs`."""
+def list_latency(side: Side, requests: int, jobs: int
+                 ) -> tuple[list[float], int, list[float] | None]:
+    """Times of `requests` GET /job/ and the size of the answer, which must list `jobs`; then
+    times of as many conditional ones with the answer's ETag, each of which must be a 304
+    (None: the side sends no ETag, as Kala)."""
     times, size = [], 0
     with httpx.Client(base_url=side.api, timeout=120) as client:
         for _ in range(requests):
@@ -217,10 +220,20 @@ def list_latency(side: Side, requests: int, jobs: int) -> tuple[list[float], int
             r = client.get("/job/")
             times.append(time.perf_counter() - t0)
             size = len(r.content)
-    listed = len(r.json()["jobs"] or {})
-    if listed != jobs:
-        raise RuntimeError(f"{side.name}: GET /job/ listed {listed} jobs, not {jobs}")
-    return times, size
+        listed = len(r.json()["jobs"] or {})
+        if listed != jobs:
+            raise RuntimeError(f"{side.name}: GET /job/ listed {listed} jobs, not {jobs}")
+        tag = r.headers.get("ETag")
+        if tag is None:
+            return times, size, None
+        conditional = []
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            r = client.get("/job/", headers={"If-None-Match": tag})
+            conditional.append(time.perf_counter() - t0)
+            if r.status_code != 304:
+                raise RuntimeError(f"{side.name}: a conditional GET /job/ got {r.status_code}")
+    return times, size, conditional
 
 
 # ---------------------------------------------------------------- the suite
@@ -254,7 +267,8 @@ def run(args, servers: Servers) -> Report:
             # after DELETE /job/all/ and a refill (bench/RESULTS.md, fourth pass).
             log(f"filling to {list_jobs:,} jobs on {side.name}")
             fill_jobs(side, list_jobs)
-            res["list"], res["list_size"] = list_latency(side, list_requests, list_jobs)
+            res["list"], res["list_size"], res["list_304"] = list_latency(
+                side, list_requests, list_jobs)
             empty(side)
             log(f"idle CPU over {idle_seconds:.0f} s on {side.name}")
             res["idle"] = idle_cpu(side, idle_seconds)
@@ -316,6 +330,10 @@ def _tables(report: Report, sides: list[Side], results: dict, burst: int, list_j
     row("creates/s, 4 connections", lambda r: r["creates4"], lambda v: f"{v:,.0f}", True)
     row(f"GET /job/ with {list_jobs:,} jobs, p50", lambda r: spread(r["list"])["p50"],
         lambda v: ms(v, 1), False)
+    table.add(f"GET /job/ with {list_jobs:,} jobs, unchanged, If-None-Match → 304, p50",
+              *[ms(spread(results[s.name]["list_304"])["p50"], 1)
+                if results[s.name]["list_304"] else "no ETag" for s in sides],
+              *["—" for _ in ours])
     for s in sides:
         r = results[s.name]
         if len(r["burst"]) != burst:

@@ -9,8 +9,11 @@ ORM objects and building 10k dicts took ~0.8 s).
 
 from __future__ import annotations
 
+import gzip
 import json
+import threading
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
@@ -110,3 +113,40 @@ def list_document(
     # one assignment: a list running beside this one reads the old pieces or the new
     _remembered = kept if len(kept) <= REMEMBER_UP_TO else {}
     return b'{"jobs":{' + b",".join(parts) + b"}}\n"
+
+
+GZIP_LEVEL = 1  # as api/http.py
+
+
+@dataclass
+class Document:
+    """The list's document as written for one store version, and its gzip (made once, by
+    the first client that asks for it)."""
+
+    body: bytes
+    _gzipped: bytes | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def gzipped(self) -> bytes:
+        with self._lock:
+            if self._gzipped is None:
+                self._gzipped = gzip.compress(self.body, compresslevel=GZIP_LEVEL)
+            return self._gzipped
+
+
+_kept: tuple[str, Document] | None = None
+
+
+def kept_document(tag: str) -> Document | None:
+    """The document this process wrote last, if it was written for the store version `tag`
+    (docs/design.md Decision 34: then nothing it shows has changed)."""
+    kept = _kept
+    return kept[1] if kept is not None and kept[0] == tag else None
+
+
+def keep_document(tag: str, body: bytes) -> Document:
+    """Remember `body` as the list for store version `tag` (one list, the last one)."""
+    global _kept
+    document = Document(body)
+    _kept = (tag, document)
+    return document

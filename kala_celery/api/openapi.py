@@ -304,6 +304,16 @@ BODY = {"required": True, "content": {JSON: {"schema": _ref("JobInput"), "exampl
 REFUSED = _error("the body or a field was refused; the message names it (Decision 25)")
 
 
+# Conditional GET (Decision 34): the store's version as an entity tag.
+ETAG = {"type": "string", "pattern": '^"[0-9]+"$'}
+IF_NONE_MATCH = [{"name": "If-None-Match", "in": "header", "required": False,
+                  "schema": {"type": "string"},
+                  "description": "the ETag of the client's last copy: 304 if nothing it shows "
+                                 "changed since (Decision 34)"}]
+NOT_MODIFIED = _empty("nothing the document shows changed since the ETag in If-None-Match",
+                      ETag=ETAG)
+
+
 def _links(job_id: str, *operations: str) -> dict[str, Schema]:
     """OpenAPI links: what a client (and schemathesis' stateful phase) can do next."""
     return {op: {"operationId": op, "parameters": {"job_id": job_id}} for op in operations}
@@ -328,13 +338,15 @@ OPERATIONS: dict[str, Schema] = {
         "200": _json({"type": "object", "required": ["jobs"], "additionalProperties": False,
                       "properties": {"jobs": {"type": "object",
                                               "additionalProperties": _ref("Job")}}},
-                     "every job by id"),
-    }),
+                     "every job by id", ETag=ETAG),
+        "304": NOT_MODIFIED,
+    }, parameters=IF_NONE_MATCH),
     "delete_all": _op("delete every job and run, but jobs made from a beat_schedule "
                       "(Decision 30)", {"204": _empty("deleted")}),
     "get_job": _op("one job", {
-        "200": _json(_closed({"job": _ref("Job")}), "the job"), "404": UNKNOWN_ID,
-    }),
+        "200": _json(_closed({"job": _ref("Job")}), "the job", ETag=ETAG), "304": NOT_MODIFIED,
+        "404": UNKNOWN_ID,
+    }, parameters=IF_NONE_MATCH),
     "delete_job": _op("delete a job and the dependents only it runs (Decision 9)", {
         "204": _empty("deleted"), "404": UNKNOWN_ID,
         "409": _error("the job comes from a beat_schedule entry, named in the message: it "

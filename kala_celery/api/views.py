@@ -24,6 +24,7 @@ from kala_celery.api.state import kala
 from kala_celery.errors import Forbidden
 from kala_celery.runs import start
 from kala_celery.store import history, jobs, links
+from kala_celery.store import version as store_version
 from kala_celery.store.clock import now as db_now
 from kala_celery.store.tables import JOB_REMOTE, TERMINAL_STATES, Job, Run
 from kala_celery.wire import limits
@@ -68,20 +69,51 @@ def create_job() -> Response:
     return json_response({"id": job.id}, 201)
 
 
+def _entity_tag(session: Session) -> tuple[str, Response | None]:
+    """The store version's entity tag, and 304 when the client's If-None-Match has it
+    (docs/design.md Decision 34: nothing a job document shows changed since)."""
+    version = str(store_version.read(session))
+    tag = f'"{version}"'
+    if request.if_none_match.contains_weak(version):
+        unchanged = Response(status=304)
+        unchanged.headers["ETag"] = tag
+        return tag, unchanged
+    return tag, None
+
+
 def list_jobs() -> Response:
-    """Every job (Kala has no paging): plain rows written straight to JSON (api/listing.py)."""
+    """Every job (Kala has no paging): plain rows written straight to JSON (api/listing.py);
+    304 when nothing changed since the client's list, and the last list's document again
+    (gzipped once) when nothing changed since this process wrote it."""
     with _transaction() as session:
-        rows = listing.job_rows(session)
-        parents, children = links.links_of(session)
-        stats = history.recent_stats(session, None, kala().settings.stats_in_job)
-    body = listing.list_document(rows, parents, children, stats)
-    return Response(body, status=200, content_type=JSON_TYPE)
+        tag, unchanged = _entity_tag(session)
+        if unchanged is not None:
+            return unchanged
+        kept = listing.kept_document(tag)
+        if kept is None:
+            rows = listing.job_rows(session)
+            parents, children = links.links_of(session)
+            stats = history.recent_stats(session, None, kala().settings.stats_in_job)
+            kept = listing.keep_document(
+                tag, listing.list_document(rows, parents, children, stats))
+    response = Response(kept.body, status=200, content_type=JSON_TYPE)
+    if "gzip" in request.headers.get("Accept-Encoding", "").lower():
+        response.set_data(kept.gzipped())
+        response.headers["Content-Encoding"] = "gzip"
+        response.headers.add("Vary", "Accept-Encoding")
+    response.headers["ETag"] = tag
+    return response
 
 
 def get_job(job_id: str) -> Response:
     with _transaction() as session:
-        job = jobs.get_job(session, job_id)
-        return _job_response(session, job)
+        tag, unchanged = _entity_tag(session)
+        job = jobs.get_job(session, job_id)  # 404 first: an unknown id is never "unchanged"
+        if unchanged is not None:
+            return unchanged
+        response = _job_response(session, job)
+    response.headers["ETag"] = tag
+    return response
 
 
 def replace_job(job_id: str) -> Response:

@@ -595,6 +595,47 @@ def end(
                       job_untouched=job_untouched)
 
 
+@dataclass(frozen=True)
+class Ending:
+    """A worker's end of a run, as `end` takes it, to be written with others (`end_together`)."""
+
+    run: RunInfo  # with the attempt the worker holds (Decision 28)
+    job: JobRecord
+    me: str
+    state: str
+    outcome: Outcome
+    settings: Settings
+    now: datetime
+    failed_attempt: bool = False
+    attempts: int | None = None
+    job_untouched: bool = False
+
+
+def end_together(engine: Engine, endings: list[Ending]) -> list[list[str] | None]:
+    """The ends of several runs in one transaction (docs/design.md Decision 29): what `end`
+    returns for each, in order. Each end is its own compare-and-set, decided as `end` decides
+    it (on PostgreSQL the usual end is its one statement, inside the transaction); a failure
+    rolls back all of them, and the caller writes them one by one."""
+    postgresql = engine.dialect.name == "postgresql"
+    results: list[list[str] | None] = []
+    with begin_write(engine) as conn:
+        for e in endings:
+            simple = not e.job_untouched and not (
+                e.state in ("failed", "lost") and e.job.on_failure_job)
+            if simple and postgresql:
+                done, total = _done(e.job, e.settings)
+                params = {**_end_params(e.run, e.me, e.state, e.outcome, e.now),
+                          "p_job": e.job.id, "p_total": total, "p_attempts": e.attempts}
+                statement = _end_in_one(e.state, e.failed_attempt, done, e.attempts is not None)
+                if conn.execute(statement, params).first():
+                    results.append([])
+                    continue
+            results.append(finish(conn, e.run, e.job, e.me, e.state, e.outcome, e.settings,
+                                  e.now, failed_attempt=e.failed_attempt, attempts=e.attempts,
+                                  job_untouched=e.job_untouched))
+    return results
+
+
 def finish(
     conn: Connection,
     run: RunInfo,

@@ -4,7 +4,8 @@ this package registers it with any Celery app (`shared_task`), so a team's own a
 
 - runner: one delivery (claim, attempts under the retry policy, finish, the chain's next link);
 - shell, remote, celery_task: one attempt of each job type; templates: remote bodies;
-- heartbeat: the worker process's heartbeat thread.
+- heartbeat: the worker process's heartbeat thread;
+- writer: the worker process's writer of run ends (docs/design.md Decision 29).
 
 May import config, schedule, store, runs and celery_app; never beat, api, web or ops.
 """
@@ -14,19 +15,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 
 from celery import current_app, shared_task, signals, signature
 from sqlalchemy import Engine
 
 from kala_celery.celery_app import RUN_TASK, settings_of
 from kala_celery.config import Settings
-from kala_celery.runs.attempts import worker_id
+from kala_celery.runs.attempts import Ending, worker_id
 from kala_celery.runs.publish import CeleryPublisher
 from kala_celery.runs.sweep import reopen
 from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import DatabaseAway, Store, size_pools_for, store_for
 from kala_celery.tasks import heartbeat
 from kala_celery.tasks.runner import execute_run
+from kala_celery.tasks.writer import Handed, flush_all, writer_for
 
 __all__ = ["RunFailed", "RunSkipped", "run_job"]
 
@@ -117,12 +120,15 @@ def run_job(self, run_id: str, job_id: str | None = None) -> None:
     settings = settings_of(self.app)
     store = _store(settings)
     hostname = self.request.hostname or socket.gethostname()
+    # A run whose chain continues writes its end before returning: the next link reads it.
+    hand = None if self.request.chain else _hand_to_writer(self.app, store, run_id)
     try:
         heartbeat.ensure(
             store.engine, worker_id(hostname), settings.worker_silence.total_seconds() / 6
         )
         with heartbeat.executing(run_id):
-            delivery = execute_run(store.sessions, run_id, hostname=hostname, settings=settings)
+            delivery = execute_run(store.sessions, run_id, hostname=hostname, settings=settings,
+                                   hand=hand)
     except DatabaseAway as exc:  # come back when it is: the message is all the run has
         countdown = min(DATABASE_RETRY_MAX, 2.0 ** min(self.request.retries, 5))
         raise self.retry(countdown=countdown, exc=exc) from exc
@@ -136,6 +142,25 @@ def run_job(self, run_id: str, job_id: str | None = None) -> None:
     failure = ENDED_BADLY.get(delivery.ended or "")
     if failure is not None:
         raise failure(delivery.error or delivery.ended)
+
+
+def _hand_to_writer(app, store: Store, run_id: str) -> Callable[[Ending], None]:
+    """Hand the run's end to this process's writer (tasks/writer.py), keeping the run in the
+    heartbeat until it is written."""
+
+    def hand(ending: Ending) -> None:
+        writer = writer_for(store.engine,
+                            lambda ids: CeleryPublisher(app, store.sessions).publish_ids(ids))
+        writer.hand(Handed(ending, heartbeat.keep(run_id)))
+
+    return hand
+
+
+@signals.worker_process_shutdown.connect(weak=False)
+@signals.worker_shutdown.connect(weak=False)
+def _write_what_is_left(**_kwargs: object) -> None:
+    """A worker or pool process stopping writes the run ends it was handed first."""
+    flush_all()
 
 
 CHAIN_RETRY = {"max_retries": 5, "interval_start": 0.5, "interval_step": 1, "interval_max": 3}

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine
@@ -75,6 +75,25 @@ def ensure(engine: Engine, name: str, period: float) -> None:
             target=_loop, args=(engine, name, period), name="kala-heartbeat", daemon=True
         ).start()
         _beating = (os.getpid(), name)
+
+
+def keep(run_id: str) -> Callable[[], None]:
+    """List `run_id` until the function returned is called (once): a run whose end is handed
+    to the writer stays this process's until the end is written (tasks/writer.py)."""
+    with _lock:
+        _running[run_id] += 1
+    released = threading.Event()
+
+    def release() -> None:
+        if released.is_set():
+            return
+        released.set()
+        with _lock:
+            _running[run_id] -= 1
+            if _running[run_id] <= 0:
+                del _running[run_id]
+
+    return release
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from kala_celery import schedule
 from kala_celery.config import Settings
 from kala_celery.runs.attempts import (
+    Ending,
     JobRecord,
     NotYet,
     RetryPolicy,
@@ -142,8 +143,11 @@ def execute_run(
     settings: Settings,
     attempt: Attempt = perform,
     clock: Callable[[], datetime] = db_now,
+    hand: Callable[[Ending], None] | None = None,
 ) -> Delivery:
-    """Handle one delivery of a run."""
+    """Handle one delivery of a run. With `hand`, the run's end is handed to this process's
+    writer instead of written before returning (tasks/writer.py, docs/design.md
+    Decision 29)."""
     engine = engine_of(sessions)
     me = worker_id(hostname)
     claimed = claim(engine, run_id, me, hostname, clock())
@@ -158,6 +162,11 @@ def execute_run(
         state: str, outcome: Outcome, *, failed_attempt: bool = False, untouched: bool = False
     ) -> Delivery:
         mine = replace(run, attempts=counted)  # the attempt held (docs/design.md Decision 28)
+        if hand is not None:
+            hand(Ending(mine, job, me, state, outcome, settings, clock(),
+                        failed_attempt=failed_attempt,
+                        attempts=made if made < counted else None, job_untouched=untouched))
+            return Delivery(owned=True, ended=state, error=outcome.error)
 
         def write() -> list[str] | None:
             return end_run(engine, mine, job, me, state, outcome, settings, clock(),
