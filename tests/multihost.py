@@ -462,6 +462,7 @@ class Machines:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o755)  # the postgres user traverses it
         self.processes: list[Command] = []
+        self._spawned = 0
         self.db: Database | None = None
         self.network = Network(["db", *names])
         atexit.register(self.close)
@@ -500,7 +501,8 @@ class Machines:
         if skew:
             self.clocks.check(self.hosts[host], skew)
             extra |= self.clocks.env(skew)
-        log = self.directory / f"{host}-{label}-{len(self.processes)}.log"
+        self._spawned += 1  # never reused: each test's logs stay
+        log = self.directory / f"{host}-{label}-{self._spawned}.log"
         command = Command(self.hosts[host].argv(args), log, extra)
         self.processes.append(command)
         return command
@@ -513,7 +515,7 @@ class Machines:
             env, skew)
 
     def beat(self, host: str, env: dict[str, str], skew: int = 0) -> Command:
-        schedule = self.directory / f"celerybeat-{host}-{len(self.processes)}"
+        schedule = self.directory / f"celerybeat-{host}-{self._spawned + 1}"
         return self.spawn(host, "beat", [
             sys.executable, "-m", "celery", "-A", "kala_celery", "beat", "-S", "kala", "-l",
             "info", "--pidfile=", "-s", str(schedule)], env, skew)
