@@ -43,7 +43,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests import servers
+import httpx
+
+from tests import history, servers
 from tests.processes import Command, wait_for
 
 PREFIX = "kcmh-"
@@ -487,10 +489,6 @@ class Machines:
             self._clocks = Clocks(self.directory)
         return self._clocks
 
-    def host_of(self, hostname: str) -> str:
-        """The host name (h1) of a process hostname (kcmh-h1)."""
-        return hostname.removeprefix("kcmh-")
-
     # -- processes --------------------------------------------------------------------
 
     def spawn(self, host: str, label: str, args: list[str], env: dict[str, str],
@@ -574,8 +572,6 @@ def _ready(command: Command) -> bool:
 
 
 def _api_answers(command: Command) -> bool:
-    import httpx
-
     address = command.proc.args[command.proc.args.index("-i") + 1]
     try:
         return httpx.get(f"http://{address}:{API_PORT}/api/v1/stats/",
@@ -610,11 +606,8 @@ class Cluster:
     def __init__(self, machines: Machines, env: dict[str, str]) -> None:
         from sqlalchemy import create_engine
 
-        from tests import history
-
         assert machines.db is not None
         self.machines = machines
-        self.history = history
         machines.db.flush_redis()
         database_url = machines.db.create_database(f"kala_{uuid.uuid4().hex[:10]}")
         self.env = {"KALA_DATABASE_URL": database_url,
@@ -649,9 +642,7 @@ class Cluster:
         self._api_host = api
         self.machines.wait_started()
 
-    def http(self):  # -> httpx.Client
-        import httpx
-
+    def http(self) -> httpx.Client:
         assert self._api_host is not None
         return httpx.Client(base_url=self.machines.api_url(self._api_host), timeout=30)
 
@@ -664,7 +655,7 @@ class Cluster:
         with self.http() as client:
             for spec in specs:
                 body = {"name": spec.name, "retries": spec.retries,
-                        "command": self.history.record_command(self.record, spec.sleep),
+                        "command": history.record_command(self.record, spec.sleep),
                         "schedule": f"R/{start:%Y-%m-%dT%H:%M:%SZ}/PT{spec.every}S"}
                 response = client.post("/job/", json=body)
                 assert response.status_code == 201, response.text
@@ -678,8 +669,8 @@ class Cluster:
                 response = client.post(f"/job/disable/{job_id}/")
                 assert response.status_code == 204, response.text
 
-    def executions(self) -> list:  # -> list[history.Execution]
-        return self.history.read_record(self.record)
+    def executions(self) -> list[history.Execution]:
+        return history.read_record(self.record)
 
     def wait_runs(self, count: int, *, after: float, timeout: float,
                   host: str | None = None) -> None:
@@ -717,11 +708,11 @@ class Cluster:
     def fault(self, kind: str, host: str) -> None:
         """Begin a fault of `host`: history.LINK_DOWN, CUT_POSTGRES or CUT_REDIS."""
         network = self.machines.network
-        if kind == self.history.LINK_DOWN:
+        if kind == history.LINK_DOWN:
             network.link(host, up=False)
-        elif kind == self.history.CUT_POSTGRES:
+        elif kind == history.CUT_POSTGRES:
             network.cut(host, "db", PG_PORT)
-        elif kind == self.history.CUT_REDIS:
+        elif kind == history.CUT_REDIS:
             network.cut(host, "db", REDIS_PORT)
         else:
             raise ValueError(kind)
@@ -733,7 +724,7 @@ class Cluster:
         self.machines.network.heal(host)
         now = time.time()
         for kind, began in self._open_faults.pop(host, []):
-            self.faults.append(self.history.Fault(kind, host, began, now))
+            self.faults.append(history.Fault(kind, host, began, now))
 
     def heal_all(self) -> None:
         for host in list(self._open_faults):
@@ -761,7 +752,7 @@ class Cluster:
         with self.engine.connect() as conn:
             return conn.execute(query, {"ids": list(self.jobs)}).scalar()
 
-    def finish(self, drain: float = 60):  # -> history.History
+    def finish(self, drain: float = 60) -> history.History:
         """Heal every fault, disable the jobs, wait (≤ `drain` s) until no run is open and
         every late outcome is kept, and return the history."""
         self.heal_all()
@@ -775,10 +766,10 @@ class Cluster:
                      "every late outcome kept")
         return self.read_history(until)
 
-    def read_history(self, until: float):  # -> history.History
-        runs = self.history.read_runs(self.engine, self.jobs)
-        superseded = self.history.read_superseded(self.engine, self.jobs)
-        return self.history.History(self.executions(), runs, self.faults, jobs=self.jobs,
+    def read_history(self, until: float) -> history.History:
+        runs = history.read_runs(self.engine, self.jobs)
+        superseded = history.read_superseded(self.engine, self.jobs)
+        return history.History(self.executions(), runs, self.faults, jobs=self.jobs,
                                     worker_timeout=self.worker_timeout, until=until,
                                     superseded=superseded)
 
