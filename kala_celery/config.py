@@ -173,6 +173,7 @@ class Settings:
     start_wait: float = 30.0
     allow_shell: bool = True
     run_retention: str = "P30D"
+    audit_retention: str = "P365D"  # audit rows older than this are pruned (Decision 32)
     default_owner: str = ""
     stats_in_job: int = field(default=100)  # most recent runs shown in a job's "stats"
     # A run `sent` this long that no worker took is published again (its message was lost).
@@ -227,6 +228,7 @@ class Settings:
             "KALA_START_WAIT": str(self.start_wait),
             "KALA_ALLOW_SHELL": str(self.allow_shell).lower(),
             "KALA_RUN_RETENTION": self.run_retention,
+            "KALA_AUDIT_RETENTION": self.audit_retention,
             "KALA_DEFAULT_OWNER": self.default_owner,
             "KALA_REDELIVER_AFTER": self.redeliver_after,
             "KALA_WORKER_TIMEOUT": self.worker_timeout,
@@ -288,7 +290,7 @@ class Settings:
             kw["allow_shell"] = _bool("KALA_ALLOW_SHELL", env["KALA_ALLOW_SHELL"])
         if "KALA_RUN_RETENTION" in env:
             kw["run_retention"] = env["KALA_RUN_RETENTION"]
-        for name in ("redeliver_after", "worker_timeout"):
+        for name in ("redeliver_after", "worker_timeout", "audit_retention"):
             key = f"KALA_{name.upper()}"
             if key in env:
                 kw[name] = _duration(key, env[key])

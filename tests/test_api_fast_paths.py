@@ -1,7 +1,7 @@
 """The API's fast paths (issue 7) answer exactly what the plain paths answer, on SQLite and
-PostgreSQL: a create is one INSERT, and the job list (plain rows as the drivers give them)
-is byte for byte the documents written from Job objects (`wire.job_document`); both go through
-the one formatter, `wire.job_json`."""
+PostgreSQL: a create is one INSERT of the job (and one of its audit row, Decision 32), and
+the job list (plain rows as the drivers give them) is byte for byte the documents written
+from Job objects (`wire.job_document`); both go through the one formatter, `wire.job_json`."""
 
 from __future__ import annotations
 
@@ -35,12 +35,12 @@ def statements(api: Api) -> Iterator[list[str]]:
         event.remove(api.state.engine, "before_cursor_execute", record)
 
 
-def test_a_scheduled_create_is_one_insert(api: Api) -> None:
+def test_a_scheduled_create_is_one_insert_and_its_audit_row(api: Api) -> None:
     start = future()
     with statements(api) as seen:
         job_id = api.create(name="a", command="true", schedule=f"R/{start}/PT1H")
     writes = [s for s in seen if not s.startswith(("SELECT", "BEGIN", "COMMIT", "ROLLBACK"))]
-    assert writes == ["INSERT INTO JOBS"]
+    assert writes == ["INSERT INTO JOBS", "INSERT INTO AUDIT_LOG"]
     assert api.job(job_id)["next_run_at"] == start
 
 

@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from kala_celery import schedule
 from kala_celery.beat.claim import Advance, advance, claim_batch
-from kala_celery.store.tables import Job, Run
+from kala_celery.store import audit
+from kala_celery.store.tables import AuditEntry, Job, Run
 from tests.processes import wait_for
 from tests.test_worker_runs import finished, runs_of
 
@@ -209,11 +210,16 @@ def test_sweep_rearms_jobs_unscheduled_by_bulk_sql(cluster) -> None:
     assert api.job(job_id)["next_run_at"] != "0001-01-01T00:00:00Z"
 
 
-def test_sweep_prunes_finished_runs_past_retention(cluster) -> None:
+def test_sweep_prunes_finished_runs_and_audit_rows_past_retention(cluster) -> None:
     api = cluster.api
     job_id = api.create(name="old", command="true", schedule=f"R/{soon(3600)}/PT1H")
     ancient = datetime.now(UTC) - timedelta(days=31)  # KALA_RUN_RETENTION is P30D
     recent = datetime.now(UTC) - timedelta(days=29)
+    who = audit.Actor(token="t", address="127.0.0.1", via="api")
+    with api.state.sessions.begin() as session:  # KALA_AUDIT_RETENTION is P365D
+        for name, days in (("audit-ancient", 366), ("audit-recent", 364)):
+            audit.record(session, who, "create", job_id=name,
+                         now=datetime.now(UTC) - timedelta(days=days))
     with api.state.sessions.begin() as session:
         for name, when, state in (("ancient", ancient, "success"), ("recent", recent, "success"),
                                   ("ancient-pending", ancient, "pending")):
@@ -227,3 +233,10 @@ def test_sweep_prunes_finished_runs_past_retention(cluster) -> None:
 
     wait_for(lambda: "ancient" not in remaining(), 30, "the ancient run pruned")
     assert {"recent", "ancient-pending"} <= remaining()
+
+    def audited() -> set[str | None]:
+        with api.state.sessions() as session:
+            return set(session.scalars(select(AuditEntry.job_id)))
+
+    wait_for(lambda: "audit-ancient" not in audited(), 30, "the ancient audit row pruned")
+    assert audited() == {"audit-recent", job_id}

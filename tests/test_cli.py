@@ -1,9 +1,10 @@
-"""`kala-celery run` (Kala's debug command) and the CLI's help, as subprocesses."""
+"""`kala-celery run` (Kala's debug command), `token`, and the CLI's help, as subprocesses."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def kala(*args: str) -> subprocess.CompletedProcess[str]:
@@ -64,3 +65,22 @@ def test_db_commands_on_an_unreachable_database_say_so_without_a_traceback() -> 
         assert done.returncode != 0, command
         assert "Traceback" not in done.stderr, (command, done.stderr)
         assert "connection" in (done.stdout + done.stderr).lower(), command
+
+
+def test_token_create_list_revoke(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'kala.db'}"
+    made = kala("token", "create", "deploy", "--scopes", "run,read", "--db", db)
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert secret.startswith("kala_") and "shown only now" in made.stderr
+    listed = kala("token", "list", "--db", db)
+    assert listed.stdout.split("\t")[:2] == ["deploy", "read,run"]
+    assert secret not in listed.stdout
+    again = kala("token", "create", "deploy", "--scopes", "read", "--db", db)
+    assert again.returncode == 1 and "exists" in again.stderr
+    bad = kala("token", "create", "x", "--scopes", "read,sudo", "--db", db)
+    assert bad.returncode == 1 and "'sudo'" in bad.stderr
+    assert kala("token", "revoke", "deploy", "--db", db).returncode == 0
+    assert kala("token", "list", "--db", db).stdout == ""
+    gone = kala("token", "revoke", "deploy", "--db", db)
+    assert gone.returncode == 1 and "no token named 'deploy'" in gone.stderr

@@ -54,7 +54,7 @@ def test_on_sqlite_the_clock_is_the_host_s() -> None:
 @pytest.mark.parametrize("skew", ["+30s", "-45s"])
 def test_a_process_whose_clock_is_off_reads_the_database_s_time(postgres_server,
                                                                  skew: str) -> None:
-    url = postgres_server.create_database(f"kala_clock_{skew[0] == '+' and 'fast' or 'slow'}")
+    url = postgres_server.create_database("kala_clock_" + ("fast" if skew[0] == "+" else "slow"))
     env = {**os.environ, "LD_PRELOAD": faketime_lib(), "FAKETIME": skew,
            "FAKETIME_DONT_FAKE_MONOTONIC": "1", "PYTHONPATH": str(ROOT)}
     real_before = time.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -133,8 +134,28 @@ def test_serve_refuses_a_public_address_without_token(tmp_path: Path) -> None:
     command = Command.kala("serve", "-i", "0.0.0.0", "-p", str(free_port()),
                            "--data-dir", str(tmp_path), log=tmp_path / "serve.log")
     assert command.proc.wait(30) == 2
-    assert "refusing to serve on 0.0.0.0 without KALA_API_TOKEN" in command.output()
+    assert "refusing to serve on 0.0.0.0 without a token" in command.output()
     command.stop()
+
+
+def test_a_named_token_is_a_token_for_the_public_address_check(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'kala.db'}"
+    made = subprocess.run([sys.executable, "-m", "kala_celery", "token", "create", "ops",
+                           "--scopes", "read", "--db", db], capture_output=True, text=True,
+                          timeout=60)
+    assert made.returncode == 0, made.stderr
+    port = free_port()
+    command = Command.kala("api", "-i", "0.0.0.0", "-p", str(port), "-w", "1", "--db", db,
+                           "--data-dir", str(tmp_path), log=tmp_path / "api.log")
+    try:
+        wait_for(lambda: port_open(port) or command.proc.poll() is not None, 60, "api")
+        assert command.proc.poll() is None, command.output()
+        secret = {"Authorization": f"Bearer {made.stdout.strip()}"}
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/job/", timeout=10).status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/job/", headers=secret,
+                         timeout=10).status_code == 200
+    finally:
+        command.stop()
 
 
 @pytest.mark.parametrize("access_log", [False, True])

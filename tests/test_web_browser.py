@@ -271,7 +271,7 @@ def test_with_a_token_the_pages_need_it(browser: Browser, guarded: str) -> None:
     b.shot("login")
     b.fill("Token", "wrong")
     b.click("Sign in")
-    assert "That is not the API token." in b.text()
+    assert "That is not a token of this server." in b.text()
     b.fill("Token", TOKEN)
     b.click("Sign in")
     assert b.path == f"/webui/job/{job_id}/"  # back where we were going

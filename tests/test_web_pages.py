@@ -247,7 +247,8 @@ def test_with_a_token_nothing_shows_until_it_is_given(make: Make) -> None:
     assert "secret job" not in login
     token = re.search(r'name="csrf" value="([^"]+)"', login).group(1)
     wrong = client.post("/webui/login", data={"csrf": token, "token": "nope"})
-    assert wrong.status_code == 401 and "That is not the API token." in wrong.get_data(True)
+    assert wrong.status_code == 401
+    assert "That is not a token of this server." in wrong.get_data(True)
     right = client.post(f"/webui/login?next=/webui/job/{job_id}/",
                         data={"csrf": token, "token": "tok-123"})
     assert right.headers["Location"] == f"/webui/job/{job_id}/"

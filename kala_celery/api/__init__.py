@@ -4,6 +4,7 @@
 - views: the handlers; listing: GET /job/; preview: the schedule previews (Decision 24);
 - http: Kala's HTTP conventions (errors, redirects, bodies); openapi: the document;
 - state: what the blueprint needs from its app (settings, store, publisher);
+- auth: who is asking and may they (token scopes); admin: the token and audit routes;
 - ops, metrics: /health and /metrics.
 
 May import config, errors, schedule, wire, store, runs and celery_app; never web, beat, tasks

@@ -1,10 +1,9 @@
 """Kala's HTTP conventions for the blueprint: JSON/empty/error responses, the 1 MiB body
-limit, token auth, slash redirects (docs/design.md Decision 1), route misses, 405 and gzip."""
+limit, slash redirects (docs/design.md Decision 1), route misses, 405 and gzip."""
 
 from __future__ import annotations
 
 import gzip
-import hmac
 import logging
 import uuid
 from collections.abc import Callable
@@ -73,19 +72,6 @@ def decode_first_mib(decode: Callable[[bytes], T]) -> T:
 def under(prefix: str) -> bool:
     path = request.path
     return path == prefix or path.startswith(prefix.rstrip("/") + "/")
-
-
-def check_token(token: str | None) -> Response | None:
-    """docs/design.md Decision 16: with a token configured, every API route needs
-    `Bearer <token>`."""
-    if not token:
-        return None
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
-        return None
-    response = error_response("missing or wrong bearer token", 401)
-    response.headers["WWW-Authenticate"] = 'Bearer realm="kala"'
-    return response
 
 
 def routing_response() -> Response | None:

@@ -134,19 +134,19 @@ class Document:
             return self._gzipped
 
 
-_kept: tuple[str, Document] | None = None
+_kept: tuple[str, str, Document] | None = None
 
 
-def kept_document(tag: str) -> Document | None:
-    """The document this process wrote last, if it was written for the store version `tag`
-    (docs/design.md Decision 34: then nothing it shows has changed)."""
+def kept_document(store: str, tag: str) -> Document | None:
+    """The document this process wrote last, if it was written from `store` at its version
+    `tag` (docs/design.md Decision 34: then nothing it shows has changed)."""
     kept = _kept
-    return kept[1] if kept is not None and kept[0] == tag else None
+    return kept[2] if kept is not None and kept[:2] == (store, tag) else None
 
 
-def keep_document(tag: str, body: bytes) -> Document:
-    """Remember `body` as the list for store version `tag` (one list, the last one)."""
+def keep_document(store: str, tag: str, body: bytes) -> Document:
+    """Remember `body` as the list of `store` at version `tag` (one list, the last one)."""
     global _kept
     document = Document(body)
-    _kept = (tag, document)
+    _kept = (store, tag, document)
     return document

@@ -24,6 +24,7 @@ from flask import Response, current_app
 from kala_celery import __version__
 from kala_celery.api import http
 from kala_celery.api.state import kala
+from kala_celery.store import audit, tokens
 from kala_celery.wire import limits
 
 Schema = dict[str, Any]
@@ -42,6 +43,8 @@ SHOWN_TIME = {
     "description": "RFC 3339 in UTC (Decision 13); `0001-01-01T00:00:00Z` means never",
 }
 INT64 = {"type": "integer", "minimum": 0, "maximum": limits.INT64_MAX}
+SCOPE_KEY = "x-kala-scope"  # on every operation: the scope its token needs (Decision 31)
+SCOPE_WORDS = (*tokens.SCOPES, "any", "none")
 
 
 def _ref(name: str) -> Schema:
@@ -254,8 +257,23 @@ ERROR = {
 }
 HEALTH = _closed({"status": {"enum": ["ok", "unavailable"]}, "database": STRING,
                   "broker": STRING})
+TOKEN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"  # store/tokens.py
+SCOPE_LIST = {"type": "array", "minItems": 1, "uniqueItems": True,
+              "items": {"enum": list(tokens.SCOPES)}}
+TOKEN = _closed({"name": STRING, "scopes": SCOPE_LIST, "created_at": SHOWN_TIME})
+AUDIT_ENTRY = _closed({
+    "id": COUNT, "at": SHOWN_TIME,
+    "token": {"type": ["string", "null"], "description": "the token's name; null: no token"},
+    "address": {"type": ["string", "null"]},
+    "via": {"type": "string", "description": "api, webui, or the command"},
+    "action": {"enum": list(audit.ACTIONS)},
+    "job_id": {"type": ["string", "null"]}, "job_name": {"type": ["string", "null"]},
+    "changes": {"type": "object", "description": "{field: [before, after]}",
+                "additionalProperties": {"type": "array", "minItems": 2, "maxItems": 2}},
+})
 SCHEMAS = {"Job": JOB, "JobInput": JOB_INPUT, "KalaStat": KALA_STAT, "Execution": EXECUTION,
-           "AppStats": APP_STATS, "Error": ERROR, "Health": HEALTH}
+           "AppStats": APP_STATS, "Error": ERROR, "Health": HEALTH, "Token": TOKEN,
+           "AuditEntry": AUDIT_ENTRY}
 
 JSON = "application/json"
 
@@ -319,8 +337,11 @@ def _links(job_id: str, *operations: str) -> dict[str, Schema]:
     return {op: {"operationId": op, "parameters": {"job_id": job_id}} for op in operations}
 
 
-def _op(summary: str, responses: dict[str, Schema], **more: Any) -> Schema:
-    return {"summary": summary, "responses": responses, **more}
+def _op(summary: str, responses: dict[str, Schema], *, scope: str, **more: Any) -> Schema:
+    """An operation, with the scope a token needs for it (Decision 31): one of
+    store.tokens.SCOPES, "any" (any token, when one is configured) or "none" (no token)."""
+    assert scope in SCOPE_WORDS, scope
+    return {"summary": summary, "responses": responses, SCOPE_KEY: scope, **more}
 
 
 # One operation per view (kala_celery/api/views.py), by the view's name.
@@ -333,38 +354,38 @@ OPERATIONS: dict[str, Schema] = {
         "409": _error("the client-chosen id exists (for a job made from a beat_schedule "
                       "entry, the message names the entry), or a concurrent change"),
         "413": _error("the body is larger than 1 MiB"),
-    }, requestBody=BODY),
+    }, requestBody=BODY, scope="write"),
     "list_jobs": _op("every job", {
         "200": _json({"type": "object", "required": ["jobs"], "additionalProperties": False,
                       "properties": {"jobs": {"type": "object",
                                               "additionalProperties": _ref("Job")}}},
                      "every job by id", ETag=ETAG),
         "304": NOT_MODIFIED,
-    }, parameters=IF_NONE_MATCH),
+    }, parameters=IF_NONE_MATCH, scope="read"),
     "delete_all": _op("delete every job and run, but jobs made from a beat_schedule "
-                      "(Decision 30)", {"204": _empty("deleted")}),
+                      "(Decision 30)", {"204": _empty("deleted")}, scope="write"),
     "get_job": _op("one job", {
         "200": _json(_closed({"job": _ref("Job")}), "the job", ETag=ETAG), "304": NOT_MODIFIED,
         "404": UNKNOWN_ID,
-    }, parameters=IF_NONE_MATCH),
+    }, parameters=IF_NONE_MATCH, scope="read"),
     "delete_job": _op("delete a job and the dependents only it runs (Decision 9)", {
         "204": _empty("deleted"), "404": UNKNOWN_ID,
         "409": _error("the job comes from a beat_schedule entry, named in the message: it "
                       "is removed in code (Decision 30)"),
-    }),
+    }, scope="write"),
     "replace_job": _op("replace a job (NextKala, Decision 14); a refused body changes nothing", {
         "200": _json(_closed({"job": _ref("Job")}), "the job as stored"),
         "400": REFUSED, "403": _error("local jobs are disabled"), "404": UNKNOWN_ID,
         "409": _error("a concurrent change, or the job comes from a beat_schedule entry, "
                       "named in the message: it is changed in code (Decision 30)"),
         "413": _error("the body is larger than 1 MiB"),
-    }, requestBody=BODY),
+    }, requestBody=BODY, scope="write"),
     "job_stats": _op("a job's finished runs, Kala's JobStats, oldest first", {
         "200": _json(_closed({"job_stats": {"type": ["array", "null"],
                                             "items": _ref("KalaStat")}}),
                      "null before the first finished run", **{"X-Total-Count": TOTAL}),
         "400": _error("a bad offset or limit"), "404": UNKNOWN_ID,
-    }, parameters=PAGE),
+    }, parameters=PAGE, scope="read"),
     "start_job": _op("run a job now (Decision 10)", {
         "202": {**_json(_closed({"id": STRING}), "still running: Location is the execution",
                         Location=STRING),
@@ -374,24 +395,27 @@ OPERATIONS: dict[str, Schema] = {
         "404": UNKNOWN_ID, "409": _error("the job is disabled"),
     }, parameters=[{"name": "wait", "in": "query", "required": False,
                     "schema": {"type": "string", "maxLength": 16},
-                    "description": "false, 0 or no: answer 202 at once"}]),
+                    "description": "false, 0 or no: answer 202 at once"}], scope="run"),
     "enable_job": _op("enable a job (Decision 8)", {
         "204": _empty("enabled"), "404": UNKNOWN_ID,
-    }),
+    }, scope="run"),
     "disable_job": _op("disable a job (Decision 8)", {
         "204": _empty("disabled"), "404": UNKNOWN_ID,
-    }),
-    "app_stats": _op("Kala's app stats", {"200": _json(_ref("AppStats"), "the stats")}),
+    }, scope="run"),
+    "app_stats": _op("Kala's app stats", {
+        "200": _json(_ref("AppStats"), "the stats"),
+    }, scope="read"),
     "get_params": _op("a remote job's request body (NextKala)", {
         "200": {"description": "the body as stored: as JSON, or as text when it is not JSON",
                 "content": {JSON: {"schema": {}}, "text/plain": {"schema": STRING}}},
         "403": _error("not a remote job"), "404": UNKNOWN_ID,
-    }),
+    }, scope="read"),
     "put_params": _op("set a remote job's request body (NextKala)", {
         "204": _empty("stored"), "400": _error("not UTF-8, or holds U+0000"),
         "403": _error("not a remote job"), "404": UNKNOWN_ID,
         "413": _error("the body is larger than 1 MiB"),
-    }, requestBody={"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}}),
+    }, requestBody={"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}},
+        scope="write"),
     "list_executions": _op("a job's runs (NextKala), oldest first", {
         "200": {**_json(_closed({"job_stats": {"type": "array", "items": _ref("Execution")}}),
                         "the runs", **{"X-Total-Count": TOTAL}),
@@ -399,23 +423,25 @@ OPERATIONS: dict[str, Schema] = {
                     "job_id": "$request.path.job_id",
                     "run_id": "$response.body#/job_stats/0/id"}}}},
         "400": _error("a bad offset or limit"), "404": UNKNOWN_ID,
-    }, parameters=PAGE),
+    }, parameters=PAGE, scope="read"),
     "get_execution": _op("one run (NextKala)", {
         "200": _json(_closed({"job_run": _ref("Execution")}), "the run"), "404": UNKNOWN_ID,
-    }),
+    }, scope="read"),
     "put_execution_status": _op("set a run's status (NextKala status callback, Decision 15)", {
         "204": _empty("set"), "400": _error("not a JSON string, or an unknown status"),
         "404": UNKNOWN_ID, "413": _error("the body is larger than 1 MiB"),
     }, requestBody={"required": True, "content": {JSON: {"schema": {
         "type": "string", "enum": ["Success", "Failed", "Started", "Running"],
-        "description": "any case"}}}}),
-    "openapi_document": _op("this document", {"200": _json({"type": "object"}, "OpenAPI 3.1")}),
+        "description": "any case"}}}}, scope="run"),
+    "openapi_document": _op("this document", {
+        "200": _json({"type": "object"}, "OpenAPI 3.1"),
+    }, scope="read"),
     # Issue 15's previews (Decision 24): in the document once their routes are in ROUTES
     "job_next": _op("the next occurrences the beat fires for a job", {
         "200": _json(NEXT, "none when nothing is scheduled"),
         "400": _error("count is not 1-100"), "404": UNKNOWN_ID,
     }, parameters=[{"name": "count", "in": "query", "required": False,
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]),
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100}}], scope="read"),
     "schedule_preview": _op("the first occurrences of a schedule or cron, before a job exists", {
         "200": _json(NEXT, "the occurrences"),
         "400": _error("not a JSON object, or the schedule a create would refuse"),
@@ -426,13 +452,48 @@ OPERATIONS: dict[str, Schema] = {
                        "cron": _null_or(_text("as a job's cron")),
                        "timezone": _null_or(_text("IANA zone", "timezone")),
                        "count": _null_or({"type": "integer", "minimum": 1, "maximum": 100})},
-    }}}}),
+    }}}}, scope="read"),
+    # Decisions 31 and 32: tokens and the audit trail (kala_celery/api/admin.py)
+    "list_tokens": _op("every named token: its name, scopes and creation (never a secret)", {
+        "200": _json(_closed({"tokens": {"type": "array", "items": _ref("Token")}}),
+                     "the tokens by name"),
+    }, scope="admin"),
+    "create_token": _op("a new named token; its secret is in this answer only", {
+        "201": _json(_closed({"name": STRING, "scopes": SCOPE_LIST, "secret": STRING}),
+                     "created: keep the secret, it is not stored"),
+        "400": _error("not a JSON object with a name and scopes, or a bad name or scope"),
+        "403": _error("the API is open (no token configured): make the first token with "
+                      "`kala-celery token create`; or the token lacks the admin scope"),
+        "409": _error("a token of that name exists"),
+        "413": _error("the body is larger than 1 MiB"),
+    }, requestBody={"required": True, "content": {JSON: {"schema": {
+        "type": "object", "required": ["name", "scopes"],
+        "properties": {"name": {"type": "string", "pattern": TOKEN_NAME},
+                       "scopes": SCOPE_LIST}}}}}, scope="admin"),
+    "revoke_token": _op("revoke a named token: its secret opens nothing from now on", {
+        "204": _empty("revoked"), "404": _empty("no such token"),
+    }, scope="admin"),
+    "list_audit": _op("the audit trail: the newest changes, oldest first (Decision 32)", {
+        "200": _json(_closed({"audit": {"type": "array", "items": _ref("AuditEntry")}}),
+                     "the rows"),
+        "400": _error("a bad since or limit"),
+    }, parameters=[
+        {"name": "job", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "only this job's rows"},
+        {"name": "since", "in": "query", "required": False, "schema": TIME,
+         "description": "only rows at or after this time"},
+        {"name": "limit", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 0, "maximum": limits.INT64_MAX},
+         "description": "rows to show, the newest: at most 1000 (0 or none = 100)"},
+    ], scope="admin"),
 }
 
-# Every operation under the prefix may also answer these (Decisions 1, 2, 16, 26).
+# Every operation under the prefix may also answer these (Decisions 1, 2, 16, 26, 31).
+FORBIDDEN = "the token lacks the scope this operation needs (x-kala-scope), which is named"
 COMMON = {
-    "401": _error("a token is configured and the request has not got it (Decision 16)",
-                  **{"WWW-Authenticate": STRING}),
+    "401": _error("a token is configured and the request has not got one that is valid "
+                  "(Decisions 16, 31)", **{"WWW-Authenticate": STRING}),
+    "403": _error(FORBIDDEN),
     "500": _error("a bug: logged with its traceback under the error id (Decision 26)"),
     "503": _error("the job store is unavailable; nothing was stored",
                   **{"Retry-After": STRING}),
@@ -447,6 +508,15 @@ REDIRECT = {
     "401": COMMON["401"],
 }
 COMMON.update({"301": REDIRECT["301"], "308": REDIRECT["308"]})  # unclean paths, Decision 1
+
+
+def _responses(own: dict[str, Schema]) -> dict[str, Schema]:
+    """An operation's answers with the common ones; its own 403 also names the scope's."""
+    out = {**COMMON, **own}
+    if "403" in own and own["403"] is not COMMON["403"]:
+        description = f"{own['403']['description']}; or {FORBIDDEN}"
+        out["403"] = {**own["403"], "description": description}
+    return out
 
 
 def _path(rule: str) -> tuple[str, list[Schema]]:
@@ -495,13 +565,14 @@ def document(
         for method in methods:
             item[method.lower()] = {
                 **operation, "operationId": view.__name__,
-                "responses": {**COMMON, **operation["responses"]},
+                "responses": _responses(operation["responses"]),
             }
         if path.endswith("/"):
             bare = paths.setdefault(path.rstrip("/"), {"parameters": params} if params else {})
             for method in methods:
                 bare[method.lower()] = {
                     "summary": f"redirect to {path}", "operationId": f"{view.__name__}_slashless",
+                    SCOPE_KEY: "any",
                     "responses": REDIRECT if method == "GET" else {"308": REDIRECT["308"],
                                                                    "401": REDIRECT["401"]},
                 }
@@ -510,7 +581,7 @@ def document(
         paths[health_path] = {"get": _op("is the job store reachable, is the broker", {
             "200": _json(_ref("Health"), "both are"),
             "503": _json(_ref("Health"), "a part is unavailable"),
-        }, operationId="health", security=[{}])}
+        }, operationId="health", security=[{}], scope="none")}
     if metrics_path:
         paths[metrics_path] = {"get": _op("Prometheus metrics", {
             "200": {"description": "Prometheus text",
@@ -518,7 +589,8 @@ def document(
             "401": COMMON["401"],
             "503": {"description": "the job store is unavailable",
                     "content": {"text/plain": {"schema": STRING}}},
-        }, operationId="metrics")}
+            "403": COMMON["403"],
+        }, operationId="metrics", scope="read")}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -538,7 +610,9 @@ def document(
             "schemas": SCHEMAS,
             "securitySchemes": {"bearer": {
                 "type": "http", "scheme": "bearer",
-                "description": "KALA_API_TOKEN; needed on every route when it is set",
+                "description": "KALA_API_TOKEN (every scope) or a named token (`kala-celery "
+                               "token create`); needed on every route once a token is "
+                               "configured, each operation's x-kala-scope says which scope",
             }},
         },
     }

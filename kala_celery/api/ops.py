@@ -2,8 +2,10 @@
 store reachable, is the broker), mounted by `init_kala(app, metrics_path=..., health_path=...)`;
 create_app mounts them at /metrics and /health.
 
-/health needs no token (it tells only "ok" or "unavailable"); /metrics needs the API token
-when one is set, like every API route (Prometheus: `authorization: {credentials: <token>}`).
+/health needs no token (it tells only "ok" or "unavailable"); /metrics needs a token with the
+`read` scope once a token is configured, like the API's GET routes (Decision 31 of
+docs/design.md; Prometheus:
+`authorization: {credentials: <token>}`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from flask import Flask, Response
 from kombu import Connection
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from kala_celery.api import http
+from kala_celery.api import auth, http
 from kala_celery.api.metrics import registry_for, render
 from kala_celery.config import Settings
 from kala_celery.store.db import DatabaseAway, probe_engine
@@ -82,12 +86,18 @@ def mount(app: Flask, settings: Settings, engine: Engine, *, metrics_path: str |
     health = Health(settings)
 
     def metrics() -> Response:
-        refused = http.check_token(settings.api_token)
-        if refused is not None:
-            return refused
         try:
+            given = auth.bearer()
+            principal = auth.identify_fast(settings, given)
+            if principal is None:
+                with Session(engine) as session:
+                    principal = auth.identify(settings, session, given)
+            if principal is None:
+                return auth.unauthorized()
+            if not principal.may("read"):
+                return auth.forbidden(principal, "read", "GET /metrics")
             body = render(registry)
-        except DatabaseAway as exc:
+        except (*DatabaseAway, SQLAlchemyError) as exc:
             log.warning("metrics: the job store is unavailable: %s", exc)
             response = Response(f"# the job store is unavailable ({type(exc).__name__})\n",
                                 status=503, mimetype="text/plain")

@@ -10,7 +10,7 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
-from kala_celery.api import http, openapi, preview, views
+from kala_celery.api import admin, auth, http, openapi, preview, views
 from kala_celery.api.state import KalaState, kala
 from kala_celery.errors import JobError, NotFound
 from kala_celery.store.db import DatabaseAway
@@ -52,6 +52,11 @@ ROUTES = [
     ("/schedule/preview/", ["POST"], preview.schedule_preview),
     # kala-celery
     ("/openapi.json", ["GET"], openapi_document),
+    # Who may do what (Decisions 31, 32)
+    ("/token/", ["GET"], admin.list_tokens),
+    ("/token/", ["POST"], admin.create_token),
+    ("/token/<name>/", ["DELETE"], admin.revoke_token),
+    ("/audit/", ["GET"], admin.list_audit),
 ]
 
 
@@ -78,21 +83,47 @@ def build_blueprint(name: str = "kala") -> Blueprint:
             return unexpected(exc)
 
     def conventions(state: KalaState) -> Response | None:
-        refused = http.check_token(state.settings.api_token) or http.routing_response()
-        ids = (request.view_args or {}).values()
-        if refused is None and not all(limits.path_id_possible(str(v)) for v in ids):
-            return http.empty_response(404)  # no job or run has such an id (Decision 25)
-        if refused is None and not state.schema_ready:
+        given = auth.bearer()
+        principal = auth.identify_fast(state.settings, given)
+        if principal is None and state.settings.api_token and not given:
+            return auth.unauthorized()
+        if principal is None or http.routing_response() is None:
+            ready = schema_ready(state)
+            if ready is not None:
+                return ready
+        if principal is None:  # a named token, or none configured at all: ask the store
             try:
-                state.ensure_schema()
-            except DatabaseAway as exc:
+                with state.sessions() as session:
+                    principal = auth.identify(state.settings, session, given)
+            except SQLAlchemyError as exc:
                 return database_down(exc)
-            except SchemaError as exc:  # came back behind head: `kala-celery db upgrade`
-                log.error("%s", exc)
-                response = http.error_response(str(exc), 503)
-                response.headers["Retry-After"] = str(RETRY_AFTER)
-                return response
-        return refused
+            if principal is None:
+                return auth.unauthorized()
+        refused = http.routing_response()
+        if refused is not None:
+            return refused
+        if not all(limits.path_id_possible(str(v)) for v in (request.view_args or {}).values()):
+            return http.empty_response(404)  # no job or run has such an id (Decision 25)
+        auth.remember(principal)
+        view = (request.endpoint or "").rpartition(".")[2]
+        scope = openapi.OPERATIONS[view][openapi.SCOPE_KEY]
+        if not principal.may(scope):
+            return auth.forbidden(principal, scope, f"{request.method} {request.path}")
+        return None
+
+    def schema_ready(state: KalaState) -> Response | None:
+        if state.schema_ready:
+            return None
+        try:
+            state.ensure_schema()
+        except DatabaseAway as exc:
+            return database_down(exc)
+        except SchemaError as exc:  # came back behind head: `kala-celery db upgrade`
+            log.error("%s", exc)
+            response = http.error_response(str(exc), 503)
+            response.headers["Retry-After"] = str(RETRY_AFTER)
+            return response
+        return None
 
     @bp.after_app_request
     def compress(response: Response) -> Response:

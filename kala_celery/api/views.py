@@ -11,7 +11,7 @@ from flask import Response, request, url_for
 from sqlalchemy.orm import Session
 
 from kala_celery import wire
-from kala_celery.api import listing
+from kala_celery.api import auth, listing
 from kala_celery.api.http import (
     JSON_TYPE,
     decode_first_mib,
@@ -23,7 +23,7 @@ from kala_celery.api.http import (
 from kala_celery.api.state import kala
 from kala_celery.errors import Forbidden
 from kala_celery.runs import start
-from kala_celery.store import history, jobs, links
+from kala_celery.store import audit, history, jobs, links
 from kala_celery.store import version as store_version
 from kala_celery.store.clock import now as db_now
 from kala_celery.store.tables import JOB_REMOTE, TERMINAL_STATES, Job, Run
@@ -65,6 +65,7 @@ def create_job() -> Response:
     data = decode_first_mib(wire.decode_job)
     with _transaction() as session:
         job, run = start.create(session, data, kala().rules, db_now())
+        audit.job_changed(session, auth.actor(), "create", {}, job)
     _publish(run)
     return json_response({"id": job.id}, 201)
 
@@ -89,13 +90,14 @@ def list_jobs() -> Response:
         tag, unchanged = _entity_tag(session)
         if unchanged is not None:
             return unchanged
-        kept = listing.kept_document(tag)
+        store = str(kala().engine.url)  # one process may serve several stores (tests do)
+        kept = listing.kept_document(store, tag)
         if kept is None:
             rows = listing.job_rows(session)
             parents, children = links.links_of(session)
             stats = history.recent_stats(session, None, kala().settings.stats_in_job)
             kept = listing.keep_document(
-                tag, listing.list_document(rows, parents, children, stats))
+                store, tag, listing.list_document(rows, parents, children, stats))
     response = Response(kept.body, status=200, content_type=JSON_TYPE)
     if "gzip" in request.headers.get("Accept-Encoding", "").lower():
         response.set_data(kept.gzipped())
@@ -119,7 +121,9 @@ def get_job(job_id: str) -> Response:
 def replace_job(job_id: str) -> Response:
     data = decode_first_mib(wire.decode_job)
     with _transaction() as session:
+        before = audit.snapshot(jobs.get_job(session, job_id, lock=True))
         job, run = start.replace(session, job_id, data, kala().rules, db_now())
+        audit.job_changed(session, auth.actor(), "replace", before, job)
         session.flush()
         response = _job_response(session, job)
     _publish(run)
@@ -128,26 +132,30 @@ def replace_job(job_id: str) -> Response:
 
 def delete_job(job_id: str) -> Response:
     with _transaction() as session:
-        jobs.delete_job(session, job_id)
+        audit.deleted(session, auth.actor(), jobs.delete_job(session, job_id), job_id)
     return empty_response(204)
 
 
 def delete_all() -> Response:
     with _transaction() as session:
-        jobs.delete_all(session)
+        audit.deleted(session, auth.actor(), jobs.delete_all(session), None)
     return empty_response(204)
 
 
 def enable_job(job_id: str) -> Response:
     with _transaction() as session:
-        _job, run = start.enable(session, job_id, kala().rules, db_now())
+        before = audit.snapshot(jobs.get_job(session, job_id, lock=True))
+        job, run = start.enable(session, job_id, kala().rules, db_now())
+        audit.job_changed(session, auth.actor(), "enable", before, job)
     _publish(run)
     return empty_response(204)
 
 
 def disable_job(job_id: str) -> Response:
     with _transaction() as session:
-        jobs.disable_job(session, job_id)
+        before = audit.snapshot(jobs.get_job(session, job_id, lock=True))
+        job = jobs.disable_job(session, job_id)
+        audit.job_changed(session, auth.actor(), "disable", before, job)
     return empty_response(204)
 
 
@@ -157,6 +165,9 @@ def start_job(job_id: str) -> Response:
     wait = request.args.get("wait", "true").strip().lower() not in ("false", "0", "no")
     with _transaction() as session:
         run = start.manual(session, job_id, kala().rules, db_now())
+        job = jobs.get_job(session, job_id)
+        audit.record(session, auth.actor(), "start", job_id=job_id, job_name=job.name,
+                     changes={"run": [None, run.id]})
     sent = _publish(run)  # not sent (broker down): recorded, it goes out later; answer now
     if sent and wait and _wait_until_finished(run.id, kala().settings.start_wait):
         return empty_response(204)
@@ -209,7 +220,10 @@ def put_params(job_id: str) -> Response:
         return error_response("the body must be UTF-8 text", 400)
     limits.check_text("the body", text)
     with _transaction() as session:
-        _remote_job(session, job_id).remote_body = text
+        job = _remote_job(session, job_id)
+        before = audit.snapshot(job)
+        job.remote_body = text
+        audit.job_changed(session, auth.actor(), "params", before, job)
     return empty_response(204)
 
 
@@ -268,6 +282,8 @@ def put_execution_status(job_id: str, run_id: str) -> Response:
         if run.job_id != job_id:
             return empty_response(404)
         history.set_status(session, run_id, status, db_now())
+        audit.record(session, auth.actor(), "status", job_id=job_id,
+                     changes={"run": [None, run_id], "status": [None, status]})
     return empty_response(204)
 
 

@@ -28,6 +28,7 @@ from kala_celery.celery_app import settings_of
 from kala_celery.runs import attempts, heartbeats, sweep
 from kala_celery.runs.publish import CeleryPublisher
 from kala_celery.schedule import ScheduleError, parse_plain_duration
+from kala_celery.store import audit
 from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import Store, read_sessions, store_for
 from kala_celery.store.jobs import Rules, rearm
@@ -228,6 +229,7 @@ class KalaScheduler(Scheduler):
                 self._publish(attempts.abandon(self._store.sessions, run_id, settings, now, reason))
         self._rearm(now)
         self._prune(now - parse_plain_duration(settings.run_retention))
+        self._prune_audit(now - parse_plain_duration(settings.audit_retention))
         with engine.begin() as conn:
             heartbeats.record_beat(conn, self.name, now)
         heartbeats.prune_workers(engine, now - FORGET_WORKERS)
@@ -249,6 +251,14 @@ class KalaScheduler(Scheduler):
             ).rowcount
         if pruned:
             log.info("beat: pruned %d runs older than %s", pruned, cutoff.isoformat())
+
+    def _prune_audit(self, cutoff: datetime) -> None:
+        """Decision 32: audit rows older than KALA_AUDIT_RETENTION go (a batch per sweep)."""
+        assert self._store is not None
+        with self._store.sessions.begin() as session:
+            pruned = audit.prune(session, cutoff)
+        if pruned:
+            log.info("beat: pruned %d audit rows older than %s", pruned, cutoff.isoformat())
 
     def _rearm(self, now: datetime) -> None:
         assert self._store is not None

@@ -32,9 +32,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from kala_celery import wire
 from kala_celery.errors import JobError
 from kala_celery.runs import start
-from kala_celery.store import bulk, jobs, links
+from kala_celery.store import audit, bulk, jobs, links
 from kala_celery.store.tables import SOURCE_APPLY, SOURCE_CONFIG, Job
 
+APPLIER = audit.command_actor("apply")  # who the audit trail says applied (Decision 32)
 _LOCK = "SELECT pg_advisory_xact_lock(7040531)"  # beside beat/beat_schedule.py's 7040530
 # What the store keeps by itself: never part of a job as code.
 _STATE_KEYS = ("next_run_at", "metadata", "stats", "is_done", "dependent_jobs")
@@ -185,8 +186,10 @@ def _one(session: Session, body: dict[str, Any], rules: jobs.Rules, now: datetim
     if job is None:
         decoded["source"] = decoded.get("source") or SOURCE_APPLY
         created, _run = start.create(session, decoded, rules, now)
+        audit.job_changed(session, APPLIER, "apply", {}, created)
         return created.id, Change("+", created.id, created.name)
     before = _compared(session, job)
+    audited = audit.snapshot(job)
     decoded["id"] = job.id  # a body keyed by name replaces the job of that name
     job_id, name = job.id, job.name
     savepoint = session.begin_nested()
@@ -199,6 +202,7 @@ def _one(session: Session, body: dict[str, Any], rules: jobs.Rules, now: datetim
     if after == before:  # the same job: not even a rewrite of its row
         savepoint.rollback()
         return job_id, None
+    audit.job_changed(session, APPLIER, "apply", audited, replaced)
     savepoint.commit()
     return job_id, Change("~", job_id, name, _differences(before, after))
 
@@ -272,7 +276,10 @@ def _apply_all(session: Session, bodies: list[dict[str, Any]], rules: jobs.Rules
             if job.id not in named:
                 pruned.append(Change("-", job.id, job.name))
         for change in pruned:
-            jobs.disable_job(session, change.job_id)
+            job = jobs.get_job(session, change.job_id)
+            audited = audit.snapshot(job)
+            audit.job_changed(session, APPLIER, "apply", audited,
+                              jobs.disable_job(session, change.job_id))
     return [*pruned, *changes]
 
 

@@ -74,6 +74,7 @@ def main() -> None:
     import  the jobs of a Kala, django-celery-beat or RedBeat into the job store
     apply   make a file of jobs (YAML or JSON) true in the job store; export writes one
     db      the job store's schema: `db upgrade`, `db current`
+    token   named API tokens with scopes: `token create | list | revoke`
     health  exit 0 if a beat or a worker on this host is alive (for compose and k8s)
     """
 
@@ -94,7 +95,6 @@ def _serve_api(
 
     try:
         number = parse_port(port)
-        check_bind(interface, settings.api_token, insecure)
     except BindError as exc:
         raise click.UsageError(str(exc)) from None
     from kala_celery.store.schema import SchemaError
@@ -103,12 +103,29 @@ def _serve_api(
         app = create_app(settings)
     except SchemaError as exc:  # behind head: `kala-celery db upgrade`
         raise click.ClickException(str(exc)) from None
+    try:
+        check_bind(interface, settings.api_token, insecure, named=_named_tokens(app))
+    except BindError as exc:
+        raise click.UsageError(str(exc)) from None
     click.echo(startup_line(settings, interface, number), err=True)
     if not with_companions:
         serve_api(app, interface, number, workers=workers, access_log=access_log)
         return
     with companions(settings):
         serve_api(app, interface, number, workers=workers, access_log=access_log)
+
+
+def _named_tokens(app: Any) -> bool:
+    """Whether the job store holds a named token (False when it cannot be read now)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from kala_celery.store import tokens
+
+    try:
+        with app.extensions["kala"].sessions() as session:
+            return tokens.any_token(session)
+    except SQLAlchemyError:
+        return False
 
 
 def hidden(url: str) -> str:
@@ -347,6 +364,7 @@ def import_command(source: str | None, from_file: Path | None, django_url: str |
 
 
 def _open_store(settings: Settings) -> tuple[Any, Any]:
+    from kala_celery.store import clock
     from kala_celery.store.db import DatabaseAway, make_engine, make_sessionmaker
     from kala_celery.store.schema import SchemaError, ensure
 
@@ -356,7 +374,82 @@ def _open_store(settings: Settings) -> tuple[Any, Any]:
     except (*DatabaseAway, SchemaError) as exc:
         engine.dispose()
         raise click.ClickException(str(exc)) from None
+    clock.bind(engine)  # the command's "now" is the database's (docs/design.md Decision 27)
     return engine, make_sessionmaker(engine)
+
+
+@main.group()
+def token() -> None:
+    """Named API tokens with scopes (read, run, write, admin): docs/security.md."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--scopes", required=True, metavar="SCOPES",
+              help="Comma-separated: read (GET, metrics, the dashboard's pages), run (start, "
+                   "enable, disable), write (create, replace, delete), admin (tokens, audit).")
+@_store_options
+def token_create(name: str, scopes: str, db: str | None, broker: str | None,
+                 data_dir: str | None) -> None:
+    """Make a token NAME and print its secret, once: only a digest of it is kept."""
+    from kala_celery.errors import JobError
+    from kala_celery.store import audit, tokens
+    from kala_celery.store.clock import now as db_now
+
+    engine, sessions = _open_store(_settings(db, broker, data_dir, None))
+    try:
+        with sessions.begin() as session:
+            wanted = tokens.parse_scopes(scopes)
+            secret = tokens.create(session, name, wanted, db_now())
+            audit.record(session, audit.command_actor("token create"), "token create",
+                         changes={"token": [None, name],
+                                  "scopes": [None, tokens.scope_text(wanted)]})
+    except JobError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(secret)
+    click.echo(f"token {name!r} ({tokens.scope_text(wanted)}): the line above is its secret; "
+               "it is shown only now.", err=True)
+
+
+@token.command("list")
+@_store_options
+def token_list(db: str | None, broker: str | None, data_dir: str | None) -> None:
+    """Every named token: name, scopes, when it was made (never a secret)."""
+    from kala_celery.store import tokens
+    from kala_celery.wire import format_time
+
+    engine, sessions = _open_store(_settings(db, broker, data_dir, None))
+    try:
+        with sessions() as session:
+            rows = [(t.name, t.scopes, format_time(t.created_at))
+                    for t in tokens.all_tokens(session)]
+    finally:
+        engine.dispose()
+    for name, scopes, created in rows:
+        click.echo(f"{name}\t{scopes}\t{created}")
+
+
+@token.command("revoke")
+@click.argument("name")
+@_store_options
+def token_revoke(name: str, db: str | None, broker: str | None, data_dir: str | None) -> None:
+    """Delete token NAME: its secret opens nothing from the next request on."""
+    from kala_celery.errors import NotFound
+    from kala_celery.store import audit, tokens
+
+    engine, sessions = _open_store(_settings(db, broker, data_dir, None))
+    try:
+        with sessions.begin() as session:
+            gone = tokens.revoke(session, name)
+            audit.record(session, audit.command_actor("token revoke"), "token revoke",
+                         changes={"token": [name, None], "scopes": [gone.scopes, None]})
+    except NotFound:
+        raise click.ClickException(f"no token named {name!r}") from None
+    finally:
+        engine.dispose()
+    click.echo(f"revoked {name!r}")
 
 
 @main.command("apply")

@@ -19,10 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import wire
 from kala_celery.errors import Conflict, Forbidden, InvalidJob
-from kala_celery.store import bulk, jobs
+from kala_celery.store import audit, bulk, jobs
 from kala_celery.store.tables import Job, Run
 
 IMPORTED, HERE, REFUSED = "imported", "already here", "refused"
+IMPORTER = audit.command_actor("import")  # who the audit trail says imported (Decision 32)
 PLANNED = "to import"  # what a dry run says instead of "imported"
 
 
@@ -115,6 +116,7 @@ def write_one(session: Session, data: dict[str, Any], rules: jobs.Rules, now: da
         with session.begin_nested():
             job = jobs.import_job(session, data, rules, now, runs_used=state.runs_used,
                                   is_done=state.is_done, next_run_at=state.next_run_at)
+            audit.job_changed(session, IMPORTER, "import", {}, job)
             if runs:
                 session.execute(insert(Run), list(runs))
     except InvalidJob as exc:

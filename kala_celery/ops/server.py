@@ -32,11 +32,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(host: str, token: str | None, insecure: bool) -> None:
-    """docs/design.md Decision 16: a non-loopback address needs a token unless --insecure."""
-    if not is_loopback(host) and not token and not insecure:
+def check_bind(host: str, token: str | None, insecure: bool, *, named: bool = False) -> None:
+    """docs/design.md Decision 16: a non-loopback address needs a token (KALA_API_TOKEN, or
+    `named`: a named token in the store, Decision 31) unless --insecure."""
+    if not is_loopback(host) and not token and not named and not insecure:
         raise BindError(
-            f"refusing to serve on {host} without KALA_API_TOKEN; set a token or pass --insecure"
+            f"refusing to serve on {host} without a token (KALA_API_TOKEN, or one made by "
+            "`kala-celery token create`); make one or pass --insecure"
         )
 
 

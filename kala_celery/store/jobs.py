@@ -498,10 +498,11 @@ def get_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
 # ---------------------------------------------------------------- delete
 
 
-def delete_job(session: Session, job_id: str) -> list[str]:
+def delete_job(session: Session, job_id: str) -> dict[str, str]:
     """Delete a job with Kala's cascade, atomically: each child whose every parent is being
     deleted goes too (recursively); children with another parent just lose the link.
-    Returns the ids deleted. A job made from a beat_schedule entry is refused (Decision 30)."""
+    Returns the jobs deleted, id -> name, by id. A job made from a beat_schedule entry is
+    refused (Decision 30)."""
     guard_config(get_job(session, job_id, lock=True), "remove")
     doomed = {job_id}
     frontier = [job_id]
@@ -518,6 +519,7 @@ def delete_job(session: Session, job_id: str) -> list[str]:
                 doomed.add(child)
                 frontier.append(child)
     ids = sorted(doomed)
+    names = dict(session.execute(select(Job.id, Job.name).where(Job.id.in_(ids))).all())
     session.execute(delete(JobLink).where(JobLink.parent_id.in_(ids) | JobLink.child_id.in_(ids)))
     # Dependent runs of surviving jobs, in chains started by a deleted job's runs, will not run.
     session.execute(
@@ -530,16 +532,20 @@ def delete_job(session: Session, job_id: str) -> list[str]:
     )
     session.execute(delete(Run).where(Run.job_id.in_(ids)))
     session.execute(delete(Job).where(Job.id.in_(ids)))
-    return ids
+    return {i: names.get(i, "") for i in ids}
 
 
-def delete_all(session: Session) -> None:
+def delete_all(session: Session) -> dict[str, str]:
     """Every job but those made from a beat_schedule entry (Decision 30), which the code
-    owns: they and their runs stay (the beat would only make them again)."""
+    owns: they and their runs stay (the beat would only make them again). Returns the jobs
+    deleted, id -> name."""
     kept = select(Job.id).where(Job.source == SOURCE_CONFIG)
+    gone = select(Job.id, Job.name).where(Job.source.is_distinct_from(SOURCE_CONFIG))
+    names = dict(session.execute(gone.order_by(Job.id)).all())
     session.execute(delete(JobLink))
     session.execute(delete(Run).where(Run.job_id.not_in(kept)))
     session.execute(delete(Job).where(Job.source.is_distinct_from(SOURCE_CONFIG)))
+    return names
 
 
 # ---------------------------------------------------------------- enable / disable / start

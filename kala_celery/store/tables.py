@@ -1,5 +1,6 @@
 """SQLAlchemy tables: jobs, job_links (parent -> child, ordered), runs, the workers' and
-beats' liveness rows, and metric_counts (kept by triggers, read by /metrics).
+beats' liveness rows, metric_counts (kept by triggers, read by /metrics), and who may do
+what: api_tokens, audit_log and sign_in_failures (Decisions 31 and 32, migration 0007).
 
 Times are stored as naive UTC (portable between SQLite and PostgreSQL) and read back as
 aware UTC datetimes.
@@ -287,3 +288,45 @@ class MetricCount(Base):
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     n: Mapped[int] = mapped_column(BigInteger, default=0)
     total: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class ApiToken(Base):
+    """A named API token (Decision 31): `digest` is the SHA-256 of its secret (the secret is
+    shown once, never stored), `scopes` a comma-separated subset of read, run, write, admin."""
+
+    __tablename__ = "api_tokens"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """One change (Decision 32), written in the transaction of the change: when, by which
+    token (its name; NULL when no token is configured), from where, through what (`via`:
+    api, webui, or the command), the action, the job, and `changes` ({field: [before,
+    after]})."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    token: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    via: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True, index=True)
+    job_name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    changes: Mapped[dict] = mapped_column(JSON)
+
+
+class SignInFailure(Base):
+    """A wrong token given to the dashboard's sign-in page, by address: what slows the next
+    tries down in every API process (web/auth.py)."""
+
+    __tablename__ = "sign_in_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(String(300), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

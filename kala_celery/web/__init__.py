@@ -7,13 +7,14 @@ be mounted at `/` itself then: its conventions (token, route misses) cover every
 prefix.
 
 Modules: views (the pages' handlers), queries (their reads), forms (a form is a Kala JSON
-body), describe (schedules in words), auth (token login, CSRF); the routes are ROUTES below.
+body), describe (schedules in words), auth (token login and its scopes, the sign-in's slowing
+down, CSRF); the routes are ROUTES below, the scope each needs SCOPES.
 May import everything below it (api's state and previews included); never webapp or ops.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, redirect, request, url_for
+from flask import Blueprint, Flask, Response, g, redirect, request, url_for
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import BadRequest, NotFound
 
@@ -41,8 +42,15 @@ ROUTES = [
     ("/job/<job_id>/enable", ["POST"], "enable", views.enable_job),
     ("/job/<job_id>/disable", ["POST"], "disable", views.disable_job),
     ("/job/<job_id>/delete", ["GET", "POST"], "delete", views.delete_job),
+    ("/audit", ["GET"], "audit", views.audit),
 ]
 OPEN = frozenset({"login", "static"})  # endpoints that need no token
+# The scope each page needs (Decision 31 of docs/design.md), as the API's operations:
+# reading is `read`, start/enable/disable `run`, the form and delete `write`, the audit
+# trail `admin`.
+SCOPES = {"jobs": "read", "logout": "any", "new": "write", "preview": "read", "stats": "read",
+          "job": "read", "edit": "write", "start": "run", "enable": "run", "disable": "run",
+          "delete": "write", "audit": "admin"}
 
 
 def webui_prefix(api_prefix: str) -> str:
@@ -75,14 +83,24 @@ def build_blueprint() -> Blueprint:
                 state.ensure_schema()
             except DatabaseAway as exc:
                 return views.database_down(exc)
+        with state.sessions() as db:
+            principal = auth.signed_in(state.settings, db)
+        g.kala_principal = principal or auth.OPEN
+        g.kala_signed_in = principal is not None
         if endpoint in OPEN:
             auth.check_csrf()
             return None
-        if not auth.signed_in(state.settings.api_token):
+        if principal is None:
             if endpoint == "preview":
                 return Response('{"error":"sign in first"}', 401, mimetype="application/json")
             return redirect(url_for(".login", next=request.full_path.rstrip("?")))
         auth.check_csrf()
+        scope = SCOPES.get(endpoint, "admin")  # a page not in the table: the most guarded
+        if not principal.may(scope):
+            if endpoint == "preview":
+                return Response('{"error":"the token has not got the read scope"}', 403,
+                                mimetype="application/json")
+            return views.forbidden(principal, scope)
         return None
 
     @bp.after_request
@@ -100,7 +118,7 @@ def build_blueprint() -> Blueprint:
 
     @bp.context_processor
     def helpers() -> dict:
-        state = kala()
+        principal = g.get("kala_principal", auth.OPEN)
         return {
             "csrf_token": auth.csrf_token,
             "when": describe.when,
@@ -108,8 +126,9 @@ def build_blueprint() -> Blueprint:
             "size": describe.size,
             "readable": describe.readable,
             "page_url": _page_url,
-            "token_required": bool(state.settings.api_token),
-            "signed_in": auth.signed_in(state.settings.api_token),
+            "token_required": principal.name is not None,
+            "signed_in": g.get("kala_signed_in", False),
+            "can": principal.may,
         }
 
     bp.register_error_handler(JobNotFound, views.not_found)

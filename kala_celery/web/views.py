@@ -14,6 +14,7 @@ from flask import (
     Response,
     abort,
     flash,
+    g,
     jsonify,
     make_response,
     redirect,
@@ -24,9 +25,11 @@ from flask import (
 from sqlalchemy.orm import Session
 
 from kala_celery import wire
+from kala_celery.api import auth as api_auth
 from kala_celery.api.state import KalaState, kala
 from kala_celery.errors import INIT_ERROR, Conflict, JobError, NotFound
 from kala_celery.runs import start
+from kala_celery.store import audit as audit_log
 from kala_celery.store import jobs, links
 from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import DatabaseAway
@@ -45,6 +48,10 @@ def _transaction() -> Iterator[Session]:
         yield session
 
 
+def _actor() -> audit_log.Actor:
+    return audit_log.Actor(token=g.kala_principal.name, address=request.remote_addr, via="webui")
+
+
 def _publish(state: KalaState, *runs: Run | None) -> None:
     ready = [run for run in runs if run is not None]
     if ready:
@@ -61,19 +68,29 @@ def _page_number(name: str = "page") -> int:
 # ---------------------------------------------------------------- sign in
 
 
-def login() -> Response | str:
-    token = kala().settings.api_token
-    if not token:
-        return redirect(url_for(".jobs"))
-    error = ""
-    if request.method == "POST":
-        if auth.sign_in(token, request.form.get("token", "")):
-            target = request.args.get("next", "")
-            if not target.startswith(url_for(".jobs")):
-                target = url_for(".jobs")
-            return redirect(target)
-        error = "That is not the API token."
-    return render_template("kala_webui/login.html", error=error), 401 if error else 200
+def login() -> Response | str | tuple[str, int, dict[str, str]]:
+    """The sign-in page; after auth.FAILURES wrong tokens from one address within
+    auth.WINDOW, a 429 until the oldest of them is that old (checked before the token)."""
+    state = kala()
+    with state.sessions.begin() as db:
+        if not auth.token_required(state.settings, db):
+            return redirect(url_for(".jobs"))
+        error, status, headers = "", 200, {}
+        if request.method == "POST":
+            wait = auth.wait_seconds(db)
+            if wait:
+                minutes = max(round(wait / 60), 1)
+                error = (f"Too many wrong tokens from this address: try again in about "
+                         f"{minutes} minute{'s' if minutes != 1 else ''}.")
+                status, headers = 429, {"Retry-After": str(wait)}
+            elif auth.sign_in(state.settings, db, request.form.get("token", "")):
+                target = request.args.get("next", "")
+                if not target.startswith(url_for(".jobs")):
+                    target = url_for(".jobs")
+                return redirect(target)
+            else:
+                error, status = "That is not a token of this server.", 401
+    return render_template("kala_webui/login.html", error=error), status, headers
 
 
 def logout() -> Response:
@@ -230,9 +247,13 @@ def _store(job_id: str | None) -> Response | tuple[str, int]:
         data = wire.decode_job(forms.body_from_form(values, new=job_id is None))
         with _transaction() as session:
             if job_id is None:
+                before: dict[str, Any] = {}
                 job, run = start.create(session, data, state.rules, db_now())
             else:
+                before = audit_log.snapshot(jobs.get_job(session, job_id, lock=True))
                 job, run = start.replace(session, job_id, data, state.rules, db_now())
+            audit_log.job_changed(session, _actor(), "create" if job_id is None else "replace",
+                              before, job)
             saved_id = job.id
     except NotFound:
         abort(404)
@@ -290,12 +311,17 @@ def _act(job_id: str, action: str) -> Response:
     run = None
     try:
         with _transaction() as session:
+            before = audit_log.snapshot(jobs.get_job(session, job_id, lock=True))
             if action == "start":
                 run = start.manual(session, job_id, state.rules, db_now())
-            elif action == "enable":
-                _job, run = start.enable(session, job_id, state.rules, db_now())
+                job = jobs.get_job(session, job_id)
+                audit_log.job_changed(session, _actor(), "start", before, job, run=[None, run.id])
             else:
-                jobs.disable_job(session, job_id)
+                if action == "enable":
+                    job, run = start.enable(session, job_id, state.rules, db_now())
+                else:
+                    job = jobs.disable_job(session, job_id)
+                audit_log.job_changed(session, _actor(), action, before, job)
     except NotFound:
         abort(404)
     except JobError as exc:
@@ -323,6 +349,7 @@ def delete_job(job_id: str) -> Response | str:
         try:
             with _transaction() as session:
                 deleted = jobs.delete_job(session, job_id)
+                audit_log.deleted(session, _actor(), deleted, job_id)
         except NotFound:
             abort(404)
         except Conflict as exc:
@@ -363,6 +390,27 @@ def stats() -> str:
         now=now,
         api_stats_url=f"{kala().url_prefix.rstrip('/')}/stats/",
     )
+
+
+# ---------------------------------------------------------------- audit
+
+
+AUDIT_ROWS = 200
+
+
+def audit() -> str:
+    """The audit trail's newest rows (Decision 32), of one job with ?job=."""
+    job_id = request.args.get("job", "").replace("\x00", "").strip() or None
+    with _transaction() as session:
+        rows = audit_log.entries(session, job_id=job_id, limit=AUDIT_ROWS)
+        session.expunge_all()
+    return render_template("kala_webui/audit.html", rows=rows[::-1], job_id=job_id,
+                           retention=kala().settings.audit_retention)
+
+
+def forbidden(principal: api_auth.Principal, scope: str) -> tuple[str, int]:
+    message = f"The token {principal.name} has not got the {scope} scope this page needs."
+    return render_template("kala_webui/missing.html", message=message), 403
 
 
 def not_found(_exc: Exception) -> tuple[str, int]:
