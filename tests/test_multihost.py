@@ -6,8 +6,10 @@ KALA_WORKER_TIMEOUT, a host cut from PostgreSQL and another from Redis, a beat w
 time and the real time; the history (tests/history.py) is then checked: no occurrence runs
 twice, no command starts more than 1 s early, no run is taken from a live worker, a command
 runs twice only after its worker was cut from the database for longer than the timeout and
-then the late outcome never overwrites the newer one, no run is left open, and every job
-fires again within 60 s of its hosts coming back.
+then the late outcome never overwrites the newer one (and is kept on its own attempt), no
+run is left open, and every job fires again within 60 s of its hosts coming back. Each
+process must also know the database's time (Decision 27 in docs/design.md): those whose
+clock is skewed log their offset, and no other logs one.
 
 Needs root, `ip netns`, `nft`, libfaketime and a C compiler; skips with the reason without."""
 
