@@ -62,6 +62,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--list-jobs", type=size,
                    help="api, dashboard: stored jobs for the list/stats (10k); "
                    "import: jobs moved out of Kala (2k)")
+    g = p.add_argument_group("dashboard")
+    g.add_argument("--dashboard-runs", type=size,
+                   help="stored runs for the charts (1M; smoke: 10k)")
+    g.add_argument("--runs-days", type=float,
+                   help="days the stored runs are spread over (30, KALA_RUN_RETENTION's "
+                   "default; 7: four times as many in the Overview's 24 h)")
     g = p.add_argument_group("vs-kala")
     g.add_argument("--stores", nargs="+", choices=["embedded", "postgresql"],
                    help="kala-celery serve's stores beside Kala (embedded)")

@@ -177,6 +177,16 @@ class Browser:
         self.driver.set_window_size(1366, 900)
         return path
 
+    def shot_of(self, selector: str, name: str, width: int = 1366) -> Path:
+        """A screenshot of one element (a chart's card) at `width`."""
+        from selenium.webdriver.common.by import By
+
+        self.driver.set_window_size(width, 900)
+        path = SHOTS / f"{name}.png"
+        self.driver.find_element(By.CSS_SELECTOR, selector).screenshot(str(path))
+        self.driver.set_window_size(1366, 900)
+        return path
+
     def overflows(self) -> int:
         """How many pixels the page is wider than the window (0 = no horizontal scroll)."""
         return int(self.driver.execute_script(

@@ -282,3 +282,95 @@ def test_with_a_token_the_pages_need_it(browser: Browser, guarded: str) -> None:
     assert b.path.startswith("/webui/login")
     b.open("/webui/")
     assert b.path.startswith("/webui/login")
+
+
+_TABLE = """return Array.from(document.querySelectorAll(
+    'table[data-chart="' + arguments[0] + '"] tbody tr')).map(tr => [tr.dataset.hour,
+    Array.from(tr.querySelectorAll('td')).map(td => [td.dataset.state || '', td.textContent])])"""
+ENDED = ("success", "failed", "lost", "skipped")
+
+
+def _executions(served: str, job_id: str) -> list[dict]:
+    return ours.get(f"{served}/api/v1/job/{job_id}/executions/").json()["job_stats"]
+
+
+def _hour(stamp: str) -> str:
+    return stamp[:13]  # "2026-12-07T06" of the API's RFC 3339 UTC time
+
+
+def test_the_charts_draw_the_runs_the_workers_ran(on_served: Browser, served: str) -> None:
+    """Issue 28: real runs (the serve's beat and worker), drawn by the job's strip and the
+    Overview, bar for bar and count for count as the API lists them; no sideways scroll."""
+    ok = ours.post(f"{served}/api/v1/job/", json={
+        "name": "charted every 2 s", "command": "true",
+        "schedule": f"R2/{future(2)}/PT2S"}).json()["id"]
+    bad = ours.post(f"{served}/api/v1/job/", json={
+        "name": "charted and failing", "command": "exit 3",
+        "schedule": f"R1/{future(2)}/PT2S"}).json()["id"]
+
+    def ended() -> dict[str, list[dict]] | None:
+        runs = {job: _executions(served, job) for job in (ok, bad)}
+        done = all(r["state"] in ENDED for listed in runs.values() for r in listed)
+        return runs if done and len(runs[ok]) == 3 and len(runs[bad]) == 2 else None
+
+    runs = wait_for(ended, 90, "the charted jobs' runs to end")
+    assert [r["state"] for r in runs[ok]] == ["success"] * 3  # type: ignore[index]
+    assert [r["state"] for r in runs[bad]] == ["failed"] * 2  # type: ignore[index]
+
+    b = on_served
+    b.open(f"/webui/job/{ok}/")
+    bars = b.driver.find_elements("css selector", "svg.strip g.bar")
+    assert [(e.get_attribute("data-run"), e.get_attribute("data-state")) for e in bars] == [
+        (r["id"], r["state"]) for r in runs[ok]]  # type: ignore[index]
+    drawn = b.driver.find_elements("css selector", "svg.strip g.bar rect.c-success")
+    assert len(drawn) == 3 and all(r.size["width"] > 0 and r.size["height"] > 0 for r in drawn)
+    heading = b.driver.find_element("css selector", "#history-title").text
+    assert heading == "The last 3 runs"  # R2 is used up: no next runs
+    b.shot("chart-job-real-runs")
+    b.driver.set_window_size(390, 844)
+    assert b.overflows() <= 0, "the job page scrolls sideways at 390 px"
+    b.driver.set_window_size(1366, 900)
+
+    b.follow("Overview")
+    since = b.driver.find_element("css selector", "#runs-chart").get_attribute("data-since")
+
+    def as_listed() -> tuple[dict, int]:
+        """Runs due in the window by hour and state, and the scheduled ones that started,
+        from every job's executions."""
+        counts: dict[str, dict[str, int]] = {}
+        started = 0
+        for job_id in ours.get(f"{served}/api/v1/job/").json()["jobs"]:
+            for r in _executions(served, job_id):
+                if r["scheduled_for"] < since.replace("+00:00", "Z"):
+                    continue
+                by_state = counts.setdefault(_hour(r["scheduled_for"]), {})
+                by_state[r["state"]] = by_state.get(r["state"], 0) + 1
+                started += r["trigger"] == "schedule" and r["state"] in ("success", "failed")
+        return counts, started
+
+    def as_drawn() -> tuple[dict, int]:
+        rows = b.driver.execute_script(_TABLE, "runs-per-minute")
+        counts = {hour: {state: int(n.replace(",", "")) for state, n in cells
+                         if state and n != "0"}
+                  for hour, cells in rows}
+        late = b.driver.execute_script(_TABLE, "lateness-per-minute")
+        return counts, sum(int(cells[0][1].replace(",", "")) for _hour_, cells in late)
+
+    def same() -> bool:
+        b.driver.refresh()
+        return as_drawn() == as_listed()
+
+    wait_for(same, 30, "the Overview to count the runs the API lists")
+    drawn, started = as_drawn()
+    assert drawn == as_listed()[0] and started >= 5
+    assert set(b.driver.execute_script(
+        "return Array.from(document.querySelectorAll('svg.area path')).map(p => p.dataset.state)"
+    )) == {state for by_state in drawn.values() for state in by_state}
+    failing = b.driver.find_element("css selector", f'tr[data-job-id="{bad}"]').text
+    assert "charted and failing" in failing and " 2 " in f" {failing} "
+    b.shot("chart-overview-real-runs")
+    b.driver.set_window_size(390, 844)
+    assert b.overflows() <= 0, "the Overview scrolls sideways at 390 px"
+    b.open("/webui/stats")
+    assert b.overflows() <= 0, "Stats scrolls sideways at 390 px"
+    b.driver.set_window_size(1366, 900)

@@ -1,11 +1,13 @@
-"""The dashboard's layout in a real browser with 10,000 jobs, very long names and output, and a
-phone-sized window: the page itself never scrolls sideways, and every page is screenshotted
-(tests/browser.SHOTS) to be looked at. The app runs in-process on SQLite (no worker needed:
-nothing here runs a job)."""
+"""The dashboard's layout in a real browser with 10,000 jobs, very long names and output, a day
+of runs for the charts, and a phone-sized window: the page itself never scrolls sideways, and
+every page is screenshotted (tests/browser.SHOTS) to be looked at. The app runs in-process on
+SQLite (no worker needed: nothing here runs a job). The `docs-*.png` shots are the ones in
+docs/img/ (copied from SHOTS by hand after a change of the pages)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from tests import openapi_check as ours
 from tests.browser import SHOTS, Browser, start_browser
 from tests.live import LiveServer
 from tests.test_api_jobs import future
-from tests.webdata import insert_jobs, insert_runs
+from tests.webdata import insert_day_of_runs, insert_heartbeats, insert_jobs, insert_runs
 
 LONG_NAME = "nightly-" + "very-long-unbroken-job-name-" * 8 + "end"
 LONG_OWNER = "someone.with.a.really.long.address." * 3 + "@example.com"
@@ -29,7 +31,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     published: list = []
     app = create_app(Settings(data_dir=tmp), publish=published.extend)
     state = app.extensions["kala"]
-    insert_jobs(state.engine, 10_000)
+    ids = insert_jobs(state.engine, 10_000)
+    insert_day_of_runs(state.engine, ids[:360:3], every=timedelta(minutes=10))  # 12 a minute
+    insert_heartbeats(state.engine)
     server = LiveServer(app)
     api = f"{server.url}/api/v1"
     parent = ours.post(f"{api}/job/", json={
@@ -49,7 +53,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                               "expected_response_codes": [200, 202]}}).json()["id"]
     output = "\n".join(f"line {i} of a long output " + "x" * 150 for i in range(200))
     insert_runs(state.engine, parent, 45, output=output)
-    yield {"url": server.url, "parent": parent, "child": child, "remote": remote}
+    charted = ours.post(f"{api}/job/", json={
+        "name": "reports export", "owner": "reports@example.com", "command": "make export",
+        "schedule": f"R/{future()}/PT15M"}).json()["id"]
+    insert_day_of_runs(state.engine, [charted], hours=25)  # 100 runs, 15 minutes apart
+    yield {"url": server.url, "parent": parent, "child": child, "remote": remote,
+           "charted": charted}
     server.stop()
     state.engine.dispose()
 
@@ -72,12 +81,12 @@ def test_the_list_of_10k_jobs_pages_searches_and_filters(browser: Browser) -> No
     b = browser
     b.open("/webui/")
     body = b.text()
-    assert "1\u201350 of 10,003 jobs" in body and "Page 1 of 201" in body
+    assert "1\u201350 of 10,004 jobs" in body and "Page 1 of 201" in body
     b.shot("layout-jobs-10k")
     _narrow(b, "layout-jobs-10k")
     b.driver.set_window_size(1366, 900)
     b.follow("Next")
-    assert "51\u2013100 of 10,003 jobs" in b.text()
+    assert "51\u2013100 of 10,004 jobs" in b.text()
     b.fill("Search", "very-long-unbroken")
     b.click("Filter")
     assert "1\u20131 of 1 job" in b.text()
@@ -118,5 +127,36 @@ def test_the_forms_and_stats_on_a_narrow_window(browser: Browser, site: dict) ->
     _narrow(b, "layout-form-edit-remote")
     b.driver.set_window_size(1366, 900)
     b.open("/webui/stats")
-    assert "10,003" in b.text()
+    assert "10,004" in b.text()
     _narrow(b, "layout-stats")
+
+
+def test_the_charts_fit_a_phone_and_are_shot_for_the_docs(browser: Browser, site: dict) -> None:
+    b = browser
+    b.open("/webui/overview")
+    body = b.text()
+    assert "Runs per minute, by state" in body and "Due → start, per minute" in body
+    assert "celery@worker-2/302" in body and "silent" in body  # a worker gone quiet
+    charts = b.driver.find_elements("css selector", "svg.chart")
+    assert len(charts) == 2 and all(c.size["width"] > 600 and c.size["height"] > 100
+                                    for c in charts)
+    b.shot("docs-overview")
+    _narrow(b, "layout-overview")
+    b.driver.set_window_size(NARROW, 844)
+    b.driver.execute_script("document.getElementById('runs-chart').scrollIntoView()")
+    b.driver.save_screenshot(str(SHOTS / "docs-overview-narrow.png"))
+    b.driver.set_window_size(1366, 900)
+
+    b.open(f"/webui/job/{site['charted']}/")
+    assert "The last 100 runs and the next 5" in b.text()
+    bars = b.driver.find_elements("css selector", "svg.strip g.bar")
+    assert len(bars) == 100
+    b.shot_of("#history", "docs-job-strip")
+    _narrow(b, "layout-job-strip")
+    b.driver.set_window_size(1366, 900)
+
+    b.open("/webui/stats")
+    assert len(b.driver.find_elements("css selector", "svg.chart")) == 2
+    b.driver.set_window_size(1366, 1200)  # Kala's figures and the first chart under them
+    b.driver.save_screenshot(str(SHOTS / "docs-stats.png"))
+    _narrow(b, "layout-stats-charts")

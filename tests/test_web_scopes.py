@@ -112,3 +112,10 @@ def test_wrong_tokens_from_one_address_are_slowed_down_in_every_process(
     with first.extensions["kala"].sessions() as session:
         assert session.scalar(select(func.count()).select_from(SignInFailure)
                               .where(SignInFailure.address == "10.0.0.10")) == 0
+
+
+def test_every_page_names_the_scope_it_needs() -> None:
+    """A page left out of SCOPES would need `admin` (the most guarded): every route says."""
+    from kala_celery.web import OPEN, ROUTES, SCOPES
+
+    assert {endpoint for _path, _methods, endpoint, _view in ROUTES} - OPEN == set(SCOPES)

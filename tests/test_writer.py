@@ -16,6 +16,7 @@ from kala_celery.runs.attempts import Ending, claim, worker_id
 from kala_celery.store.db import Store, store_for
 from kala_celery.store.tables import utcnow
 from kala_celery.tasks import heartbeat
+from kala_celery.tasks import writer as writer_module
 from kala_celery.tasks.writer import Handed, Writer
 from tests.processes import wait_for
 from tests.test_runner_sql import FOREVER, OK, create, job_row, record, run_row
@@ -58,15 +59,18 @@ class Gate:
         self._open.set()     # writer's transaction runs it would break that transaction)
 
 
-class Commits:
-    """Counts the transactions committed on an engine."""
+class Batches:
+    """The sizes of the groups the writer wrote together (a lone end is written alone)."""
 
-    def __init__(self, store: Store) -> None:
-        self.n = 0
-        event.listen(store.engine, "commit", self._count)
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sizes: list[int] = []
+        together = writer_module.end_together
 
-    def _count(self, _conn) -> None:
-        self.n += 1
+        def spy(engine, endings):
+            self.sizes.append(len(endings))
+            return together(engine, endings)
+
+        monkeypatch.setattr(writer_module, "end_together", spy)
 
 
 def hand_all(writer: Writer, endings: list[Ending]) -> None:
@@ -75,15 +79,16 @@ def hand_all(writer: Writer, endings: list[Ending]) -> None:
         writer.hand(Handed(e, heartbeat.keep(e.run.id)))
 
 
-def test_ends_handed_while_the_writer_writes_are_written_together(store, settings) -> None:
+def test_ends_handed_while_the_writer_writes_are_written_together(store, settings,
+                                                                 monkeypatch) -> None:
     job_id = create(store, schedule=FOREVER)
     endings = [ending(store, settings, job_id) for _ in range(10)]
     writer = Writer(store.engine, publish=lambda ids: None)
-    commits = Commits(store)
-    # a lone end is written at once
+    batches = Batches(monkeypatch)
+    # a lone end is written at once, alone
     hand_all(writer, endings[:1])
     wait_for(lambda: run_row(store, endings[0].run.id).state == "success", 10, "a lone end")
-    assert commits.n == 1
+    assert batches.sizes == []
     # the writer is held up with the next end; eight more arrive meanwhile and go in the
     # transaction after it, together
     gate = Gate(store)
@@ -97,7 +102,7 @@ def test_ends_handed_while_the_writer_writes_are_written_together(store, setting
         gate.open()
     wait_for(lambda: all(run_row(store, e.run.id).state == "success" for e in endings), 10,
              "every end")
-    assert commits.n == 3  # 1, then 1, then 8 together
+    assert batches.sizes == [8]  # the one held up went alone, the eight after it together
     assert job_row(store, job_id).success_count == 10
     writer.flush()
     assert not any(e.run.id in heartbeat._running for e in endings)

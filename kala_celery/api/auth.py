@@ -9,9 +9,11 @@ document), and the audit Actor of a change (Decision 32).
 from __future__ import annotations
 
 import hmac
+import time
 from dataclasses import dataclass
 
 from flask import Response, g, request
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from kala_celery.api.http import error_response
@@ -62,6 +64,27 @@ def identify(settings: Settings, session: Session, given: str) -> Principal | No
     if not settings.api_token and not tokens.any_token(session):
         return OPEN  # no token configured at all: as before tokens existed
     return None
+
+
+# An API with no token at all (no KALA_API_TOKEN, no named token) is open; asking the store
+# whether a named token exists was a second transaction on every request (13 % of a create).
+# The answer "none" is trusted for OPEN_RECHECK seconds: a first token made by another
+# process (`kala-celery token create`; an open API makes none itself) closes the API within
+# that time.
+OPEN_RECHECK = 1.0
+_seen_open: dict[str, float] = {}
+
+
+def known_open(settings: Settings, engine: Engine) -> bool:
+    """No token existed in this store less than OPEN_RECHECK seconds ago."""
+    if settings.api_token:
+        return False
+    seen = _seen_open.get(str(engine.url))
+    return seen is not None and time.monotonic() - seen < OPEN_RECHECK
+
+
+def seen_open(engine: Engine) -> None:
+    _seen_open[str(engine.url)] = time.monotonic()
 
 
 def unauthorized() -> Response:

@@ -85,6 +85,8 @@ def build_blueprint(name: str = "kala") -> Blueprint:
     def conventions(state: KalaState) -> Response | None:
         given = auth.bearer()
         principal = auth.identify_fast(state.settings, given)
+        if principal is None and not given and auth.known_open(state.settings, state.engine):
+            principal = auth.OPEN  # no token anywhere a moment ago: no read per request
         if principal is None and state.settings.api_token and not given:
             return auth.unauthorized()
         if principal is None or http.routing_response() is None:
@@ -95,6 +97,8 @@ def build_blueprint(name: str = "kala") -> Blueprint:
             try:
                 with state.sessions() as session:
                     principal = auth.identify(state.settings, session, given)
+                if principal is auth.OPEN:
+                    auth.seen_open(state.engine)
             except SQLAlchemyError as exc:
                 return database_down(exc)
             if principal is None:

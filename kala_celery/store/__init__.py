@@ -7,6 +7,7 @@
 - jobs: the job rules (create, replace, delete with its cascade, enable, stats);
 - links: the links between jobs, and the checks a change of links passes;
 - history: reads of run history (a job's stats, pages of runs, NextKala's status callback);
+- activity: the last 24 h of runs grouped for the dashboard's charts;
 - bulk: statements over a batch of rows (PostgreSQL arrays, SQLite executemany);
 - tokens: named API tokens with scopes; audit: the audit trail; sign_in: the dashboard's
   wrong sign-ins by address.

@@ -212,6 +212,9 @@ class Run(Base):
     __table_args__ = (
         Index("ix_runs_job_created", "job_id", "created_at"),
         Index("ix_runs_state", "state", "created_at"),
+        # The dashboard's charts (store/activity.py): the runs due in a window, with every
+        # column their GROUP BY reads (migration 0008).
+        Index("ix_runs_due", "scheduled_for", "state", "trigger", "started_at", "job_id"),
         # The last guard against a scheduled occurrence being dispatched twice.
         Index(
             "uq_runs_scheduled_occurrence",

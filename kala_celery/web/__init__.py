@@ -6,9 +6,10 @@ end in `/api/v1` gets `/webui` appended (`/scheduler` -> `/scheduler/webui/`). T
 be mounted at `/` itself then: its conventions (token, route misses) cover every path under its
 prefix.
 
-Modules: views (the pages' handlers), queries (their reads), forms (a form is a Kala JSON
-body), describe (schedules in words), auth (token login and its scopes, the sign-in's slowing
-down, CSRF); the routes are ROUTES below, the scope each needs SCOPES.
+Modules: views (the pages' handlers), queries (their reads), charts (SVG drawn on the server),
+forms (a form is a Kala JSON body), describe (schedules in words), auth (token login and its
+scopes, the sign-in's slowing down, CSRF); the routes are ROUTES below, the scope each needs
+SCOPES.
 May import everything below it (api's state and previews included); never webapp or ops.
 """
 
@@ -35,6 +36,7 @@ ROUTES = [
     ("/logout", ["POST"], "logout", views.logout),
     ("/new", ["GET", "POST"], "new", views.new_job),
     ("/preview", ["GET"], "preview", views.preview),
+    ("/overview", ["GET"], "overview", views.overview),
     ("/stats", ["GET"], "stats", views.stats),
     ("/job/<job_id>/", ["GET"], "job", views.job_page),
     ("/job/<job_id>/edit", ["GET", "POST"], "edit", views.edit_job),
@@ -49,6 +51,7 @@ OPEN = frozenset({"login", "static"})  # endpoints that need no token
 # reading is `read`, start/enable/disable `run`, the form and delete `write`, the audit
 # trail `admin`.
 SCOPES = {"jobs": "read", "logout": "any", "new": "write", "preview": "read", "stats": "read",
+          "overview": "read",
           "job": "read", "edit": "write", "start": "run", "enable": "run", "disable": "run",
           "delete": "write", "audit": "admin"}
 
@@ -122,6 +125,7 @@ def build_blueprint() -> Blueprint:
         return {
             "csrf_token": auth.csrf_token,
             "when": describe.when,
+            "ago": describe.ago,
             "duration": describe.duration,
             "size": describe.size,
             "readable": describe.readable,

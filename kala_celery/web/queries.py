@@ -1,6 +1,7 @@
 """Read-only queries the dashboard needs and the API has no route for: one page of the job
 list (search, state filter), the latest run of each job on that page, a job's runs newest
-first, and a few run counts for the stats page. Writes go through
+first (and the columns of its last 100 for its chart), and the newest failures for the stats
+page. The charts' aggregates are kala_celery/store/activity.py's. Writes go through
 kala_celery/store/jobs.py."""
 
 from __future__ import annotations
@@ -123,40 +124,30 @@ def runs_newest_first(
     return list(runs), total or 0
 
 
+def chart_runs(session: Session, job_id: str, *, limit: int = 100) -> list[Any]:
+    """The job's newest `limit` runs, only the columns its chart draws (not the output)."""
+    return list(session.execute(
+        select(Run.id, Run.state, Run.trigger, Run.scheduled_for, Run.started_at,
+               Run.duration_ns)
+        .where(Run.job_id == job_id)
+        .order_by(Run.created_at.desc(), Run.id.desc())
+        .limit(limit)
+    ).all())
+
+
 def names_of(session: Session, job_ids: list[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     return dict(session.execute(select(Job.id, Job.name).where(Job.id.in_(job_ids))).all())
 
 
-@dataclass(frozen=True)
-class RunCounts:
-    in_flight: int
-    failed_24h: int
-    finished_24h: int
-    recent_failures: list[Any]  # (run, job name)
-
-
-def run_counts(session: Session, now: datetime, *, recent: int = 10) -> RunCounts:
+def recent_failures(session: Session, now: datetime, *, recent: int = 10) -> list[Any]:
+    """The newest failed or lost runs created in the last 24 h, with their job's name."""
     since = now - timedelta(hours=24)
-    in_flight = session.scalar(
-        select(func.count()).select_from(Run).where(Run.state.in_(IN_FLIGHT))
-    )
-    failed = session.scalar(
-        select(func.count())
-        .select_from(Run)
-        .where(Run.state.in_(FAILED), Run.created_at >= since)
-    )
-    finished = session.scalar(
-        select(func.count())
-        .select_from(Run)
-        .where(Run.state.in_((*FAILED, "success")), Run.created_at >= since)
-    )
-    failures = session.execute(
+    return list(session.execute(
         select(Run, Job.name)
         .join(Job, Job.id == Run.job_id)
         .where(Run.state.in_(FAILED), Run.created_at >= since)
         .order_by(Run.created_at.desc())
         .limit(recent)
-    ).all()
-    return RunCounts(in_flight or 0, failed or 0, finished or 0, list(failures))
+    ).all())

@@ -29,12 +29,12 @@ from kala_celery.api import auth as api_auth
 from kala_celery.api.state import KalaState, kala
 from kala_celery.errors import INIT_ERROR, Conflict, JobError, NotFound
 from kala_celery.runs import start
+from kala_celery.store import activity, jobs, links
 from kala_celery.store import audit as audit_log
-from kala_celery.store import jobs, links
 from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import DatabaseAway
 from kala_celery.store.tables import JOB_CELERY_TASK, JOB_REMOTE, Run
-from kala_celery.web import auth, describe, forms, queries
+from kala_celery.web import auth, charts, describe, forms, queries
 
 log = logging.getLogger(__name__)
 JOBS_PER_PAGE = 50
@@ -195,6 +195,7 @@ def job_page(job_id: str) -> str:
         )
         in_flight = any(run.state in queries.IN_FLIGHT for run in runs)
         zone = describe.zone_or_utc(job.timezone, state.settings.timezone)
+        recent = [charts.StripRun(*row) for row in queries.chart_runs(session, job_id)]
         session.expunge_all()
     return render_template(
         "kala_webui/job.html",
@@ -205,6 +206,10 @@ def job_page(job_id: str) -> str:
         names=names,
         occurrences=[describe.when(t, zone, now=now) for t in occurrences],
         occurrence_note=note,
+        strip=charts.run_strip(recent, occurrences, now, zone),
+        recent=recent,
+        zone=zone,
+        seconds_words=charts.seconds_words,
         runs=runs,
         runs_total=total,
         runs_page=page,
@@ -373,22 +378,62 @@ def delete_job(job_id: str) -> Response | str:
 # ---------------------------------------------------------------- stats
 
 
+def _overview(session: Session, now: Any) -> dict[str, Any]:
+    """What the overview shows (on its page and on Stats): the last 24 h of runs as charts,
+    runs in flight, the jobs failing most, the beats and workers."""
+    settings = kala().settings
+    zone = describe.zone_or_utc(None, settings.timezone)
+    window = activity.Window.ending(now)
+    seen = activity.activity(session, window)
+    hours = seen.hours()
+    whole = [sum(h[b] for h in seen.lateness) for b in range(len(activity.LATENESS_BUCKETS) + 1)]
+    return {
+        "window": window,
+        "activity": seen,
+        "zone": zone,
+        "runs_chart": charts.runs_per_minute(seen, zone, now, hours),
+        "late_chart": charts.lateness_per_minute(seen, zone, now, hours),
+        "states": [s for s in charts.STATES if any(seen.by_state.get(s, ()))],
+        "hours": hours,
+        "due_24h": sum(hour.total for hour in hours),
+        "failed_due_24h": sum(sum(seen.by_state.get(s, ())) for s in activity.FAILED),
+        "p50_24h": activity.histogram_quantile(0.5, whole),
+        "p99_24h": activity.histogram_quantile(0.99, whole),
+        "in_flight": activity.in_flight(session),
+        "failing": activity.failing_most(session, window),
+        "heartbeats": activity.heartbeats(session),
+        "silence": settings.worker_silence,
+        "state_words": charts.STATE_WORDS,
+        "seconds_words": charts.seconds_words,
+        "share": charts.share,
+    }
+
+
+def overview() -> str:
+    now = db_now()
+    with _transaction() as session:
+        shown = _overview(session, now)
+    return render_template("kala_webui/overview.html", now=now, **shown)
+
+
 def stats() -> str:
     now = db_now()
     with _transaction() as session:
         figures = jobs.app_stats(session)
-        counts = queries.run_counts(session, now)
+        failures = queries.recent_failures(session, now)
+        shown = _overview(session, now)
         session.expunge_all()
     return render_template(
         "kala_webui/stats.html",
         figures=figures,
-        counts=counts,
+        failures=failures,
         next_run=describe.when(figures.next_run_at, now=now),
         next_in=describe.ago(figures.next_run_at, now),
         last_attempt=describe.when(figures.last_attempted_run, now=now),
         last_ago=describe.ago(figures.last_attempted_run, now),
         now=now,
         api_stats_url=f"{kala().url_prefix.rstrip('/')}/stats/",
+        **shown,
     )
 
 
