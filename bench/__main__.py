@@ -19,6 +19,7 @@ MODULES = {
     "throughput": "bench.throughput",
     "ceiling": "bench.ceiling",
     "chaos": "bench.chaos",
+    "partitions": "bench.partitions",
     "dashboard": "bench.dashboard",
     "metrics": "bench.metrics",
     "import": "bench.importer",
@@ -72,7 +73,8 @@ def parser() -> argparse.ArgumentParser:
                    help="kala-celery serve's stores beside Kala (embedded)")
     g = p.add_argument_group("scale")
     g.add_argument("--scale-jobs", type=size, help="jobs every minute (10k; smoke: 60)")
-    g.add_argument("--minutes", type=int, help="minutes of the run (10; smoke: one 10 s period)")
+    g.add_argument("--minutes", type=int, help="scale, partitions: minutes of the run (10; "
+                   "smoke: scale one 10 s period, partitions 20 s)")
     g = p.add_argument_group("chaos")
     g.add_argument("--workers", type=int, help="celery workers (3; smoke: 2)")
     g.add_argument("--beats", type=int, help="celery beats (2)")
@@ -81,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
                    help="kinds of fault in the plan (all but postgres-down: stopped for 10 s)")
     g.add_argument("--keep", action="store_true",
                    help="keep the logs and runs.csv also when every check passed")
+    g = p.add_argument_group("partitions")
+    g.add_argument("--no-skew", action="store_true",
+                   help="every clock right (default: h1's beat 30 s fast, h2's worker 45 s slow)")
     g = p.add_argument_group("metrics")
     g.add_argument("--metric-jobs", type=size, help="stored jobs (1M; smoke: 1k)")
     g.add_argument("--metric-runs", type=size, help="stored runs (10M; smoke: 10k)")

@@ -14,7 +14,8 @@ have_chromium() {
 }
 
 # Debian package names of what is missing: the servers the tests start, the browser the
-# dashboard's tests drive (tests/browser.py), and Prometheus for the alerting rules.
+# dashboard's tests drive (tests/browser.py), Prometheus for the alerting rules, and the
+# network and clock tools of the multi-host tests.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 have_initdb || missing+=(postgresql)
@@ -22,6 +23,12 @@ have_chromium || missing+=(chromium chromium-driver fonts-dejavu-core)  # fonts:
 # promtool and prometheus: the shipped alerting rules' tests (tests/test_alert_rules.py)
 { command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } ||
     missing+=(prometheus)
+# The multi-host tests (tests/multihost.py): network namespaces (`ip`), partitions (`nft`),
+# skewed clocks (libfaketime, and a C compiler for its sleep shim)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || missing+=(faketime)
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
