@@ -43,7 +43,7 @@ LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 _COUNTS = select(
     MetricCount.series, MetricCount.label, func.sum(MetricCount.n), func.sum(MetricCount.total)
-).group_by(MetricCount.series, MetricCount.label)
+).where(MetricCount.series != "changes").group_by(MetricCount.series, MetricCount.label)
 _OPEN = (
     select(Run.state, func.count())
     .where(Run.state.in_(OPEN))

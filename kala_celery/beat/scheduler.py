@@ -29,6 +29,7 @@ from kala_celery.runs import attempts, heartbeats, sweep
 from kala_celery.runs.publish import CeleryPublisher
 from kala_celery.schedule import ScheduleError, parse_plain_duration
 from kala_celery.store import audit
+from kala_celery.store import version as store_version
 from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import Store, read_sessions, store_for
 from kala_celery.store.jobs import Rules, rearm
@@ -230,6 +231,8 @@ class KalaScheduler(Scheduler):
         self._rearm(now)
         self._prune(now - parse_plain_duration(settings.run_retention))
         self._prune_audit(now - parse_plain_duration(settings.audit_retention))
+        with engine.begin() as conn:
+            store_version.fold(conn)  # the store version's rows, one per transaction, as one
         with engine.begin() as conn:
             heartbeats.record_beat(conn, self.name, now)
         heartbeats.prune_workers(engine, now - FORGET_WORKERS)

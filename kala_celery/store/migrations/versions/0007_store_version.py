@@ -11,8 +11,12 @@ is_done, last_attempted_run): those statements end or start a run, which the cou
 already count, so a run that succeeds at once pays nothing more for the version.
 
 On PostgreSQL the triggers are per statement (a bulk insert or delete, or the beat's claim of
-500 jobs, adds once), in 16 shards by backend so concurrent writers do not queue on one row;
-on SQLite per row (it has one writer at a time).
+500 jobs, adds once), each transaction to a row of its own (label = its transaction id), so
+no writer ever waits for another's count: a count kept in shared rows is held until commit,
+and a long transaction holding one (500 manual starts, an apply) deadlocked with workers'
+claims waiting for it while holding the job rows it wanted. The beat folds committed rows
+into one (store/version.py). On SQLite the triggers are per row on one row (it has one
+writer at a time).
 
 The Decisions cited are those of docs/design.md.
 
@@ -30,7 +34,6 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-SHARDS = 16  # as 0002
 UPSERT_TAIL = (
     " ON CONFLICT (series, label, shard) DO UPDATE"
     " SET n = metric_counts.n + excluded.n, total = metric_counts.total + excluded.total"
@@ -48,9 +51,9 @@ LINKED = "parent_id, child_id, position"
 OTHER_START = "OLD.started_at IS NULL AND NEW.started_at IS NOT NULL AND NEW.trigger <> 'schedule'"
 
 _POSTGRESQL = [
-    f"""CREATE OR REPLACE FUNCTION kala_count_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    """CREATE OR REPLACE FUNCTION kala_count_change() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        PERFORM kala_count('changes', '', pg_backend_pid() & {SHARDS - 1}, 1, 0);
+        PERFORM kala_count('changes', txid_current()::text, 0, 1, 0);
         RETURN NULL;
     END $$""",
     "CREATE TRIGGER kala_change_jobs AFTER INSERT OR DELETE ON jobs FOR EACH STATEMENT "
