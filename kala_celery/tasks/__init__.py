@@ -120,8 +120,10 @@ def run_job(self, run_id: str, job_id: str | None = None) -> None:
     settings = settings_of(self.app)
     store = _store(settings)
     hostname = self.request.hostname or socket.gethostname()
-    # A run whose chain continues writes its end before returning: the next link reads it.
-    hand = None if self.request.chain else _hand_to_writer(self.app, store, run_id)
+    # On SQLite a run's end goes to the process's writer (Decision 29), but not a run whose
+    # chain continues: the next link reads its recorded end.
+    writes_later = store.engine.dialect.name == "sqlite" and not self.request.chain
+    hand = _hand_to_writer(self.app, store, run_id) if writes_later else None
     try:
         heartbeat.ensure(
             store.engine, worker_id(hostname), settings.worker_silence.total_seconds() / 6

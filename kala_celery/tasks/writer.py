@@ -1,4 +1,5 @@
-"""The ends of runs, written by one thread per worker process (docs/design.md Decision 29).
+"""The ends of runs, written by one thread per worker process (docs/design.md Decision 29), on
+the embedded SQLite store (on PostgreSQL a task writes its own end: see the Decision).
 
 A run's task hands its end (state, outcome, counters) to this process's writer and returns:
 the worker takes its next message while the end is written. The writer takes every end that
