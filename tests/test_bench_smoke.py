@@ -58,8 +58,7 @@ def test_every_bench_suite_runs_in_smoke_mode(tmp_path: Path) -> None:
         assert "Traceback" not in output, output[-6000:]
 
 
-@pytest.mark.serial  # namespaces, partitions and skewed clocks: alone, like tests/test_multihost
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(240)  # its numbers are not checked: in the parallel part, as the others
 def test_bench_partitions_runs_in_smoke_mode() -> None:
     """20 s of random partitions on the multi-host harness, then the history check. Whether
     the checks pass is tests/test_multihost.py's to assert; here the suite must run, print

@@ -11,7 +11,8 @@ run is left open, and every job fires again within 60 s of its hosts coming back
 process must also know the database's time (Decision 27 in docs/design.md): those whose
 clock is skewed log their offset, and no other logs one.
 
-Needs root, `ip netns`, `nft`, libfaketime and a C compiler; skips with the reason without."""
+Needs root, `ip netns` and `nft` (skips with the reason without); the skewed clocks also need
+libfaketime and a C compiler (without them the clocks stay true)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from tests.multihost import Cluster, JobSpec, Machines, deadline_passed
 from tests.processes import wait_for
 
 # seconds-long bounds on a shared box: alone, after the parallel part (scripts/test.sh)
-pytestmark = [pytest.mark.serial, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.serial, pytest.mark.timeout(420)]
 
 TIMEOUT = 8  # KALA_WORKER_TIMEOUT, seconds: short so that a partition longer than it is short
 ENV = {"KALA_WORKER_TIMEOUT": f"PT{TIMEOUT}S", "KALA_REDELIVER_AFTER": "PT5S"}
@@ -106,39 +107,26 @@ def assert_kept(history: History, cluster: Cluster, skews: dict[str, int] | None
     assert set(skews) <= set(claims), f"a skewed process did not say so: {claims}; {where}"
 
 
-def test_a_host_whose_link_is_down_longer_than_the_worker_timeout(cluster: Cluster) -> None:
-    cluster.start(LAYOUT, api="h3")
-    cluster.create(JOBS)
-    cluster.wait_runs(3, after=time.time(), timeout=60)
-    back = cut_while_running(cluster, {"h2": LINK_DOWN}, taken_from="h2")
-    cluster.wait_runs(2, after=back, timeout=60)
-    cluster.wait_runs(1, after=back, timeout=60, host="h2")  # its worker takes part again
-    history = cluster.finish()
-    assert_kept(history, cluster)
-
-
-def test_a_host_cut_from_postgresql_and_another_cut_from_redis(cluster: Cluster) -> None:
-    cluster.start(LAYOUT, api="h3")
-    cluster.create(JOBS)
-    cluster.wait_runs(3, after=time.time(), timeout=60)
-    back = cut_while_running(cluster, {"h2": CUT_POSTGRES, "h3": CUT_REDIS}, taken_from="h2")
-    cluster.wait_runs(2, after=back, timeout=60)
-    for host in ("h2", "h3"):
-        cluster.wait_runs(1, after=back, timeout=60, host=host)
-    assert_kept(cluster.finish(), cluster)
-
-
-def test_a_fast_beat_and_a_slow_worker_change_nothing(cluster: Cluster) -> None:
-    """The issue's run: one beat 30 s fast, one worker 45 s slow; then the fast beat's host
-    is cut off (it must not have moved the jobs' next runs ahead)."""
+def test_cuts_and_skewed_clocks_leave_the_guarantee_whole(cluster: Cluster) -> None:
+    """One cluster through the issue's faults in turn (one start and one history check: the
+    suite's time is bounded): h1's beat 30 s fast and h2's worker 45 s slow from the start;
+    h2's link down longer than the worker timeout; h2 cut from PostgreSQL while h3 is cut
+    from Redis; then the fast beat's host cut off (it must not have moved the jobs' next runs
+    ahead). Without libfaketime or a C compiler the clocks stay true and the cuts still run."""
     try:
-        cluster.machines.clocks  # noqa: B018 - made here: a skip names what is missing
+        cluster.machines.clocks  # noqa: B018 - made here: missing tools mean no skew
+        skews = {"h1 beat": 30, "h2 worker": -45}
     except multihost.MultihostUnavailable as exc:
-        pytest.skip(str(exc))
-    skews = {"h1 beat": 30, "h2 worker": -45}
+        print(f"clocks not skewed: {exc}")
+        skews = {}
     cluster.start(LAYOUT, skews=skews, api="h3")
     cluster.create(JOBS)
     cluster.wait_runs(5, after=time.time(), timeout=90)
+    back = cut_while_running(cluster, {"h2": LINK_DOWN}, taken_from="h2")
+    cluster.wait_runs(1, after=back, timeout=60, host="h2")  # its worker takes part again
+    back = cut_while_running(cluster, {"h2": CUT_POSTGRES, "h3": CUT_REDIS}, taken_from="h2")
+    for host in ("h2", "h3"):
+        cluster.wait_runs(1, after=back, timeout=60, host=host)
     back = cut_while_running(cluster, {"h1": LINK_DOWN}, taken_from="h1")
     cluster.wait_runs(2, after=back, timeout=60)
     assert_kept(cluster.finish(), cluster, skews)
