@@ -56,25 +56,3 @@ def test_every_bench_suite_runs_in_smoke_mode(tmp_path: Path) -> None:
         assert f"### {suite} (smoke, tiny N)" in output, output[-6000:]
         assert "- machine: " in output and "- command: `python -m bench " in output
         assert "Traceback" not in output, output[-6000:]
-
-
-@pytest.mark.timeout(240)  # its numbers are not checked: in the parallel part, as the others
-def test_bench_partitions_runs_in_smoke_mode() -> None:
-    """20 s of random partitions on the multi-host harness, then the history check. Whether
-    the checks pass is tests/test_multihost.py's to assert; here the suite must run, print
-    them and stop everything it started."""
-    from tests import multihost
-
-    reason = multihost.unavailable()
-    if reason:
-        pytest.skip(reason)
-    done = subprocess.run([sys.executable, "-m", "bench", "partitions", "--smoke"], cwd=REPO,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=220)
-    output = done.stdout + done.stderr
-    assert done.returncode in (0, 1), output[-6000:]  # 1: a check failed (shown below)
-    assert "### partitions (smoke, tiny N)" in output, output[-6000:]
-    assert "partitions: history check" in output and "no run left open" in output
-    assert "Traceback" not in output, output[-6000:]
-    assert multihost.PREFIX not in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                                  text=True).stdout  # all of it removed
