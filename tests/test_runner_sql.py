@@ -13,7 +13,8 @@ from sqlalchemy import event, select, update
 
 from kala_celery.config import Settings
 from kala_celery.runs import dispatch
-from kala_celery.runs.attempts import abandon, worker_id
+from kala_celery.runs.attempts import abandon
+from kala_celery.runs.heartbeats import worker_id
 from kala_celery.runs.outcome import Outcome
 from kala_celery.store import jobs
 from kala_celery.store.db import Store, store_for

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import event
 
 from kala_celery.config import Settings
-from kala_celery.runs.attempts import Ending, claim, worker_id
+from kala_celery.runs.attempts import Ending, claim
+from kala_celery.runs.heartbeats import worker_id
 from kala_celery.store.db import Store, store_for
 from kala_celery.store.tables import utcnow
 from kala_celery.tasks import heartbeat

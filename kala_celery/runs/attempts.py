@@ -27,7 +27,6 @@ below), so a run is two round trips to the database instead of eight.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache, lru_cache
@@ -49,8 +48,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kala_celery import schedule
 from kala_celery.config import Settings
-from kala_celery.runs import dispatch, parents
+from kala_celery.runs import dispatch, heartbeats, parents
 from kala_celery.runs.outcome import Outcome, tail
+from kala_celery.runs.retry import RetryPolicy
 from kala_celery.schedule import occurrences
 from kala_celery.store.db import begin_write, engine_of
 from kala_celery.store.tables import (
@@ -92,62 +92,6 @@ def _run_info(row: Any) -> RunInfo:
 def _job_of(row: Any, offset: int = 0) -> JobRecord:
     """The job columns of `row` as attributes (cheaper than a detached ORM Job)."""
     return SimpleNamespace(**dict(zip(_JOB_KEYS, row[offset:], strict=True)))
-
-
-# ---------------------------------------------------------------- policy
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """docs/design.md Decision 7: `retries` extra attempts, `retry_delay` (doubling with
-    `retry_backoff`), and no attempt starting after scheduled_for + epsilon (for scheduled
-    runs)."""
-
-    attempts: int
-    delay: timedelta
-    backoff: bool
-    deadline: datetime | None
-
-    @classmethod
-    def of(cls, job: JobRecord, run: Run | RunInfo, settings: Settings) -> RetryPolicy:
-        deadline = None
-        if run.trigger == "schedule" and (job.schedule or job.cron) and job.epsilon:
-            zone = schedule.resolve_zone(job.timezone, settings.timezone)
-            epsilon = schedule.parse_epsilon(job.epsilon)
-            if epsilon is not None:
-                deadline = epsilon.add_to(run.scheduled_for, zone)
-        delay = schedule.parse_plain_duration(job.retry_delay) if job.retry_delay else timedelta()
-        return cls(job.retries + 1, delay, job.retry_backoff, deadline)
-
-    def may_start(self, now: datetime) -> bool:
-        return self.deadline is None or now <= self.deadline
-
-    def wait_after(self, failed_attempts: int) -> float:
-        seconds = self.delay.total_seconds()
-        if self.backoff:
-            seconds *= 2 ** (failed_attempts - 1)
-        return seconds
-
-
-# ---------------------------------------------------------------- worker identity
-
-
-def worker_id(hostname: str) -> str:
-    return f"{hostname}/{os.getpid()}"
-
-
-def _died_here(worker: str | None, hostname: str) -> bool:
-    """The run's worker process was on this host and is gone (killed mid-run)."""
-    host, _, pid = (worker or "").rpartition("/")
-    if host != hostname or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 # ---------------------------------------------------------------- SQL steps
@@ -459,7 +403,7 @@ def _claim_from_the_dead(
     state, worker, attempts, due = current
     if state == "sent" and due is not None and due > now + EARLY_TOLERANCE:
         return NotYet((due - now).total_seconds())
-    if state != "started" or not _died_here(worker, hostname):
+    if state != "started" or not heartbeats.died_here(worker, hostname):
         log.info("run %s is %s already; delivery ignored", run_id, state)
         return None
     error = f"worker {worker} died during attempt {attempts}"
@@ -562,44 +506,34 @@ def _done(job: JobRecord, settings: Settings) -> tuple[str, int | None]:
     return ("child" if total is None else "total"), total
 
 
-def end(
-    engine: Engine,
-    run: RunInfo,
-    job: JobRecord,
-    me: str,
-    state: str,
-    outcome: Outcome,
-    settings: Settings,
-    now: datetime,
-    *,
-    failed_attempt: bool = False,
-    attempts: int | None = None,
-    job_untouched: bool = False,
-) -> list[str] | None:
-    """A worker's `finish`, in a transaction of its own. On PostgreSQL the usual end (the run
-    and its job's counters, nothing else to record: no child waiting for all its parents, no
-    on-failure job) is one statement; anything else, or an end that did not happen there,
-    goes through `finish`, which decides as always."""
-    simple = not job_untouched and not (state in ("failed", "lost") and job.on_failure_job)
-    if simple and engine.dialect.name == "postgresql":
-        done, total = _done(job, settings)
-        params = {**_end_params(run, me, state, outcome, now), "p_job": job.id,
-                  "p_total": total, "p_attempts": attempts}
-        statement = _end_in_one(state, failed_attempt, done, attempts is not None)
-        with engine.connect() as conn:
-            if conn.execution_options(**_AUTOCOMMIT).execute(statement, params).first():
-                return []
-    with begin_write(engine) as conn:
-        return finish(conn, run, job, me, state, outcome, settings, now,
-                      failed_attempt=failed_attempt, attempts=attempts,
-                      job_untouched=job_untouched)
+def end_in_one(conn: Connection, e: Ending) -> bool:
+    """The usual end on PostgreSQL, in its one statement on `conn`: the run and its job's
+    counters, when there is nothing else to record (no child waiting for all its parents, no
+    on-failure job). False when it is not that end, or did not happen there: `finish`
+    decides it then, as always."""
+    if conn.dialect.name != "postgresql" or e.job_untouched or (
+            e.state in ("failed", "lost") and e.job.on_failure_job):
+        return False
+    done, total = _done(e.job, e.settings)
+    params = {**_end_params(e.run, e.me, e.state, e.outcome, e.now), "p_job": e.job.id,
+              "p_total": total, "p_attempts": e.attempts}
+    statement = _end_in_one(e.state, e.failed_attempt, done, e.attempts is not None)
+    return conn.execute(statement, params).first() is not None
+
+
+def finish_ending(conn: Connection, e: Ending) -> list[str] | None:
+    """`finish` for an Ending, on `conn` (the caller's transaction)."""
+    return finish(conn, e.run, e.job, e.me, e.state, e.outcome, e.settings, e.now,
+                  failed_attempt=e.failed_attempt, attempts=e.attempts,
+                  job_untouched=e.job_untouched)
 
 
 @dataclass(frozen=True)
 class Ending:
-    """A worker's end of a run, as `end` takes it, to be written with others (`end_together`)."""
+    """A worker's end of a run: the run (with the attempt the worker holds, Decision 28), its
+    job, the new state and outcome, and how to count it (see `finish`)."""
 
-    run: RunInfo  # with the attempt the worker holds (Decision 28)
+    run: RunInfo
     job: JobRecord
     me: str
     state: str
@@ -611,29 +545,15 @@ class Ending:
     job_untouched: bool = False
 
 
-def end_together(engine: Engine, endings: list[Ending]) -> list[list[str] | None]:
-    """The ends of several runs in one transaction (docs/design.md Decision 29): what `end`
-    returns for each, in order. Each end is its own compare-and-set, decided as `end` decides
-    it (on PostgreSQL the usual end is its one statement, inside the transaction); a failure
-    rolls back all of them, and the caller writes them one by one."""
-    postgresql = engine.dialect.name == "postgresql"
-    results: list[list[str] | None] = []
+def end(engine: Engine, e: Ending) -> list[str] | None:
+    """A worker's `finish`, in a transaction of its own; on PostgreSQL the usual end is one
+    statement outside a transaction block (`end_in_one`)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            if end_in_one(conn.execution_options(**_AUTOCOMMIT), e):
+                return []
     with begin_write(engine) as conn:
-        for e in endings:
-            simple = not e.job_untouched and not (
-                e.state in ("failed", "lost") and e.job.on_failure_job)
-            if simple and postgresql:
-                done, total = _done(e.job, e.settings)
-                params = {**_end_params(e.run, e.me, e.state, e.outcome, e.now),
-                          "p_job": e.job.id, "p_total": total, "p_attempts": e.attempts}
-                statement = _end_in_one(e.state, e.failed_attempt, done, e.attempts is not None)
-                if conn.execute(statement, params).first():
-                    results.append([])
-                    continue
-            results.append(finish(conn, e.run, e.job, e.me, e.state, e.outcome, e.settings,
-                                  e.now, failed_attempt=e.failed_attempt, attempts=e.attempts,
-                                  job_untouched=e.job_untouched))
-    return results
+        return finish_ending(conn, e)
 
 
 def finish(

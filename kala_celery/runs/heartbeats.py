@@ -5,6 +5,7 @@ reads to take a run from a dead worker (KALA_WORKER_TIMEOUT), and what `health` 
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,25 @@ from kala_celery.store.tables import (
 _runs = Run.__table__
 
 HEARTBEAT_MARGIN = timedelta(seconds=1)  # clock steps between a claim and a heartbeat
+
+
+def worker_id(hostname: str) -> str:
+    """A worker process's name in runs and heartbeats: its host and pid."""
+    return f"{hostname}/{os.getpid()}"
+
+
+def died_here(worker: str | None, hostname: str) -> bool:
+    """The run's worker process was on this host and is gone (killed mid-run)."""
+    host, _, pid = (worker or "").rpartition("/")
+    if host != hostname or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _upsert(conn: Connection, table: Any, values: dict[str, Any], update: tuple[str, ...]) -> None:

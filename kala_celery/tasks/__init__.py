@@ -22,7 +22,8 @@ from sqlalchemy import Engine
 
 from kala_celery.celery_app import RUN_TASK, settings_of
 from kala_celery.config import Settings
-from kala_celery.runs.attempts import Ending, worker_id
+from kala_celery.runs.attempts import Ending
+from kala_celery.runs.heartbeats import worker_id
 from kala_celery.runs.publish import CeleryPublisher
 from kala_celery.runs.sweep import reopen
 from kala_celery.store.clock import now as db_now

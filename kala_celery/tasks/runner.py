@@ -24,16 +24,16 @@ from kala_celery.runs.attempts import (
     Ending,
     JobRecord,
     NotYet,
-    RetryPolicy,
     RunInfo,
     claim,
     next_attempt,
     release,
     supersede,
-    worker_id,
 )
 from kala_celery.runs.attempts import end as end_run
+from kala_celery.runs.heartbeats import worker_id
 from kala_celery.runs.outcome import Outcome
+from kala_celery.runs.retry import RetryPolicy
 from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import DatabaseAway, engine_of
 from kala_celery.store.tables import JOB_CELERY_TASK, JOB_REMOTE
@@ -135,6 +135,13 @@ def _parent_failed(run: RunInfo, parent_state: str | None) -> str | None:
     return f"parent run {run.parent_run_id} ended {parent_state or 'deleted'}; dependent not run"
 
 
+def log_superseded(job: JobRecord, run_id: str, attempt: int, state: str, kept: bool) -> None:
+    """A worker's outcome that came after its run moved on (docs/design.md Decision 28)."""
+    log.warning("job %r (%s) run %s: attempt %d's %s superseded: the run is no longer this "
+                "worker's (the sweep took it back, or its job was deleted)%s", job.name, job.id,
+                run_id, attempt, state, "; its outcome is kept on the attempt" if kept else "")
+
+
 def execute_run(
     sessions: sessionmaker[Session],
     run_id: str,
@@ -162,18 +169,13 @@ def execute_run(
         state: str, outcome: Outcome, *, failed_attempt: bool = False, untouched: bool = False
     ) -> Delivery:
         mine = replace(run, attempts=counted)  # the attempt held (docs/design.md Decision 28)
-        if hand is not None:
-            hand(Ending(mine, job, me, state, outcome, settings, clock(),
+        ending = Ending(mine, job, me, state, outcome, settings, clock(),
                         failed_attempt=failed_attempt,
-                        attempts=made if made < counted else None, job_untouched=untouched))
+                        attempts=made if made < counted else None, job_untouched=untouched)
+        if hand is not None:
+            hand(ending)
             return Delivery(owned=True, ended=state, error=outcome.error)
-
-        def write() -> list[str] | None:
-            return end_run(engine, mine, job, me, state, outcome, settings, clock(),
-                           failed_attempt=failed_attempt,
-                           attempts=made if made < counted else None, job_untouched=untouched)
-
-        follow = durably(write)
+        follow = durably(lambda: end_run(engine, ending))
         if follow is None:  # the sweep took it from us, or its job was deleted, meanwhile
             return superseded(state, outcome)
         seconds = (clock() - (run.started_at or clock())).total_seconds()
@@ -185,9 +187,7 @@ def execute_run(
         """Our attempt's outcome came after the run moved on: kept on the attempt, never on
         the run (Decision 28)."""
         kept = durably(lambda: supersede(engine, run.id, counted, me, state, outcome, clock()))
-        log.warning("job %r (%s) run %s: attempt %d's %s superseded: the run is no longer "
-                    "this worker's (the sweep took it back)%s", job.name, job.id, run.id,
-                    counted, state, "; its outcome is kept on the attempt" if kept else "")
+        log_superseded(job, run.id, counted, state, kept)
         return Delivery()
 
     counted = run.attempts  # the claim counted the attempt it expects to start

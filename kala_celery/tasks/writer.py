@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from kala_celery.runs.attempts import Ending, end, end_together, supersede
-from kala_celery.store.db import DatabaseAway
-from kala_celery.tasks.runner import durably
+from kala_celery.runs.attempts import Ending, end, end_in_one, finish_ending, supersede
+from kala_celery.store.db import DatabaseAway, begin_write
+from kala_celery.tasks.runner import durably, log_superseded
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,14 @@ class Handed:
 
 
 Publish = Callable[[list[str]], None]
+
+
+def end_together(engine: Engine, endings: list[Ending]) -> list[list[str] | None]:
+    """The ends of several runs in one transaction (docs/design.md Decision 29): what `end`
+    returns for each, in order. Each end is its own compare-and-set, decided as `end` decides
+    it; a failure rolls back all of them, and the caller writes them one by one."""
+    with begin_write(engine) as conn:
+        return [[] if end_in_one(conn, e) else finish_ending(conn, e) for e in endings]
 
 
 class Writer:
@@ -117,9 +125,7 @@ class Writer:
 
     def _one(self, e: Ending) -> list[str] | None:
         try:
-            return durably(lambda: end(self._engine, e.run, e.job, e.me, e.state, e.outcome,
-                                     e.settings, e.now, failed_attempt=e.failed_attempt,
-                                     attempts=e.attempts, job_untouched=e.job_untouched))
+            return durably(lambda: end(self._engine, e))
         except DatabaseAway:
             raise
         except Exception:
@@ -131,10 +137,7 @@ class Writer:
         if follow is None:  # the sweep took it back meanwhile (Decision 28)
             kept = durably(lambda: supersede(self._engine, run.id, run.attempts, e.me, e.state,
                                            e.outcome, e.now))
-            log.warning("job %r (%s) run %s: attempt %d's %s superseded: the run is no longer "
-                        "this worker's (the sweep took it back)%s", job.name, job.id, run.id,
-                        run.attempts, e.state, "; its outcome is kept on the attempt"
-                        if kept else "")
+            log_superseded(job, run.id, run.attempts, e.state, kept)
             return
         seconds = (e.now - (run.started_at or e.now)).total_seconds()
         log.info("job %r (%s) run %s: %s in %.3f s%s", job.name, job.id, run.id, e.state,
