@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from kala_celery import wire
@@ -37,6 +37,7 @@ FIELDS = ("name", "command", "owner", "disabled", "schedule", "cron", "timezone"
 HIDDEN = frozenset({"remote_headers", "remote_body"})
 CHANGED = "(changed)"
 PRUNE_BATCH = 1000
+_INSERT = insert(AuditEntry.__table__)
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,14 @@ def differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str
 def record(session: Session, actor: Actor, action: str, *, job_id: str | None = None,
            job_name: str | None = None, changes: Mapping[str, Any] | None = None,
            now: datetime | None = None) -> None:
-    """Add one row to the caller's transaction."""
+    """Add one row to the caller's transaction (a Core INSERT: the ORM's unit of work for
+    one new object cost a create more than the row's own write)."""
     assert action in ACTIONS, action
-    session.add(AuditEntry(
-        at=now or db_now(), token=actor.token, address=actor.address, via=actor.via,
-        action=action, job_id=job_id, job_name=job_name, changes=dict(changes or {}),
-    ))
+    session.connection().execute(_INSERT, {
+        "at": now or db_now(), "token": actor.token, "address": actor.address,
+        "via": actor.via, "action": action, "job_id": job_id, "job_name": job_name,
+        "changes": dict(changes or {}),
+    })
 
 
 def job_changed(session: Session, actor: Actor, action: str, before: Mapping[str, Any],
