@@ -9,7 +9,6 @@ written durably: a finish that meets a database outage is retried with back-off 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -107,7 +106,7 @@ def perform(job: JobRecord, settings: Settings, run_env: Mapping[str, str]) -> O
         return shell.run_command(
             render(job.command),
             timeout=timeout.total_seconds() if timeout else None,
-            environ={**os.environ, **run_env},
+            extra=run_env,
         )
     except templates.TemplateError as exc:
         return Outcome(ok=False, error=str(exc))

@@ -29,7 +29,9 @@ import selectors
 import signal
 import subprocess
 import time
+from collections import ChainMap
 from collections.abc import Mapping
+from typing import Any
 
 from kala_celery.runs.outcome import Outcome, tail
 
@@ -182,14 +184,20 @@ def run_command(
     *,
     timeout: float | None = None,
     environ: Mapping[str, str] | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> Outcome:
     """Run one local command and say how it went; never raises for the command's failures.
 
-    ``environ`` (default ``os.environ``) is both what ``$VAR`` expands from and the process's
-    environment. ``timeout`` in seconds; None (or not positive) means no limit."""
-    env = dict(os.environ if environ is None else environ)
+    ``environ`` (default ``os.environ``) plus ``extra`` is both what ``$VAR`` expands from and
+    the process's environment. ``timeout`` in seconds; None (or not positive) means no limit."""
+    env: Mapping[Any, Any]
+    if environ is None:  # the process's own, as bytes: nothing decoded and encoded again
+        lookup: Mapping[str, str] = ChainMap(dict(extra or {}), os.environ)
+        env = {**os.environb, **{os.fsencode(k): os.fsencode(v) for k, v in (extra or {}).items()}}
+    else:
+        env = lookup = {**environ, **(extra or {})}
     try:
-        argv = split_command(command, env)
+        argv = split_command(command, lookup)
     except CommandError as exc:
         return Outcome(ok=False, error=str(exc))
     try:
