@@ -12,7 +12,9 @@ Workloads, the same requests to every side:
 - burst: N jobs (200) due at one whole second; each job's command is
   `sh -c 'date +%s.%N > DIR/NAME'`, so its file holds the wall-clock time the command ran
   (both run commands without a shell, split into words); "last start" = the latest of them
-  minus the due instant;
+  minus the due instant; "box CPU per run" = the whole machine's busy CPU from the creates'
+  end to the last command's start, over N (the commands, the server, its database and
+  broker: nothing else runs), which says how much of the burst is CPU the side spends;
 - single: one job due at a whole second, K times (10); due → command start;
 - creates: `POST /api/v1/job/` back to back on 1 and 4 keep-alive connections (one client
   process each, bench/http_load.py), future schedules;
@@ -70,6 +72,7 @@ class Side:
     work: Path
     notes: list[str] = field(default_factory=list)
     db_url: str = ""  # ours: the job store the side's `serve` uses
+    burst_cpu: float | None = None  # box CPU seconds per run of the last due_runs
 
     @property
     def api(self) -> str:
@@ -158,8 +161,16 @@ def _stamps(paths: list[Path]) -> list[float]:
     return out
 
 
+def box_busy() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat, every core)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / TICK
+
+
 def due_runs(side: Side, n: int, label: str, lead: float, timeout: float) -> list[float]:
-    """n jobs due at one whole second `lead` s ahead; each one's due → command start (s)."""
+    """n jobs due at one whole second `lead` s ahead; each one's due → command start (s).
+    Sets side.burst_cpu: the box's busy CPU per run from the creates' end to the last start."""
     out_dir = side.work / f"{label}-{time.monotonic_ns()}"
     out_dir.mkdir()
     paths = [out_dir / f"j{i}" for i in range(n)]
@@ -170,11 +181,13 @@ def due_runs(side: Side, n: int, label: str, lead: float, timeout: float) -> lis
                              "schedule": f"R0/{kala_time(due)}/"})
         if time.time() >= due.timestamp():
             side.notes.append(f"{label}: creating {n} jobs took past the due instant")
+    busy = box_busy()
     try:
         wait_until(lambda: all(p.exists() and p.stat().st_size for p in paths), timeout,
                    f"{n} commands on {side.name}", 0.02)
     except OutOfTime as exc:  # recorded; the rest of the run goes on
         side.notes.append(f"{label}: {exc}")
+    side.burst_cpu = (box_busy() - busy) / n
     return [t - due.timestamp() for t in _stamps(paths)]
 
 
@@ -274,6 +287,7 @@ def run(args, servers: Servers) -> Report:
             res["idle"] = idle_cpu(side, idle_seconds)
             log(f"{burst} due at once on {side.name}")
             res["burst"] = due_runs(side, burst, "burst", 3.0, 60 + burst * 0.5)
+            res["burst_cpu"] = side.burst_cpu
             log(f"{trials} single-job trials on {side.name}")
             single: list[float] = []
             for k in range(trials):
@@ -324,6 +338,8 @@ def _tables(report: Report, sides: list[Side], results: dict, burst: int, list_j
     row(f"{burst} due at once: last command start", last, lambda v: ms(v, 1), False)
     row(f"{burst} due at once: p50", lambda r: spread(r["burst"])["p50"], lambda v: ms(v, 1),
         False)
+    row(f"{burst} due at once: box CPU per run (to the last start)", lambda r: r["burst_cpu"],
+        lambda v: "—" if v is None else ms(v, 2), False)
     row("single job: due → command start p50", lambda r: spread(r["single"])["p50"],
         lambda v: ms(v, 1), False)
     row("creates/s, 1 connection", lambda r: r["creates1"], lambda v: f"{v:,.0f}", True)
