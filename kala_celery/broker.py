@@ -15,7 +15,10 @@ kombu's tables and semantics and changes how they are used:
 - `Producer.batch()` (kombu's publish batches, which publish.py uses) is one transaction;
 - a publish wakes a waiting worker on this machine at once (a FIFO beside the file, see
   `Wakeup`): `polling_interval` is only the backstop, so an idle worker polls a few times a
-  second and a run still starts within milliseconds of its publish.
+  second and a run still starts within milliseconds of its publish;
+- so does an ack that frees room in a worker whose last take filled its prefetch: a burst
+  of 200 runs is taken as fast as runs end, not one prefetch (32 runs) per polling
+  interval (which made 200 runs due at once start over 1.4 s).
 
 Rows kombu's transport left (hidden ones) are skipped, and kombu's transport reads rows
 written here, so either transport can work on the same file. `polling_interval` is an
@@ -62,7 +65,8 @@ class Wakeup:
         self.path = f"{broker_file}.wake"
         self._fd: int | None = None
 
-    def _reader(self) -> int | None:
+    def listen(self) -> int | None:
+        """Open the pipe for reading (once): from then on a wake-up is kept until read."""
         if self._fd is None:
             try:
                 with contextlib.suppress(FileExistsError):
@@ -74,7 +78,7 @@ class Wakeup:
 
     def wait(self, seconds: float) -> None:
         """Sleep up to `seconds`, less when a publish wakes us."""
-        fd = self._reader()
+        fd = self.listen()
         if fd is None:
             select.select([], [], [], seconds)
             return
@@ -137,6 +141,7 @@ class Channel(kombu_sql.Channel):
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
         self._queue_ids: dict[str, int] = {}
+        self._more_waiting = False  # the last take was as big as the room: more may wait
 
     # ------------------------------------------------------------ connections
 
@@ -245,11 +250,20 @@ class Channel(kombu_sql.Channel):
     def _get_many(self, queues: Iterable[str], timeout: float | None = None) -> None:
         """kombu's hook for channels that deliver more than one message per poll."""
         room = self.qos.can_consume_max_estimate()
-        taken = self._take(queues, TAKE_AT_MOST if room is None else max(room, 1))
+        limit = TAKE_AT_MOST if room is None else max(room, 1)
+        taken = self._take(queues, limit)
+        self._more_waiting = len(taken) >= limit
         if not taken:
             raise Empty()
         for queue, payload in taken:
             self.connection._deliver(payload, queue)
+
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        """kombu's ack; then, when the last take filled the room the prefetch left, wake this
+        worker's drain loop: it has room again, and messages may be waiting."""
+        super().basic_ack(delivery_tag, multiple)
+        if self._more_waiting:
+            self.connection.wakeup.wake()
 
     def _size(self, queue: str) -> int:
         row = self.raw.execute(
@@ -269,7 +283,9 @@ class Transport(kombu_sql.Transport):
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
         """kombu's virtual drain loop, with the pause between empty polls cut short by a
-        publish (Wakeup)."""
+        publish or an ack (Wakeup). The pipe is open before the first take, so an ack of what it
+        took finds it."""
+        self.wakeup.listen()
         started = monotonic()
         while True:
             try:

@@ -1,10 +1,12 @@
 """The embedded broker's channel (kala_celery/broker.py) on a real SQLite file, through kombu's
 own Producer and Consumer: batches, deletion on take, interplay with kombu's SQL transport,
-idle polls that write nothing, and the wake-up of a waiting worker by a publish."""
+idle polls that write nothing, and the wake-up of a waiting worker by a publish and by an
+ack that frees room."""
 
 from __future__ import annotations
 
 import os
+import queue
 import sqlite3
 import threading
 from pathlib import Path
@@ -132,6 +134,47 @@ def test_a_publish_wakes_a_worker_waiting_between_polls(tmp_path: Path) -> None:
         consumer.cancel()
 
 
+def test_an_ack_that_frees_room_wakes_a_worker_whose_take_filled_it(tmp_path: Path) -> None:
+    """Prefetch 2, a poll once a minute, 6 messages waiting, acked by another thread (as a
+    pool thread acks a late-acked task): the first take fills the room, and each ack wakes the
+    drain loop, so all 6 arrive before the 20 s deadline. Without the wake-up the second take
+    waits for the next poll, a minute later."""
+    path = tmp_path / "broker.db"
+    with ours(path, poll=60) as worker:
+        producer = Producer(worker, serializer="json")
+        for i in range(6):
+            producer.publish({"n": i}, exchange=QUEUE.exchange, routing_key="runs",
+                             declare=[QUEUE])
+        got: list[dict] = []
+        to_ack: queue.Queue = queue.Queue()
+        consumer = Consumer(worker, [QUEUE], accept=["json"],
+                            callbacks=[lambda body, message: (got.append(body),
+                                                              to_ack.put(message))])
+        consumer.qos(prefetch_count=2)
+
+        def ack_each() -> None:
+            while (message := to_ack.get()) is not None:
+                message.ack()
+
+        def drain_all() -> None:
+            while len(got) < 6:
+                worker.drain_events()  # no timeout: between empty polls it waits a minute
+
+        acking = threading.Thread(target=ack_each, daemon=True)
+        draining = threading.Thread(target=drain_all, daemon=True)
+        acking.start()
+        try:
+            with consumer:
+                draining.start()
+                draining.join(20)
+                assert not draining.is_alive(), f"{len(got)} of 6 taken in 20 s"
+        finally:
+            to_ack.put(None)
+            acking.join(10)
+    assert [body["n"] for body in got] == list(range(6))
+    assert rows(path) == 0
+
+
 def test_a_wake_up_with_no_worker_or_no_pipe_is_silent(tmp_path: Path) -> None:
     broker.Wakeup(str(tmp_path / "broker.db")).wake()  # no pipe at all
     waiting = broker.Wakeup(str(tmp_path / "broker.db"))
@@ -143,7 +186,7 @@ def test_a_wake_up_with_no_worker_or_no_pipe_is_silent(tmp_path: Path) -> None:
     for _ in range(70_000):  # past a pipe's 64 KiB buffer: a full pipe is a wake-up too
         broker.Wakeup(str(tmp_path / "broker.db")).wake()
     waiting.wait(0)  # drains every byte at once
-    fd = waiting._reader()
+    fd = waiting.listen()
     assert fd is not None
     with pytest.raises(BlockingIOError):
         os.read(fd, 1)
