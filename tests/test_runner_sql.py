@@ -13,7 +13,7 @@ from sqlalchemy import event, select, update
 
 from kala_celery.config import Settings
 from kala_celery.runs import dispatch
-from kala_celery.runs.attempts import abandon
+from kala_celery.runs.attempts import NotYet, abandon, claim
 from kala_celery.runs.heartbeats import worker_id
 from kala_celery.runs.outcome import Outcome
 from kala_celery.store import jobs
@@ -123,6 +123,30 @@ def test_a_successful_run_is_few_statements_and_a_duplicate_changes_nothing(
     assert len(statements) <= (3 if postgresql else 2), statements
     assert job_row(store, job_id).success_count == 1
     assert run_row(store, run_id).attempts == 1
+
+
+def test_the_claim_hands_the_worker_its_job_as_stored_with_the_attempt_time(store,
+                                                                          settings) -> None:
+    """The job a claim returns is the stored row, with the last_attempted_run the first
+    attempt set; a second attempt (a redelivery after a retry delay) leaves that time."""
+    job_id = create(store, schedule=FOREVER, command="echo claimed", retries=1)
+    run_id = record(store, job_id)
+    first = utcnow()
+    claimed = claim(store.engine, run_id, worker_id("host"), "host", first)
+    assert not isinstance(claimed, NotYet) and claimed is not None
+    run, job, parent_state = claimed
+    stored = job_row(store, job_id)
+    for column in Job.__table__.columns:
+        if column.key != "last_attempted_run":
+            assert getattr(job, column.key) == getattr(stored, column.key), column.key
+    assert job.last_attempted_run == stored.last_attempted_run
+    assert abs((job.last_attempted_run - first).total_seconds()) < 0.001
+    assert (run.id, run.attempts, parent_state) == (run_id, 1, None)
+    with store.engine.begin() as conn:  # released for a later attempt, due now
+        conn.execute(update(Run).where(Run.id == run_id).values(state="sent", sent_at=first))
+    again = claim(store.engine, run_id, worker_id("host"), "host", first + timedelta(seconds=5))
+    assert not isinstance(again, NotYet) and again is not None
+    assert again[0].attempts == 2 and again[1].last_attempted_run == job.last_attempted_run
 
 
 def test_done_after_the_last_run_of_a_one_off_or_a_finite_schedule(store, settings) -> None:
