@@ -231,9 +231,8 @@ class KalaScheduler(Scheduler):
         self._rearm(now)
         self._prune(now - parse_plain_duration(settings.run_retention))
         self._prune_audit(now - parse_plain_duration(settings.audit_retention))
-        with engine.begin() as conn:
+        with engine.begin() as conn:  # one transaction for the beat's own bookkeeping
             store_version.fold(conn)  # the store version's rows, one per transaction, as one
-        with engine.begin() as conn:
             heartbeats.record_beat(conn, self.name, now)
         heartbeats.prune_workers(engine, now - FORGET_WORKERS)
 
