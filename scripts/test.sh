@@ -73,10 +73,12 @@ run_pytest() {
 }
 
 # Tests independent of timing run on four processes (pytest-xdist, a file per process: each has
-# its own PostgreSQL and Redis); tests that assert timings or bounds of seconds (marked
-# `serial`) run after them, alone.
+# its own PostgreSQL and Redis). Tests that assert timings or bounds of seconds (marked
+# `serial`) run after them, two files at a time; the heaviest of those (marked `alone`: many
+# processes each, and faults) last, one at a time.
 failed=0
-run_pytest -q -p xdist -n "${KALA_TEST_PROCESSES:-4}" --dist loadfile -m "not serial" "$@" ||
-    failed=1
-run_pytest -q -m serial "$@" || failed=1
+run_pytest -q -p xdist -n "${KALA_TEST_PROCESSES:-4}" --dist loadfile \
+    -m "not serial and not alone" "$@" || failed=1
+run_pytest -q -p xdist -n 2 --dist loadfile -m "serial and not alone" "$@" || failed=1
+run_pytest -q -m alone "$@" || failed=1
 exit "$failed"

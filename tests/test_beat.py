@@ -14,7 +14,7 @@ from kala_celery.store.tables import AuditEntry, Job, Run
 from tests.processes import wait_for
 from tests.test_worker_runs import finished, runs_of
 
-pytestmark = pytest.mark.serial  # asserts timings: runs alone (scripts/test.sh)
+pytestmark = pytest.mark.serial  # asserts timings: after the parallel part (scripts/test.sh)
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 S = timedelta(seconds=1)

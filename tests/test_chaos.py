@@ -28,7 +28,7 @@ JOBS = (
 )
 
 
-@pytest.mark.serial  # 5 s worker/redelivery bounds: alone, not beside the parallel part
+@pytest.mark.alone  # 5 s worker/redelivery bounds under faults: nothing beside it
 @pytest.mark.timeout(300)
 def test_runs_survive_a_worker_kill_and_an_empty_redis(postgres_server, tmp_path) -> None:
     name = f"kala_chaos_{uuid.uuid4().hex[:10]}"

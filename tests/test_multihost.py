@@ -27,8 +27,8 @@ from tests.history import CUT_POSTGRES, CUT_REDIS, LINK_DOWN, History
 from tests.multihost import Cluster, JobSpec, Machines, deadline_passed
 from tests.processes import wait_for
 
-# seconds-long bounds on a shared box: alone, after the parallel part (scripts/test.sh)
-pytestmark = [pytest.mark.serial, pytest.mark.timeout(420)]
+# seconds-long bounds and a dozen processes: alone, after everything else (scripts/test.sh)
+pytestmark = [pytest.mark.alone, pytest.mark.timeout(420)]
 
 TIMEOUT = 8  # KALA_WORKER_TIMEOUT, seconds: short so that a partition longer than it is short
 ENV = {"KALA_WORKER_TIMEOUT": f"PT{TIMEOUT}S", "KALA_REDELIVER_AFTER": "PT5S"}
