@@ -1,4 +1,4 @@
-# One image for every kala-celery process: the API (gunicorn), beat, worker and Flower.
+# One image for every kala-celery process: the API (granian), beat, worker and Flower.
 #   docker build -t kala-celery .
 #   docker run -e KALA_API_TOKEN=... -e KALA_DATABASE_URL=... -e KALA_BROKER_URL=... kala-celery
 # Shell jobs run inside the worker container: build FROM this image to add the tools they need.

@@ -1,4 +1,4 @@
-"""api: the REST API under gunicorn (`kala-celery api -p PORT`, as shipped: one gthread worker
+"""api: the REST API under granian (`kala-celery api -p PORT`, as shipped: one worker
 process per CPU, access log off) on SQLite and on PostgreSQL —
 
 - job creates per second with 1 and 4 client connections (keep-alive, each client its own
@@ -157,7 +157,7 @@ def run(args, servers: Servers) -> Report:
         finally:
             api.stop()
             servers.drop(url)
-    report.note(f"server: `kala-celery api -p PORT` = gunicorn, {default_workers()} gthread "
+    report.note(f"server: `kala-celery api -p PORT` = granian (WSGI), {default_workers()} "
                 "worker(s) (one per CPU), 16 threads each, access log off; clients: one process "
                 "per connection (http.client), on the "
                 "same 2-core box as the server and the database")

@@ -1,5 +1,5 @@
 """chaos: the production topology as real processes on this box (PostgreSQL, Redis without
-persistence, the API under gunicorn, ≥ 2 beats, ≥ 2 workers), jobs created over HTTP, and a
+persistence, the API under granian, ≥ 2 beats, ≥ 2 workers), jobs created over HTTP, and a
 fault plan that repeats every kind of fault:
 
 - `worker`: SIGKILL a worker mid-run (its whole process group: the main process and its pool
@@ -8,7 +8,7 @@ fault plan that repeats every kind of fault:
 - `redis`: SIGKILL redis-server and start it again, empty, on the same port;
 - `beat`: SIGKILL a beat, then start a new one;
 - `postgres`: `pg_ctl restart -m immediate`;
-- `api`: SIGKILL the API (gunicorn's master and workers) and start it again on the same port.
+- `api`: SIGKILL the API (granian's main process and workers) and start it again on the same port.
 
 Every command appends a line to one record file when it starts and when it ends, with the
 KALA_RUN_ID, KALA_JOB_ID, KALA_ATTEMPT and KALA_SCHEDULED_FOR the engine gives it and the pid
@@ -532,7 +532,7 @@ class Topology:
 
     def kill_api(self) -> Fault:
         assert self.api is not None
-        fault = Fault("api", 0, time.time(), detail=f"gunicorn pid {self.api.pid}")
+        fault = Fault("api", 0, time.time(), detail=f"api pid {self.api.pid}")
         self._sigkill(self.api)
         self.spawn_api()
         wait_until(self.api_serving, 90, "the API serving again", 0.1)

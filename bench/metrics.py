@@ -10,7 +10,7 @@ lost or skipped, and 10k (smoke: 300) are pending, sent or started; then VACUUM 
 (what autovacuum does). Two beats and 50 worker processes have liveness rows.
 
 Timed: the collector in process (the SQL reads and the text, what every scrape costs), and
-GET /metrics through the Flask app (what gunicorn serves), each `--scrapes` times; EXPLAIN
+GET /metrics through the Flask app (what the API's server serves), each `--scrapes` times; EXPLAIN
 ANALYZE of the reads. Then the triggers' cost on writes: a run's end (UPDATE state, one
 transaction per run, as runs.finish) and a job insert, with the triggers on and off.
 --smoke: 1k jobs, 10k runs, on PostgreSQL and SQLite.

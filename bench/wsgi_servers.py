@@ -6,9 +6,10 @@ we could ship, side by side in one run (issue 16, item 3) —
 - the server's CPU per create: user + system time of its process tree over the creates it
   answered (moves less with the box's load than throughput does).
 
-Servers: gunicorn gthread (what `serve` runs), gunicorn sync, and granian's WSGI interface
-with 1 and 2 workers when granian is installed (`pip install granian`); each is skipped with a
-note when its command is missing.
+Servers: granian's WSGI interface with 2 workers x 16 threads (what `serve` runs on 2 cores)
+and with 1 worker, gunicorn gthread (what `serve` ran until issue 24) and gunicorn sync when
+gunicorn is installed (the `bench` extra); each is skipped with a note when its command is
+missing.
 """
 
 from __future__ import annotations
@@ -36,19 +37,21 @@ from bench.vs_kala import tree_cpu
 APP = "kala_celery.wsgi:app"
 
 SERVERS: dict[str, Callable[[int], list[str]]] = {
-    "gunicorn gthread, 2 workers x 16 threads (serve)": lambda port: [
+    "granian wsgi, 2 workers x 16 threads (serve)": lambda port: [
+        "granian", "--interface", "wsgi", "--workers", "2", "--blocking-threads", "16",
+        "--backpressure", "16", "--host", "127.0.0.1", "--port", str(port), "--no-ws",
+        "--log-level", "warning", APP,
+    ],
+    "granian wsgi, 1 worker x 16 threads": lambda port: [
+        "granian", "--interface", "wsgi", "--workers", "1", "--blocking-threads", "16",
+        "--backpressure", "16", "--host", "127.0.0.1", "--port", str(port), "--no-ws",
+        "--log-level", "warning", APP,
+    ],
+    "gunicorn gthread, 2 workers x 16 threads": lambda port: [
         "gunicorn", "-w", "2", "-k", "gthread", "--threads", "16", "-b", f"127.0.0.1:{port}", APP,
     ],
     "gunicorn sync, 2 workers": lambda port: [
         "gunicorn", "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{port}", APP,
-    ],
-    "granian wsgi, 2 workers x 16 threads": lambda port: [
-        "granian", "--interface", "wsgi", "--workers", "2", "--blocking-threads", "16",
-        "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--log-level", "warning", APP,
-    ],
-    "granian wsgi, 1 worker x 16 threads": lambda port: [
-        "granian", "--interface", "wsgi", "--workers", "1", "--blocking-threads", "16",
-        "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--log-level", "warning", APP,
     ],
 }  # fmt: skip
 
@@ -110,7 +113,7 @@ def run(args, servers: Servers) -> Report:
     base = next(iter(started))
     table = report.table(
         "Creates on one app under each server, same run (medians of the rounds)",
-        ["server", "creates/s, 1 conn", "vs gthread", "creates/s, 4 conns", "vs gthread",
+        ["server", "creates/s, 1 conn", f"vs {base}", "creates/s, 4 conns", f"vs {base}",
          "server CPU per create"],
     )
     for name in started:

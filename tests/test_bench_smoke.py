@@ -1,5 +1,5 @@
 """The benchmark scripts keep working: every suite of `python -m bench` runs in --smoke mode
-(tiny N, short windows) against real PostgreSQL, Redis, beat, worker and gunicorn processes.
+(tiny N, short windows) against real PostgreSQL, Redis, beat, worker and API processes.
 
 The suites run at once, each in its own process with its own servers, to keep the test
 short. The numbers of a smoke run mean nothing; the real runs are in bench/RESULTS.md."""

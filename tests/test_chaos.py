@@ -1,5 +1,5 @@
 """The short chaos run (bench/chaos.py) on PostgreSQL + Redis: the production topology as real
-processes (Redis without persistence, the API under gunicorn, 2 beats, 2 workers), a mix of
+processes (Redis without persistence, the API under granian, 2 beats, 2 workers), a mix of
 short and long jobs with and without overlap and dependents, then a worker SIGKILLed mid-run
 and Redis killed and restarted empty. Every command records its execution; afterwards no run
 executed twice (except a re-run after its worker died), no run is left open, and every job

@@ -1,5 +1,5 @@
 """docker-compose.yml, Dockerfile and .dockerignore, checked without a Docker engine: the file is
-parsed (PyYAML) and interpolated the way Compose does, the commands are parsed by gunicorn and
+parsed (PyYAML) and interpolated the way Compose does, the commands are parsed by granian and
 Celery, the settings by kala's own Settings, and the API and worker healthchecks are run
 against a real API and a real worker."""
 
@@ -197,20 +197,19 @@ def test_only_the_api_and_flower_are_published(raw, compose) -> None:
     assert published(moved["services"]["flower"]) == {5555: "15555"}
 
 
-def test_api_is_gunicorn_on_the_wsgi_entry_on_all_interfaces(compose) -> None:
-    from gunicorn.config import Config
+def test_api_is_granian_on_the_wsgi_entry_on_all_interfaces(compose) -> None:
+    from granian.cli import cli
+    from granian.constants import Interfaces
 
     command = services(compose)["api"]["command"]
-    assert command[0] == "gunicorn"
-    cfg = Config()
-    args = cfg.parser().parse_args(command[1:])  # gunicorn's own argument parser
-    for key, value in vars(args).items():
-        if key != "args" and value is not None:
-            cfg.set(key, value)
-    assert args.args == ["kala_celery.wsgi:app"]
-    assert cfg.bind == ["0.0.0.0:8000"]
-    assert (cfg.worker_class_str, cfg.workers, cfg.threads) == ("gthread", 1, 16)
-    assert cfg.timeout > 30  # POST /job/start/ waits up to KALA_START_WAIT (30 s) for the run
+    assert command[0] == "granian"
+    args = cli.make_context("granian", command[1:]).params  # granian's own argument parser
+    assert args["app"] == "kala_celery.wsgi:app"
+    assert args["interface"] == Interfaces.WSGI
+    assert (args["host"], args["port"]) == ("0.0.0.0", 8000)
+    # POST /job/start/ holds a thread while it waits (up to KALA_START_WAIT) for its run
+    assert (args["workers"], args["blocking_threads"], args["backpressure"]) == (1, 16, 16)
+    assert args["log_access_enabled"] is True
     import importlib.util
 
     assert importlib.util.find_spec("kala_celery.wsgi") is not None

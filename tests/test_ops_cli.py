@@ -87,7 +87,7 @@ def test_health_worker_reads_this_hosts_heartbeats(tmp_path: Path) -> None:
 
 
 def test_every_api_process_reports_the_same_metrics(tmp_path: Path) -> None:
-    """Two gunicorn processes, jobs created through either: each scrape (a new connection,
+    """Two API worker processes, jobs created through either: each scrape (a new connection,
     so either process) counts them all, since the figures come from SQL."""
     from prometheus_client.parser import text_string_to_metric_families
 

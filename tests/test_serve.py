@@ -18,7 +18,7 @@ ZERO = "0001-01-01T00:00:00Z"
 
 
 def answers(port: int) -> bool:
-    """The API answers (not just the port: gunicorn binds before its worker is ready)."""
+    """The API answers (not just the port: the server binds before its workers are ready)."""
     if not port_open(port):
         return False
     try:
@@ -125,7 +125,7 @@ def test_a_job_created_with_curl_runs_on_the_embedded_default(served) -> None:
 def test_serve_stops_cleanly_on_ctrl_c(served) -> None:
     _base, command = served
     children = children_of(command.proc.pid)
-    assert len(children) >= 3  # gunicorn's worker, the beat and the celery worker
+    assert len(children) >= 3  # the API's worker, the beat and the celery worker
     assert command.stop(signal.SIGINT) == 0, command.output()
     wait_for(lambda: not any(alive(pid) for pid in children), 30, "no orphans")
 

@@ -1,4 +1,4 @@
-"""The docker-compose topology without Docker: real PostgreSQL and Redis, the API under gunicorn,
+"""The docker-compose topology without Docker: real PostgreSQL and Redis, the API under granian,
 two beats, two workers and Flower as separate processes sharing one KALA_* environment."""
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from tests.test_worker_runs import finished
 pytestmark = pytest.mark.timeout(120)
 
 TOKEN = "topology-test-token"
-GUNICORN = ["-k", "gthread", "--workers", "1", "--threads", "8", "--access-logfile", "-"]
+GRANIAN = ["--interface", "wsgi", "--workers", "1", "--blocking-threads", "8", "--no-ws",
+           "--access-log"]
 
 
 def soon(seconds: float) -> str:
@@ -53,9 +54,10 @@ class Topology:
         return command
 
     def api(self) -> Command:
-        """gunicorn on the WSGI entry, as the compose `api` service runs it."""
-        command = self.spawn("api", [sys.executable, "-m", "gunicorn", *GUNICORN,
-                                     "-b", f"127.0.0.1:{self.api_port}", "kala_celery.wsgi:app"])
+        """granian on the WSGI entry, as the compose `api` service runs it."""
+        command = self.spawn("api", [sys.executable, "-m", "granian", *GRANIAN, "--host",
+                                     "127.0.0.1", "--port", str(self.api_port),
+                                     "kala_celery.wsgi:app"])
 
         def serving() -> bool:
             alive(command)
@@ -64,7 +66,7 @@ class Topology:
             except httpx.TransportError:
                 return False
 
-        wait_for(serving, 45, "gunicorn serving the API")
+        wait_for(serving, 45, "granian serving the API")
         return command
 
     def beat(self, n: int) -> Command:

@@ -2,7 +2,7 @@
 
 - cli: `kala-celery serve | api | beat | worker | run | import | apply | export | db |
   health`;
-- server: the API under gunicorn, port parsing, the bind check (Decision 16);
+- server: the API under granian, port parsing, the bind check (Decision 16);
 - supervise: serve's beat and worker subprocesses;
 - import_kala: a Kala's jobs into the store;
 - import_django, import_redbeat: django-celery-beat's and RedBeat's periodic tasks read;

@@ -67,7 +67,7 @@ def main() -> None:
 
     \b
     serve   everything on one machine: the API, a beat and a worker
-    api     the REST API alone (also: gunicorn 'kala_celery.wsgi:app')
+    api     the REST API alone (also: granian --interface wsgi kala_celery.wsgi:app)
     worker  a Celery worker that runs jobs (also: celery -A kala_celery worker)
     beat    the scheduler that dispatches due jobs (also: celery -A kala_celery beat -S kala)
     run     run one command the way a worker would (Kala's debug command)
