@@ -1,6 +1,7 @@
 """The bare Celery app of `python -m bench ceiling`: what a Celery user gets without
 kala-celery, on the same Redis broker. Two tasks: one that does nothing, one that forks the
-same command a kala job runs (piping its output, as kala's runner does).
+same command a kala job runs (piping its output, as kala's runner does); and `bare.argv`, a
+command split into words, for `python -m bench vs-kala`'s burst.
 
 BARE_BROKER_URL names the broker; BARE_KALA_SETTINGS=1 gives the app the delivery settings
 kala-celery's app uses (acks late, prefetch 1, results ignored, Redis without ack emulation),
@@ -33,5 +34,12 @@ def noop() -> None:
 @app.task(name="bare.fork")
 def fork(command: str) -> int:
     done = subprocess.run([command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+    return done.returncode
+
+
+@app.task(name="bare.argv")
+def argv(words: list[str]) -> int:
+    done = subprocess.run(words, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT)
     return done.returncode

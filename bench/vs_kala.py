@@ -15,6 +15,9 @@ Workloads, the same requests to every side:
   minus the due instant; "box CPU per run" = the whole machine's busy CPU from the creates'
   end to the last command's start, over N (the commands, the server, its database and
   broker: nothing else runs), which says how much of the burst is CPU the side spends;
+- the burst's reference: the same N commands through bare Celery (bench/bare_app.py) with
+  `serve`'s pool and kala-celery's delivery settings on Redis, published at the due instant
+  by this process (what any scheduler on Celery starts from);
 - single: one job due at a whole second, K times (10); due → command start;
 - creates: `POST /api/v1/job/` back to back on 1 and 4 keep-alive connections (one client
   process each, bench/http_load.py), future schedules;
@@ -191,6 +194,46 @@ def due_runs(side: Side, n: int, label: str, lead: float, timeout: float) -> lis
     return [t - due.timestamp() for t in _stamps(paths)]
 
 
+def bare_celery_burst(servers: Servers, n: int, timeout: float) -> tuple[list[float], float]:
+    """The burst's reference on Celery itself: a bare Celery worker (bench/bare_app.py) with
+    `serve`'s pool (`-P threads -c 32`) and kala-celery's delivery settings on a Redis of its
+    own; at the due instant this process publishes n tasks that run the burst's command, as
+    a beat with nothing to read would. Returns each due → command start (s) and the box's
+    busy CPU per run, measured as `due_runs` does."""
+    import shlex
+
+    from bench.ceiling import bare_worker
+
+    work = servers.dir(f"vs-kala-bare-{time.monotonic_ns()}")
+    url, worker = bare_worker(servers, work, "threads", 32, kala_settings=True)
+    try:
+        os.environ.update(BARE_BROKER_URL=url, BARE_KALA_SETTINGS="1")  # read at its import
+        from bench import bare_app
+
+        bare_app.app.conf.broker_url = url
+        paths = [work / f"j{i}" for i in range(n + 1)]
+        with bare_app.app.producer_or_acquire() as producer:
+            def send(path: Path) -> None:
+                bare_app.app.send_task("bare.argv", (shlex.split(_stamp_command(path)),),
+                                       producer=producer)
+
+            send(paths[-1])  # a warm-up, as each side has
+            wait_until(lambda: paths[-1].exists(), 30, "the bare warm-up", 0.02)
+            paths = paths[:-1]
+            due = _due_in(2.0)
+            busy = box_busy()
+            time.sleep(max(0.0, due.timestamp() - time.time()))
+            for path in paths:
+                send(path)
+        with contextlib.suppress(OutOfTime):  # the table says how many ran
+            wait_until(lambda: all(p.exists() and p.stat().st_size for p in paths), timeout,
+                       f"{n} commands on bare Celery", 0.02)
+        cpu = (box_busy() - busy) / n
+        return [t - due.timestamp() for t in _stamps(paths)], cpu
+    finally:
+        worker.stop()
+
+
 def idle_cpu(side: Side, seconds: float) -> float:
     """Share of one core the side's process tree used over `seconds` with nothing due."""
     c0, t0 = tree_cpu(side.root_pid), time.monotonic()
@@ -269,6 +312,8 @@ def run(args, servers: Servers) -> Report:
         return report
     sides = [kala]
     try:
+        log(f"{burst} due at once on bare Celery (the burst's reference)")
+        bare = bare_celery_burst(servers, burst, 60 + burst * 0.5)
         for store in stores:
             sides.append(start_ours(servers, store))
         results: dict[str, dict[str, object]] = {s.name: {} for s in sides}
@@ -304,6 +349,7 @@ def run(args, servers: Servers) -> Report:
                 if out["errors"]:
                     side.notes.append(f"creates x{conns}: {out['first_errors']}")
         _tables(report, sides, results, burst, list_jobs)
+        _bare_table(report, results[kala.name], bare, burst)
     finally:
         for side in sides:
             try:
@@ -314,6 +360,26 @@ def run(args, servers: Servers) -> Report:
         for n in side.notes:
             report.note(f"{side.name}: {n}")
     return report
+
+
+def _bare_table(report: Report, kala: dict, bare: tuple[list[float], float], burst: int) -> None:
+    """The burst on Celery itself beside Kala's: what any scheduler publishing to Celery at the
+    due instant starts with, on this box."""
+    starts, cpu = bare
+    table = report.table(
+        f"{burst} due at once on Celery itself, same run: bare Celery (Redis, `-P threads -c 32`,"
+        " kala-celery's delivery settings), the same command, published at the due instant",
+        ["quantity", "Kala", "bare Celery", "bare Celery vs Kala"])
+    last = max(starts) if len(starts) == burst else None
+    kala_last = max(kala["burst"]) if len(kala["burst"]) == burst else None
+    table.add("last command start", ms(kala_last, 1), ms(last, 1),
+              ratio(last, kala_last, higher_is_better=False))
+    table.add("p50", ms(spread(kala["burst"])["p50"], 1), ms(spread(starts)["p50"], 1),
+              ratio(spread(starts)["p50"], spread(kala["burst"])["p50"], higher_is_better=False))
+    table.add("box CPU per run (to the last start)", ms(kala["burst_cpu"], 2), ms(cpu, 2),
+              ratio(cpu, kala["burst_cpu"], higher_is_better=False))
+    if len(starts) != burst:
+        report.note(f"bare Celery: only {len(starts)} of {burst} burst commands ran")
 
 
 def _tables(report: Report, sides: list[Side], results: dict, burst: int, list_jobs: int) -> None:
