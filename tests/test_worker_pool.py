@@ -67,3 +67,48 @@ def test_sqlite_writes_of_one_process_take_turns(tmp_path: Path) -> None:
     finally:
         engine.dispose()
         other.dispose()
+
+
+def test_a_worker_opens_its_connections_warm_and_changes_nothing(db_url: str) -> None:
+    """runs/attempts.warm: on PostgreSQL the worker's connections are open at its start, each
+    with the claim and the end prepared (a worker's engine prepares at the first execution),
+    and running them for no run changed no row, counter or store version; on SQLite nothing
+    is opened."""
+    from sqlalchemy import select, text
+
+    from kala_celery.runs.attempts import warm
+    from kala_celery.store import version
+    from kala_celery.store.tables import Job, MetricCount, Run, utcnow
+    from tests.test_runner_sql import create, record
+
+    db.size_pools_for(3)
+    store = db.store_for(db_url, pre_ping=False, prepared=True)
+    job_id = create(store, name="warm")
+    record(store, job_id)
+
+    def state() -> tuple:
+        with store.sessions() as session:
+            return (session.scalars(select(Run.state)).all(),
+                    session.scalars(select(Job.last_attempted_run)).all(),
+                    sorted(session.execute(select(MetricCount.__table__)).tuples().all()),
+                    version.read(session))
+
+    before = state()
+    store.engine.dispose()
+    warm(store.engine, 3, utcnow())
+    if store.engine.dialect.name == "sqlite":
+        assert store.engine.pool.checkedin() == 0
+    else:
+        assert store.engine.pool.checkedin() == 3
+        # autocommit: psycopg forgets a connection's prepared statements at a ROLLBACK
+        connections = [store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                       for _ in range(3)]
+        try:
+            for conn in connections:
+                prepared = conn.execute(text("SELECT statement FROM pg_prepared_statements"))
+                starts = {statement.split()[0:2][1] for statement in prepared.scalars()}
+                assert {"claimed", "ended"} <= starts  # WITH claimed AS, WITH ended AS
+        finally:
+            for conn in connections:
+                conn.close()
+    assert state() == before

@@ -62,7 +62,9 @@ class DatabaseClock:
             return False
         self._tried = time.monotonic()
         try:
-            with engine.connect() as conn:
+            # autocommit: no ROLLBACK when the connection goes back to the pool (psycopg
+            # forgets a connection's prepared statements at every ROLLBACK)
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 before = time.monotonic()
                 wall = datetime.now(UTC)
                 value = conn.scalar(text("SELECT clock_timestamp()"))

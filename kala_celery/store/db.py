@@ -74,14 +74,18 @@ def size_pools_for(threads: int) -> None:
     _threads = threads
 
 
-def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
+def make_engine(url: str, *, pre_ping: bool = True, prepared: bool = False) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout.
 
     `pre_ping` tests every pooled connection before use (one more round trip per checkout),
     so a request never fails on a connection the server dropped. The beat and the workers
     turn it off: it is a round trip before each of their transactions (a run has two on its
     way from due to start), and a failed tick, claim or finish (the pool then drops every
-    connection older than the failure) is retried as in an outage."""
+    connection older than the failure) is retried as in an outage.
+
+    `prepared` (a worker's engine, on PostgreSQL): psycopg prepares each statement at its
+    first execution on a connection instead of its sixth; a worker repeats the same few
+    statements, and a connection's first runs then skip four parses and plans each."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -90,7 +94,9 @@ def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
                                pool_size=_pool_size())
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=pre_ping, pool_size=_pool_size())
+    connect_args = {"prepare_threshold": 0} if prepared else {}
+    return create_engine(url, pool_pre_ping=pre_ping, pool_size=_pool_size(),
+                         connect_args=connect_args)
 
 
 def _pool_size() -> int:
@@ -158,15 +164,16 @@ class Store:
     sessions: sessionmaker[Session]
 
 
-_stores: dict[tuple[int, str, bool], Store] = {}
+_stores: dict[tuple[int, str, bool, bool], Store] = {}
 
 
-def store_for(url: str, *, pre_ping: bool = True) -> Store:
-    """One engine per process and URL (a forked worker child gets its own), schema ensured."""
-    key = (os.getpid(), url, pre_ping)
+def store_for(url: str, *, pre_ping: bool = True, prepared: bool = False) -> Store:
+    """One engine per process and URL (a forked worker child gets its own), schema ensured;
+    `pre_ping` and `prepared` as in make_engine."""
+    key = (os.getpid(), url, pre_ping, prepared)
     store = _stores.get(key)
     if store is None:
-        engine = make_engine(url, pre_ping=pre_ping)
+        engine = make_engine(url, pre_ping=pre_ping, prepared=prepared)
         init_schema(engine)
         clock.bind(engine)  # this process's "now": the database's (docs/design.md Decision 27)
         store = _stores[key] = Store(engine, make_sessionmaker(engine))

@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from kala_celery.celery_app import RUN_TASK, settings_of
 from kala_celery.config import Settings
-from kala_celery.runs.attempts import Ending
+from kala_celery.runs.attempts import Ending, warm
 from kala_celery.runs.heartbeats import worker_id
 from kala_celery.runs.publish import CeleryPublisher
 from kala_celery.runs.sweep import reopen
@@ -45,7 +45,7 @@ def _store(settings: Settings) -> Store:
     connection the server dropped fails its statement instead; SQLAlchemy then drops the
     pool's older connections too, and the run is tried again: the claim by a redelivery
     (DatabaseAway below), the finish by `runner.durably`."""
-    return store_for(settings.db_url, pre_ping=False)
+    return store_for(settings.db_url, pre_ping=False, prepared=True)
 
 
 class RunFailed(Exception):
@@ -62,18 +62,21 @@ class RunSkipped(Exception):
 ENDED_BADLY = {"failed": RunFailed, "lost": RunFailed, "skipped": RunSkipped}
 
 
-def _start_heartbeat(hostname: str) -> None:
+def _process_started(hostname: str, runs_at_once: int) -> None:
     """This worker process is alive from its start, not only from its first run (so
-    `kala-celery health worker` passes for an idle worker)."""
+    `kala-celery health worker` passes for an idle worker), and its connections are warm
+    for as many runs as it executes at once (runs/attempts.warm)."""
     try:
         settings = settings_of(current_app)
-        heartbeat.ensure(
-            _store(settings).engine,
-            worker_id(hostname),
-            settings.worker_silence.total_seconds() / 6,
-        )
+        engine = _store(settings).engine
+        heartbeat.ensure(engine, worker_id(hostname), settings.worker_silence.total_seconds() / 6)
     except Exception as exc:  # the database away: the first run starts it
         log.warning("heartbeat not started (%s); it starts with the first run", exc)
+        return
+    try:
+        warm(engine, runs_at_once, db_now())
+    except Exception as exc:  # the runs warm their connections themselves
+        log.warning("database connections not opened at start (%s)", exc)
 
 
 @signals.worker_init.connect(weak=False)
@@ -94,7 +97,7 @@ def _size_pools(sender: object = None, **_kwargs: object) -> None:
 def _pool_process_started(sender: str | None = None, **_kwargs: object) -> None:
     """A prefork pool process (the one that executes runs) is up."""
     if sender:
-        _start_heartbeat(sender)
+        _process_started(sender, 1)
 
 
 @signals.worker_ready.connect(weak=False)
@@ -104,7 +107,8 @@ def _worker_ready(sender: object = None, **_kwargs: object) -> None:
 
     hostname = getattr(sender, "hostname", None)
     if hostname and not isinstance(getattr(sender, "pool", None), TaskPool):
-        _start_heartbeat(hostname)
+        concurrency = getattr(sender, "concurrency", 1)
+        _process_started(hostname, concurrency if isinstance(concurrency, int) else 1)
 
 
 @shared_task(
