@@ -12,10 +12,10 @@ from granian import Granian
 from granian.constants import Interfaces
 from granian.log import LogLevels
 
-# One line per request, as the common log format has it: who, when, the request line, the
-# status and the time it took.
+# One line per request, as the combined log format has it (gunicorn's default): who, when,
+# the request line, the status, the referer and the user agent; then the time it took.
 ACCESS_FORMAT = ('%(addr)s - - [%(time)s] "%(method)s %(path)s %(protocol)s" %(status)d '
-                 "%(dt_ms).1fms")
+                 '"%(header{referer})s" "%(header{user-agent})s" %(dt_ms).1fms')
 
 
 class BindError(ValueError):
