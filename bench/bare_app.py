@@ -31,15 +31,17 @@ def noop() -> None:
     return None
 
 
-@app.task(name="bare.fork")
-def fork(command: str) -> int:
-    done = subprocess.run([command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+def _run(words: list[str]) -> int:
+    done = subprocess.run(words, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT)
     return done.returncode
+
+
+@app.task(name="bare.fork")
+def fork(command: str) -> int:
+    return _run([command])
 
 
 @app.task(name="bare.argv")
 def argv(words: list[str]) -> int:
-    done = subprocess.run(words, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT)
-    return done.returncode
+    return _run(words)

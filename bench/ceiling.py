@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from celery import Celery
+
 from bench.cluster import Cluster, cores, worker_children
 from bench.common import (
     Proc,
@@ -94,16 +96,21 @@ def bare_worker(servers: Servers, where: Path, pool: str, concurrency: int,
     return url, proc
 
 
-def send_bare(url: str, task: str, n: int, kala_settings: bool) -> None:
-    """Queue `n` messages of a bare task (one producer, as a Celery user would send them)."""
+def bare_app_on(url: str, kala_settings: bool) -> Celery:
+    """bench/bare_app.py's Celery app, publishing to `url` (its settings are read at import)."""
     import os
 
     os.environ["BARE_BROKER_URL"] = url
     os.environ["BARE_KALA_SETTINGS"] = "1" if kala_settings else "0"
     from bench import bare_app
 
-    app = bare_app.app
-    app.conf.broker_url = url
+    bare_app.app.conf.broker_url = url
+    return bare_app.app
+
+
+def send_bare(url: str, task: str, n: int, kala_settings: bool) -> None:
+    """Queue `n` messages of a bare task (one producer, as a Celery user would send them)."""
+    app = bare_app_on(url, kala_settings)
     args = (COMMAND,) if task == "bare.fork" else ()
     with app.producer_or_acquire() as producer:
         for _ in range(n):

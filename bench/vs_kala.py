@@ -202,20 +202,17 @@ def bare_celery_burst(servers: Servers, n: int, timeout: float) -> tuple[list[fl
     busy CPU per run, measured as `due_runs` does."""
     import shlex
 
-    from bench.ceiling import bare_worker
+    from bench.ceiling import bare_app_on, bare_worker
 
     work = servers.dir(f"vs-kala-bare-{time.monotonic_ns()}")
     url, worker = bare_worker(servers, work, "threads", 32, kala_settings=True)
     try:
-        os.environ.update(BARE_BROKER_URL=url, BARE_KALA_SETTINGS="1")  # read at its import
-        from bench import bare_app
-
-        bare_app.app.conf.broker_url = url
+        app = bare_app_on(url, kala_settings=True)
         paths = [work / f"j{i}" for i in range(n + 1)]
-        with bare_app.app.producer_or_acquire() as producer:
+        with app.producer_or_acquire() as producer:
             def send(path: Path) -> None:
-                bare_app.app.send_task("bare.argv", (shlex.split(_stamp_command(path)),),
-                                       producer=producer)
+                app.send_task("bare.argv", (shlex.split(_stamp_command(path)),),
+                              producer=producer)
 
             send(paths[-1])  # a warm-up, as each side has
             wait_until(lambda: paths[-1].exists(), 30, "the bare warm-up", 0.02)

@@ -106,7 +106,7 @@ def test_a_worker_opens_its_connections_warm_and_changes_nothing(db_url: str) ->
         try:
             for conn in connections:
                 prepared = conn.execute(text("SELECT statement FROM pg_prepared_statements"))
-                starts = {statement.split()[0:2][1] for statement in prepared.scalars()}
+                starts = {statement.split()[1] for statement in prepared.scalars()}
                 assert {"claimed", "ended"} <= starts  # WITH claimed AS, WITH ended AS
         finally:
             for conn in connections:

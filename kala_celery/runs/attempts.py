@@ -27,6 +27,7 @@ below), so a run is two round trips to the database instead of eight.
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache, lru_cache
@@ -366,14 +367,11 @@ def warm(engine: Engine, connections: int, now: datetime) -> None:
               "p_attempt": 1, "p_state": "success", "p_duration": 0, "p_output": "",
               "p_error": None, "p_exit": 0, "p_http": None, "p_total": 1, "p_attempts": None}
     size = min(connections, engine.pool.size())  # type: ignore[attr-defined]  # QueuePool
-    opened = [engine.connect().execution_options(**_AUTOCOMMIT) for _ in range(size)]
-    try:
-        for conn in opened:
+    with ExitStack() as held:  # all open at once: each a connection of its own
+        for _ in range(size):
+            conn = held.enter_context(engine.connect()).execution_options(**_AUTOCOMMIT)
             conn.execute(_CLAIM_IN_ONE, params).all()
             conn.execute(_end_in_one("success", False, "total", False), params).all()
-    finally:
-        for conn in opened:
-            conn.close()
 
 
 @dataclass(frozen=True)
