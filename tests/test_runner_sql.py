@@ -18,6 +18,7 @@ from kala_celery.runs.heartbeats import worker_id
 from kala_celery.runs.outcome import Outcome
 from kala_celery.store import jobs
 from kala_celery.store.db import Store, store_for
+from kala_celery.store.driver import DriverStatement
 from kala_celery.store.tables import Job, Run, SupersededAttempt, utcnow
 from kala_celery.tasks.runner import Delivery, execute_run
 
@@ -83,12 +84,21 @@ def job_row(store: Store, job_id: str) -> Job:
 
 
 @pytest.fixture
-def statements(store: Store) -> Iterator[list[str]]:
+def statements(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The statements sent: through SQLAlchemy, and those the driver runs itself (the
+    claim and the end on PostgreSQL, store/driver.py)."""
     seen: list[str] = []
 
     def before(conn, cursor, statement, params, context, executemany) -> None:
         seen.append(statement)
 
+    run = DriverStatement._run
+
+    def by_the_driver(self: DriverStatement, conn, params, **kwargs):
+        seen.append(self.sql)
+        return run(self, conn, params, **kwargs)
+
+    monkeypatch.setattr(DriverStatement, "_run", by_the_driver)
     event.listen(store.engine, "before_cursor_execute", before)
     yield seen
     event.remove(store.engine, "before_cursor_execute", before)

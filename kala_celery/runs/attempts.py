@@ -17,11 +17,10 @@ KALA_REDELIVER_AFTER), or a live worker process that says, in its heartbeat, tha
 running it (bounded by KALA_WORKER_TIMEOUT).
 
 A run of a job that succeeds at once is two short transactions of two statements each, in
-SQLAlchemy Core (no ORM unit of work, no re-reads): the claim (`UPDATE runs ... RETURNING`,
-which also counts the first attempt, and `UPDATE jobs ... RETURNING` the job) and the finish
-(the run's final state, then the job's counters and `is_done` in one UPDATE). On PostgreSQL
-each of the two is one `WITH` statement outside a transaction block ("one statement a step"
-below), so a run is two round trips to the database instead of eight.
+SQLAlchemy Core: the claim (`UPDATE runs ... RETURNING`, which also counts the first attempt,
+and `UPDATE jobs ... RETURNING` the job) and the finish (the run's final state, then the job's
+counters and `is_done` in one UPDATE). On PostgreSQL each is one `WITH` statement outside a
+transaction block, run by the driver (store/driver.py): a run is two round trips.
 """
 
 from __future__ import annotations
@@ -55,6 +54,7 @@ from kala_celery.runs.outcome import Outcome, tail
 from kala_celery.runs.retry import RetryPolicy
 from kala_celery.schedule import occurrences
 from kala_celery.store.db import begin_write, engine_of
+from kala_celery.store.driver import driven
 from kala_celery.store.tables import (
     PARENTS_ALL,
     Job,
@@ -325,7 +325,8 @@ def _claim_in_one(engine: Engine, params: dict[str, Any]
     """The claim of a queued run in one statement; False when it missed (the run is not
     pending or sent: the transaction's claim looks further)."""
     with engine.connect() as conn:
-        row = conn.execution_options(**_AUTOCOMMIT).execute(_CLAIM_IN_ONE, params).first()
+        row = driven(_CLAIM_IN_ONE, conn.dialect).first(
+            conn.execution_options(**_AUTOCOMMIT), params)
     if row is None:
         return False
     run = _run_info(row)
@@ -370,8 +371,8 @@ def warm(engine: Engine, connections: int, now: datetime) -> None:
     with ExitStack() as held:  # all open at once: each a connection of its own
         for _ in range(size):
             conn = held.enter_context(engine.connect()).execution_options(**_AUTOCOMMIT)
-            conn.execute(_CLAIM_IN_ONE, params).all()
-            conn.execute(_end_in_one("success", False, "total", False), params).all()
+            driven(_CLAIM_IN_ONE, conn.dialect).first(conn, params)
+            driven(_end_in_one("success", False, "total", False), conn.dialect).first(conn, params)
 
 
 @dataclass(frozen=True)
@@ -395,7 +396,7 @@ def claim(
         if claimed is not False:
             return claimed  # type: ignore[return-value]
     with begin_write(engine) as conn:
-        row = conn.execute(_CLAIM, params).first()
+        row = driven(_CLAIM, conn.dialect).first(conn, params)
         if row is None:
             row = _claim_from_the_dead(conn, run_id, me, hostname, now)
             if row is None or isinstance(row, NotYet):
@@ -407,10 +408,10 @@ def claim(
         # A dependent whose parent did not succeed is not run: Kala never touches such a
         # child, so neither does its claim (docs/kala.md §10).
         if run.attempts == 1 and parent_state in (None, "success"):  # the first attempt
-            job_row = conn.execute(_FIRST_ATTEMPT_OF_JOB, {"p_job": run.job_id, "p_now": now})
+            job_row = driven(_FIRST_ATTEMPT_OF_JOB, conn.dialect).first(
+                conn, {"p_job": run.job_id, "p_now": now})
         else:
-            job_row = conn.execute(_JOB, {"p_job": run.job_id})
-        job_row = job_row.first()
+            job_row = driven(_JOB, conn.dialect).first(conn, {"p_job": run.job_id})
         if job_row is None:
             return None  # deleted with its runs: nothing left to update
         return run, _job_of(job_row), parent_state
@@ -542,7 +543,7 @@ def end_in_one(conn: Connection, e: Ending) -> bool:
     params = {**_end_params(e.run, e.me, e.state, e.outcome, e.now), "p_job": e.job.id,
               "p_total": total, "p_attempts": e.attempts}
     statement = _end_in_one(e.state, e.failed_attempt, done, e.attempts is not None)
-    return conn.execute(statement, params).first() is not None
+    return driven(statement, conn.dialect).first(conn, params) is not None
 
 
 def finish_ending(conn: Connection, e: Ending) -> list[str] | None:
@@ -603,22 +604,16 @@ def finish(
     that child stays as it was). Returns the runs recorded here to
     publish, or None when the run was no longer `me`'s to end."""
     params = _end_params(run, me, state, outcome, now)
-    if untaken:
-        ended = conn.execute(_END_UNTAKEN, params)
-    elif attempts is None:
-        ended = conn.execute(_END, params)
-    else:
-        ended = conn.execute(_END_UNCOUNTED, {**params, "p_attempts": attempts})
-    if ended.rowcount != 1:
+    end = _END_UNTAKEN if untaken else _END if attempts is None else _END_UNCOUNTED
+    if driven(end, conn.dialect).count(conn, {**params, "p_attempts": attempts}) != 1:
         return None  # someone else ended it (status callback, sweep)
     if job_untouched:
         return []
     done, total = _done(job, settings)
-    counted = conn.execute(
-        _counters(state, failed_attempt, done), {"p_job": job.id, "p_now": now, "p_total": total}
-    )
+    counted = driven(_counters(state, failed_attempt, done), conn.dialect).first(
+        conn, {"p_job": job.id, "p_now": now, "p_total": total})
     if state == "success":
-        if not counted.scalar():  # no child waits for all its parents: nothing to mark
+        if not (counted and counted[0]):  # no child waits for all its parents: nothing to mark
             return []
         return parents.after_success(conn, job.id, run.id, now)
     if state in ("failed", "lost") and job.on_failure_job:

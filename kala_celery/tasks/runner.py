@@ -36,6 +36,7 @@ from kala_celery.runs.retry import RetryPolicy
 from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import DatabaseAway, engine_of
 from kala_celery.store.tables import JOB_CELERY_TASK, JOB_REMOTE
+from kala_celery.tasks import celery_task, remote, shell, templates
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,6 @@ def run_environment(run: RunInfo, attempt: int) -> dict[str, str]:
 def perform(job: JobRecord, settings: Settings, run_env: Mapping[str, str]) -> Outcome:
     """One attempt: run the Celery task by name, or render templates, then run the command
     (with `run_env` added to the worker's environment) or make the HTTP call."""
-    from kala_celery.tasks import celery_task, remote, shell, templates
-
     if job.job_type == JOB_CELERY_TASK:
         return celery_task.call(job.celery_task, run_id=run_env["KALA_RUN_ID"])
     try:

@@ -1,0 +1,99 @@
+"""Statements a hot path runs on the database driver's own cursor (docs/design.md Decision
+36): the statements every run executes on a worker, its claim and its end.
+
+Each is a Core statement, compiled by SQLAlchemy once per dialect; at each run the driver
+(psycopg, which prepares it on the server; sqlite3, which keeps it in its statement cache)
+executes its SQL on the connection SQLAlchemy checked out, in that connection's transaction
+or autocommit, and hands back plain tuples. What is skipped is SQLAlchemy's per-execution
+work: the execution context, the result's metadata (psycopg describes every column of the
+claim's 50 at each execution) and the rows' processing. The types' own conversions still
+apply (an aware UTC datetime in, one out).
+
+SQLAlchemy still owns the connection: it checks it out, begins, commits or sets its isolation
+level, and returns it to the pool; and a driver's error goes through its own handling, so an
+outage raises what `store.db.DatabaseAway` names and a dropped connection invalidates the
+pool's older ones, as for any statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Connection, Dialect
+from sqlalchemy.sql import Executable
+
+
+class DriverStatement:
+    """A statement compiled once for `dialect`, run by the driver. Its bound parameters
+    without a value are the caller's at each execution; the others are bound once here."""
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        # A copy (a statement with no new options) is what is compiled and asked for its
+        # columns: SQLAlchemy memoizes an UPDATE's (empty) RETURNING columns on the statement
+        # asked, and a statement built on it later (`.returning()`) inherited that empty set.
+        statement = statement.execution_options()
+        compiled = statement.compile(dialect=dialect)
+        if "POSTCOMPILE" in compiled.string:
+            raise ValueError("an expanding parameter is compiled at each execution")
+        self.sql = compiled.string
+        self._binds: dict[str, Callable[[Any], Any]] = {}
+        self._fixed: dict[str, Any] = {}
+        for bind, name in compiled.bind_names.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                self._binds[name] = processor
+            if not bind.required:
+                self._fixed[name] = self._bound(name, bind.effective_value)
+        self._order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        columns = getattr(statement, "exported_columns", ())  # a SELECT's, or a RETURNING
+        self._results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
+                              for column in columns)
+        self._converts = any(self._results)
+        self._options = {"prepare": True} if dialect.driver == "psycopg" else {}
+        self._error = dialect.loaded_dbapi.Error
+
+    def _bound(self, name: str, value: Any) -> Any:
+        processor = self._binds.get(name)
+        return value if processor is None or value is None else processor(value)
+
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The statement's first row on `conn`, or None (also when it returns no rows)."""
+        return self._run(conn, params, rows=True)
+
+    def count(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """The rows the statement changed on `conn` (an UPDATE without RETURNING)."""
+        return self._run(conn, params, rows=False)
+
+    def _run(self, conn: Connection, params: Mapping[str, Any], *, rows: bool) -> Any:
+        values = dict(self._fixed)
+        for name, value in params.items():
+            values[name] = self._bound(name, value)
+        bound: Any = values if self._order is None else tuple(values[n] for n in self._order)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(self.sql, bound, **self._options)
+            if not rows:
+                found = cursor.rowcount
+            else:  # none from a statement that returns no rows (an UPDATE without RETURNING)
+                found = cursor.fetchone() if cursor.description is not None else None
+        except self._error as exc:
+            # SQLAlchemy's own handling of a driver's error, as Connection.execute does it:
+            # wrapped in sqlalchemy.exc, a dropped connection invalidated with the pool's
+            # older ones. (Private to SQLAlchemy; tests/test_driver.py holds it to this.)
+            conn._handle_dbapi_exception(exc, self.sql, bound, cursor, None)
+            raise  # not reached: the call above raises
+        finally:
+            cursor.close()
+        if not rows or found is None or not self._converts:
+            return found
+        return tuple(value if convert is None or value is None else convert(value)
+                     for convert, value in zip(self._results, found, strict=True))
+
+
+@cache
+def driven(statement: Executable, dialect: Dialect) -> DriverStatement:
+    """`statement` compiled for `dialect`, once (statements are module constants: cached by
+    identity)."""
+    return DriverStatement(statement, dialect)

@@ -1,0 +1,112 @@
+"""store/driver.py: the statements psycopg runs itself (a worker's claim and end on PostgreSQL)
+convert values as SQLAlchemy does, and their errors go through SQLAlchemy's own handling: an
+outage raises what DatabaseAway names, and a dropped connection takes the pool's older ones
+with it, so the next claim runs on a fresh connection instead of failing once per pooled
+one."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import bindparam, literal, literal_column, select, text, update
+from sqlalchemy.exc import DBAPIError
+
+from kala_celery.runs.attempts import NotYet, claim
+from kala_celery.runs.heartbeats import worker_id
+from kala_celery.store.db import DatabaseAway, make_engine, store_for
+from kala_celery.store.driver import DriverStatement
+from kala_celery.store.tables import Job, UTCDateTime, utcnow
+from tests.test_runner_sql import FOREVER, create, record
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> Iterator[str]:
+    name = f"kala_test_{uuid.uuid4().hex[:12]}"
+    yield postgres_server.create_database(name)
+    postgres_server.drop_database(name)
+
+
+def test_a_dropped_connection_is_an_outage_and_the_next_claim_reconnects(pg_url: str) -> None:
+    store = store_for(pg_url, pre_ping=False, prepared=True)  # a worker's engine
+    try:
+        job_id = create(store, schedule=FOREVER)
+        run_id = record(store, job_id)
+        with ExitStack() as held:  # two pooled connections, both cut by the server
+            pids = [held.enter_context(store.engine.connect()).exec_driver_sql(
+                "SELECT pg_backend_pid()").scalar() for _ in range(2)]
+        admin = make_engine(pg_url)  # another process's connection ends them
+        with admin.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM unnest(%(p)s) pid",
+                                 {"p": pids})
+        admin.dispose()
+        with pytest.raises(DatabaseAway) as caught:
+            claim(store.engine, run_id, worker_id("host"), "host", utcnow())
+        assert caught.value.connection_invalidated
+        claimed = claim(store.engine, run_id, worker_id("host"), "host", utcnow())
+        assert claimed is not None and not isinstance(claimed, NotYet)
+        run, job, _ = claimed
+        assert (run.id, run.attempts, job.id) == (run_id, 1, job_id)
+    finally:
+        store.engine.dispose()
+
+
+def test_a_failed_statement_raises_sqlalchemys_error_and_keeps_the_connection(db_url: str
+                                                                             ) -> None:
+    store = store_for(db_url, pre_ping=False, prepared=True)
+    missing = DriverStatement(select(literal_column("x")).select_from(text("no_such_table")),
+                              store.engine.dialect)
+    one = DriverStatement(select(literal(1)), store.engine.dialect)
+    try:
+        with store.engine.connect() as conn:
+            with pytest.raises(DBAPIError) as caught:
+                missing.first(conn, {})
+            assert not caught.value.connection_invalidated
+            conn.rollback()
+            assert one.first(conn, {}) == (1,)
+    finally:
+        store.engine.dispose()
+
+
+def test_values_convert_as_through_sqlalchemy(db_url: str) -> None:
+    """An aware datetime goes in as the column's naive UTC and comes out aware; a value the
+    statement binds itself (here 7) is bound once; a parameter it lacks is ignored; `count`
+    is the rows an UPDATE changed."""
+    store = store_for(db_url, pre_ping=False, prepared=True)
+    statement = select(bindparam("p_at", type_=UTCDateTime), literal(7),
+                       literal_column("'x'").label("plain"))
+    at = datetime(2026, 12, 7, 14, 30, 1, 250000, tzinfo=UTC)
+    job_id = create(store, schedule=FOREVER)
+    rename = update(Job).where(Job.id == bindparam("p_job")).values(name=bindparam("p_name"))
+    try:
+        with store.engine.begin() as conn:
+            through = DriverStatement(statement, conn.dialect)
+            row = through.first(conn, {"p_at": at, "p_other": 1})
+            assert row == tuple(conn.execute(statement, {"p_at": at}).one())
+            assert row == (at, 7, "x")
+            assert row[0].tzinfo is UTC
+            renamed = DriverStatement(rename, conn.dialect)
+            assert renamed.count(conn, {"p_job": job_id, "p_name": "renamed"}) == 1
+            assert renamed.count(conn, {"p_job": "none", "p_name": "x"}) == 0
+            assert renamed.first(conn, {"p_job": job_id, "p_name": "renamed"}) is None
+        with store.sessions() as session:
+            assert session.get(Job, job_id).name == "renamed"
+    finally:
+        store.engine.dispose()
+
+
+def test_a_statement_built_later_on_a_driven_one_keeps_its_columns(db_url: str) -> None:
+    """SQLAlchemy memoizes an UPDATE's (empty) RETURNING columns on the statement asked; a
+    `.returning()` built on it afterwards inherited them, and runs/attempts builds its
+    one-statement ends on the UPDATE the transaction's end runs."""
+    engine = make_engine(db_url)
+    base = update(Job).where(Job.id == bindparam("p_job")).values(name="x")
+    try:
+        DriverStatement(base, engine.dialect)
+        built = base.returning(Job.id).cte("built")
+        assert list(built.c.keys()) == ["id"]
+    finally:
+        engine.dispose()
