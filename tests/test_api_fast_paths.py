@@ -12,27 +12,22 @@ from datetime import UTC, datetime
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import event
 
 from kala_celery import wire
 from kala_celery.api import listing
 from tests.live import Api
+from tests.sent import statements_sent
 from tests.test_api_jobs import future
 from tests.test_wire import FakeJob, FakeRun
 
 
 @contextmanager
 def statements(api: Api) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def record(_conn, _cursor, statement, _params, _context, _many) -> None:
-        seen.append(" ".join(statement.split()[:3]).upper())
-
-    event.listen(api.state.engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(api.state.engine, "before_cursor_execute", record)
+    """The first three words of each statement sent, upper case."""
+    shown: list[str] = []
+    with statements_sent(api.state.engine) as seen:
+        yield shown
+    shown.extend(" ".join(statement.split()[:3]).upper() for statement in seen)
 
 
 def test_a_scheduled_create_is_one_insert_and_its_audit_row(api: Api) -> None:

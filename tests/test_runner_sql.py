@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 
 from kala_celery.config import Settings
 from kala_celery.runs import dispatch
@@ -18,9 +18,9 @@ from kala_celery.runs.heartbeats import worker_id
 from kala_celery.runs.outcome import Outcome
 from kala_celery.store import jobs
 from kala_celery.store.db import Store, store_for
-from kala_celery.store.driver import DriverStatement
 from kala_celery.store.tables import Job, Run, SupersededAttempt, utcnow
 from kala_celery.tasks.runner import Delivery, execute_run
+from tests.sent import statements_sent
 
 FOREVER = "R/2099-01-01T00:00:00Z/PT1H"
 OK = Outcome(True, "fine", None, 0)
@@ -84,24 +84,9 @@ def job_row(store: Store, job_id: str) -> Job:
 
 
 @pytest.fixture
-def statements(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The statements sent: through SQLAlchemy, and those the driver runs itself (the
-    claim and the end on PostgreSQL, store/driver.py)."""
-    seen: list[str] = []
-
-    def before(conn, cursor, statement, params, context, executemany) -> None:
-        seen.append(statement)
-
-    run = DriverStatement._run
-
-    def by_the_driver(self: DriverStatement, conn, params, **kwargs):
-        seen.append(self.sql)
-        return run(self, conn, params, **kwargs)
-
-    monkeypatch.setattr(DriverStatement, "_run", by_the_driver)
-    event.listen(store.engine, "before_cursor_execute", before)
-    yield seen
-    event.remove(store.engine, "before_cursor_execute", before)
+def statements(store: Store) -> Iterator[list[str]]:
+    with statements_sent(store.engine) as seen:
+        yield seen
 
 
 def test_a_successful_run_is_few_statements_and_a_duplicate_changes_nothing(

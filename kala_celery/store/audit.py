@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from kala_celery import wire
 from kala_celery.store.clock import now as db_now
+from kala_celery.store.driver import driven
 from kala_celery.store.tables import AuditEntry, Job
 
 # What a row's `action` may be: the job changes, then the token changes.
@@ -37,7 +38,9 @@ FIELDS = ("name", "command", "owner", "disabled", "schedule", "cron", "timezone"
 HIDDEN = frozenset({"remote_headers", "remote_body"})
 CHANGED = "(changed)"
 PRUNE_BATCH = 1000
-_INSERT = insert(AuditEntry.__table__)
+_COLUMNS = ("at", "token", "address", "via", "action", "job_id", "job_name", "changes")
+_INSERT = insert(AuditEntry.__table__).values(  # run by the driver (store/driver.py)
+    {name: bindparam(f"p_{name}", type_=AuditEntry.__table__.c[name].type) for name in _COLUMNS})
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,11 @@ def record(session: Session, actor: Actor, action: str, *, job_id: str | None = 
     """Add one row to the caller's transaction (a Core INSERT: the ORM's unit of work for
     one new object cost a create more than the row's own write)."""
     assert action in ACTIONS, action
-    session.connection().execute(_INSERT, {
-        "at": now or db_now(), "token": actor.token, "address": actor.address,
-        "via": actor.via, "action": action, "job_id": job_id, "job_name": job_name,
-        "changes": dict(changes or {}),
+    conn = session.connection()
+    driven(_INSERT, conn.dialect).count(conn, {
+        "p_at": now or db_now(), "p_token": actor.token, "p_address": actor.address,
+        "p_via": actor.via, "p_action": action, "p_job_id": job_id, "p_job_name": job_name,
+        "p_changes": dict(changes or {}),
     })
 
 

@@ -55,8 +55,8 @@ class DriverStatement:
         self._error = dialect.loaded_dbapi.Error
 
     def _bound(self, name: str, value: Any) -> Any:
-        processor = self._binds.get(name)
-        return value if processor is None or value is None else processor(value)
+        processor = self._binds.get(name)  # called for None too, as SQLAlchemy calls it (a
+        return value if processor is None else processor(value)  # JSON None is 'null')
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The statement's first row on `conn`, or None (also when it returns no rows)."""
@@ -88,7 +88,7 @@ class DriverStatement:
             cursor.close()
         if not rows or found is None or not self._converts:
             return found
-        return tuple(value if convert is None or value is None else convert(value)
+        return tuple(value if convert is None else convert(value)
                      for convert, value in zip(self._results, found, strict=True))
 
 

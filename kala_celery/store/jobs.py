@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -24,6 +24,7 @@ from kala_celery.config import RemotePolicy
 from kala_celery.errors import Conflict, Forbidden, InvalidJob, NotFound
 from kala_celery.schedule import cron, occurrences
 from kala_celery.store import links
+from kala_celery.store.driver import driven
 from kala_celery.store.tables import (
     JOB_CELERY_TASK,
     JOB_LOCAL,
@@ -378,16 +379,20 @@ def validate_timing(data: dict[str, Any], rules: Rules, now: datetime) -> occurr
     return parsed
 
 
-_JOB_COLUMNS = tuple(column.key for column in Job.__table__.columns)
-_INSERT_JOB = insert(Job.__table__)
+_JOB_PARAMS = tuple((column.key, f"p_{column.key}") for column in Job.__table__.columns)
+_INSERT_JOB = insert(Job.__table__).values(
+    {column.key: bindparam(f"p_{column.key}", type_=column.type)
+     for column in Job.__table__.columns})
 
 
 def _insert(session: Session, job: Job) -> None:
-    """INSERT a new job whose every column is set, as one Core statement, and attach it to
-    the session as loaded (persistent, nothing pending): what add + flush would leave, without
-    the unit of work's bookkeeping (most of a create's database time)."""
-    values = {key: getattr(job, key) for key in _JOB_COLUMNS}
-    session.connection().execute(_INSERT_JOB, values)  # Core: no ORM statement handling
+    """INSERT a new job whose every column is set, as one Core statement run by the driver
+    (store/driver.py), and attach it to the session as loaded (persistent, nothing pending):
+    what add + flush would leave, without the unit of work's bookkeeping (most of a
+    create's database time)."""
+    conn = session.connection()
+    driven(_INSERT_JOB, conn.dialect).count(
+        conn, {param: getattr(job, key) for key, param in _JOB_PARAMS})
     make_transient_to_detached(job)
     session.add(job)
 
