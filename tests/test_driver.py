@@ -110,3 +110,24 @@ def test_a_statement_built_later_on_a_driven_one_keeps_its_columns(db_url: str) 
         assert list(built.c.keys()) == ["id"]
     finally:
         engine.dispose()
+
+
+def test_a_statement_begins_the_connections_transaction_as_execute_does(db_url: str) -> None:
+    """Outside a transaction the driver's statement autobegins one, as Connection.execute
+    does: commit() keeps its change, closing without it undoes it."""
+    store = store_for(db_url, pre_ping=False, prepared=True)
+    job_id = create(store, schedule=FOREVER)
+    rename = update(Job).where(Job.id == bindparam("p_job")).values(name=bindparam("p_name"))
+    try:
+        with store.engine.connect() as conn:
+            DriverStatement(rename, conn.dialect).count(conn, {"p_job": job_id, "p_name": "a"})
+            assert conn.in_transaction()
+        with store.sessions() as session:
+            assert session.get(Job, job_id).name == "j"
+        with store.engine.connect() as conn:
+            DriverStatement(rename, conn.dialect).count(conn, {"p_job": job_id, "p_name": "b"})
+            conn.commit()
+        with store.sessions() as session:
+            assert session.get(Job, job_id).name == "b"
+    finally:
+        store.engine.dispose()
