@@ -100,7 +100,7 @@ def record(session: Session, actor: Actor, action: str, *, job_id: str | None = 
     one new object cost a create more than the row's own write)."""
     assert action in ACTIONS, action
     conn = session.connection()
-    driven(_INSERT, conn.dialect).count(conn, {
+    driven(_INSERT, conn.dialect).execute(conn, {
         "p_at": now or db_now(), "p_token": actor.token, "p_address": actor.address,
         "p_via": actor.via, "p_action": action, "p_job_id": job_id, "p_job_name": job_name,
         "p_changes": dict(changes or {}),

@@ -66,7 +66,11 @@ class DriverStatement:
         """The rows the statement changed on `conn` (an UPDATE without RETURNING)."""
         return self._run(conn, params, rows=False)
 
-    def _run(self, conn: Connection, params: Mapping[str, Any], *, rows: bool) -> Any:
+    def execute(self, conn: Connection, params: Mapping[str, Any]) -> None:
+        """Run the statement on `conn` (an INSERT), reading no answer."""
+        self._run(conn, params, rows=None)
+
+    def _run(self, conn: Connection, params: Mapping[str, Any], *, rows: bool | None) -> Any:
         values = dict(self._fixed)
         binds = self._binds
         for name, value in params.items():  # _bound, inlined: a create binds 50 values
@@ -78,7 +82,9 @@ class DriverStatement:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(self.sql, bound, **self._options)
-            if not rows:
+            if rows is None:
+                found = None
+            elif not rows:
                 found = cursor.rowcount
             else:  # none from a statement that returns no rows (an UPDATE without RETURNING)
                 found = cursor.fetchone() if cursor.description is not None else None
@@ -90,7 +96,7 @@ class DriverStatement:
             raise  # not reached: the call above raises
         finally:
             cursor.close()
-        if not rows or found is None or not self._converts:
+        if rows is not True or found is None or not self._converts:
             return found
         return tuple(value if convert is None else convert(value)
                      for convert, value in zip(self._results, found, strict=True))

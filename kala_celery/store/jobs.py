@@ -391,7 +391,7 @@ def _insert(session: Session, job: Job) -> None:
     what add + flush would leave, without the unit of work's bookkeeping (most of a
     create's database time)."""
     conn = session.connection()
-    driven(_INSERT_JOB, conn.dialect).count(
+    driven(_INSERT_JOB, conn.dialect).execute(
         conn, {param: getattr(job, key) for key, param in _JOB_PARAMS})
     make_transient_to_detached(job)
     session.add(job)
