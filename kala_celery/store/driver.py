@@ -50,6 +50,7 @@ class DriverStatement:
         columns = getattr(statement, "exported_columns", ())  # a SELECT's, or a RETURNING
         self._results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
                               for column in columns)
+        self._rows = bool(self._results)  # the statement returns rows (it has columns)
         self._converts = any(self._results)
         self._options = {"prepare": True} if dialect.driver == "psycopg" else {}
         self._error = dialect.loaded_dbapi.Error
@@ -86,8 +87,9 @@ class DriverStatement:
                 found = None
             elif not rows:
                 found = cursor.rowcount
-            else:  # none from a statement that returns no rows (an UPDATE without RETURNING)
-                found = cursor.fetchone() if cursor.description is not None else None
+            else:  # none from a statement that returns no rows (an UPDATE without RETURNING;
+                # not asked of the cursor: psycopg describes every column at each asking)
+                found = cursor.fetchone() if self._rows else None
         except self._error as exc:
             # SQLAlchemy's own handling of a driver's error, as Connection.execute does it:
             # wrapped in sqlalchemy.exc, a dropped connection invalidated with the pool's
