@@ -10,8 +10,10 @@ window:
 - kala-celery: manual starts of jobs whose command is `true` (the API's start path, recorded
   and published before the window), on PostgreSQL (or --dbs).
 Each rate is messages taken off the queue per second while the queue was not empty (in the
-steady state that is what finished). CPU ms per run adds the worker (main, pool, and the
-commands it waited for), the database and Redis over the window. With --profile, py-spy
+steady state that is what finished). CPU ms per run is split by process over the window: the
+worker's main process (Celery's consumer; with the threads pool it also runs the tasks), its
+pool processes (prefork: the tasks, less their commands), the commands they waited for, the
+database and Redis. With --profile, py-spy
 samples the kala-celery worker after its window, while its backlog lasts.
 """
 
@@ -49,7 +51,7 @@ JOBS = 50
 class Measured:
     rate: float  # runs/s while the queue had work
     taken: int
-    cpu_ms: tuple[float, float, float]  # per run: worker, database, redis
+    cpu_ms: tuple[float, ...]  # per run: worker main, pool, commands, database, redis
     dry: bool  # the backlog ran out inside the window
 
 
@@ -62,26 +64,34 @@ def queue_length(redis_url: str) -> int:
 Pids = Callable[[], tuple[list[int], list[int], list[int]]]  # worker, database, redis
 
 
-def _cpu(pids: list[int]) -> dict[int, float]:
-    return {pid: cpu_seconds([pid]) for pid in pids}
+def _groups(pids: Pids) -> list[dict[int, float]]:
+    """CPU seconds per process of each group: the worker's main process, its pool processes,
+    the commands those waited for (their reaped children), the database, Redis."""
+    worker, db, redis_ = pids()
+    main, pool = worker[:1], worker[1:]
+    return [{pid: cpu_seconds([pid], reaped=False) for pid in main},
+            {pid: cpu_seconds([pid], reaped=False) for pid in pool},
+            {pid: cpu_seconds([pid], own=False) for pid in worker},
+            {pid: cpu_seconds([pid]) for pid in db},
+            {pid: cpu_seconds([pid]) for pid in redis_}]
 
 
 def drain(redis_url: str, window: float, pids: Pids) -> Measured:
     """Watch the queue for `window` seconds (or until it is empty): messages taken per
-    second, and the CPU each side spent per message. The processes are listed again at the
-    end: a database connection opened inside the window counts from zero."""
-    before = [_cpu(p) for p in pids()]
+    second, and the CPU each group of processes spent per message. The processes are listed
+    again at the end: a database connection opened inside the window counts from zero."""
+    before = _groups(pids)
     t0, first = time.monotonic(), queue_length(redis_url)
     t, last = t0, first
     while t - t0 < window and last > 0:
         time.sleep(0.05)
         t, last = time.monotonic(), queue_length(redis_url)
-    after = [_cpu(p) for p in pids()]
+    after = _groups(pids)
     spent = [sum(cpu - b.get(pid, 0.0) for pid, cpu in a.items())
              for b, a in zip(before, after, strict=True)]
     taken = first - last
     per_run = tuple(1000 * c / max(taken, 1) for c in spent)
-    return Measured(taken / max(t - t0, 1e-3), taken, per_run, last == 0)  # type: ignore[arg-type]
+    return Measured(taken / max(t - t0, 1e-3), taken, per_run, last == 0)
 
 
 def bare_worker(servers: Servers, where: Path, pool: str, concurrency: int,
@@ -134,8 +144,9 @@ def run(args, servers: Servers) -> Report:
     stores = args.dbs or ["postgresql"]
     table = report.table(
         f"Runs per second through one worker, same Redis, same pool ({window:.0f} s windows)",
-        ["pool", "what", "store", "runs/s", "kala-celery's share", "CPU ms/run: worker",
-         "database", "redis", "in all"],
+        ["pool", "what", "store", "runs/s", "kala-celery's share",
+         "CPU ms/run: worker main", "pool processes", "commands", "database", "redis",
+         "in all"],
     )
     targets = report.table("Targets", ["target", "measured", "met"])
     redis_pids = [servers.redis.process.pid] if servers.redis.process else []
@@ -204,6 +215,8 @@ def run(args, servers: Servers) -> Report:
                       *(f"{c:.2f}" for c in m.cpu_ms), f"{sum(m.cpu_ms):.2f}")
     report.note("share = kala-celery's rate / bare Celery's rate for the task that forks the "
                 "same command, same pool and concurrency; CPU ms/run = CPU seconds spent in the "
-                "window by each side / messages taken; the worker's includes the commands "
-                "(reaped children); bare Celery's database column is empty (it has none)")
+                "window by each group of processes / messages taken: the worker's main process "
+                "(with the threads pool it runs the tasks too, and its pool column is 0), its "
+                "pool processes less the commands, the commands (the children they waited "
+                "for), the database, Redis; bare Celery has no database")
     return report

@@ -74,19 +74,22 @@ def raw_rate(loops: int, seconds: float) -> float:
 # ---------------------------------------------------------------- CPU accounting
 
 
-def _ticks(pid: int) -> int:
+def _ticks(pid: int, own: bool = True, reaped: bool = True) -> int:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return 0
-    # utime, stime, cutime, cstime (children that were waited for: the job processes)
-    return sum(int(x) for x in fields[11:15])
+    # utime, stime (its own); cutime, cstime (children that were waited for: the job processes)
+    return (sum(int(x) for x in fields[11:13]) if own else 0) + (
+        sum(int(x) for x in fields[13:15]) if reaped else 0)
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int], *, own: bool = True, reaped: bool = True) -> float:
+    """CPU seconds of the processes: their own (`own`), and their children's that they
+    waited for (`reaped`)."""
     import os
 
-    return sum(_ticks(p) for p in pids) / os.sysconf("SC_CLK_TCK")
+    return sum(_ticks(p, own, reaped) for p in pids) / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_pids(servers: Servers) -> list[int]:
