@@ -1,5 +1,6 @@
 """Statements a hot path runs on the database driver's own cursor (docs/design.md Decision
-36): the statements every run executes on a worker, its claim and its end.
+36): those every run executes on a worker (its claim and its end) and every create in the API
+(the job's INSERT and its audit row's).
 
 Each is a Core statement, compiled by SQLAlchemy once per dialect; at each run the driver
 (psycopg, which prepares it on the server; sqlite3, which keeps it in its statement cache)
