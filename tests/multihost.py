@@ -672,17 +672,22 @@ class Cluster:
     def executions(self) -> list[history.Execution]:
         return history.read_record(self.record)
 
-    def wait_runs(self, count: int, *, after: float, timeout: float,
-                  host: str | None = None) -> None:
-        """Every job started at least `count` commands after `after` (real time); with
-        `host`, count only that host's."""
+    def wait_runs(self, count: int, *, after: float, timeout: float) -> None:
+        """Every job started at least `count` commands after `after` (real time)."""
         def enough() -> bool:
-            seen = Counter(e.job_id for e in self.executions() if e.start >= after
-                           and (host is None or e.host == f"kcmh-{host}"))
+            seen = Counter(e.job_id for e in self.executions() if e.start >= after)
             return all(seen[job_id] >= count for job_id in self.jobs)
 
-        what = f"{count} runs of every job after {after:.0f}" + (f" on {host}" if host else "")
-        wait_for(enough, timeout, what)
+        wait_for(enough, timeout, f"{count} runs of every job after {after:.0f}")
+
+    def wait_host_runs(self, host: str, *, after: float, timeout: float) -> None:
+        """`host`'s worker started a command after `after` (real time): it takes part again.
+        Which jobs it gets is the broker's choice (whichever worker process is free takes the
+        next message), so no particular job is asked of it."""
+        def started() -> bool:
+            return any(e.start >= after and e.host == f"kcmh-{host}" for e in self.executions())
+
+        wait_for(started, timeout, f"a command started on {host} after {after:.0f}")
 
     def running_on(self, host: str, jobs: Iterable[str], fresh: float = 1.0) -> list[str]:
         """Run ids of `jobs` whose command started on `host` in the last `fresh` seconds and
