@@ -42,7 +42,7 @@ from bench.common import (
     utcnow,
     wait_worker_ready,
 )
-from bench.throughput import COMMAND, cpu_seconds, postgres_pids
+from bench.throughput import COMMAND, cpu_seconds, cpu_split, postgres_pids
 
 JOBS = 50
 
@@ -68,10 +68,10 @@ def _groups(pids: Pids) -> list[dict[int, float]]:
     """CPU seconds per process of each group: the worker's main process, its pool processes,
     the commands those waited for (their reaped children), the database, Redis."""
     worker, db, redis_ = pids()
-    main, pool = worker[:1], worker[1:]
-    return [{pid: cpu_seconds([pid], reaped=False) for pid in main},
-            {pid: cpu_seconds([pid], reaped=False) for pid in pool},
-            {pid: cpu_seconds([pid], own=False) for pid in worker},
+    split = {pid: cpu_split(pid) for pid in worker}  # each /proc read once
+    return [{pid: split[pid][0] for pid in worker[:1]},
+            {pid: split[pid][0] for pid in worker[1:]},
+            {pid: split[pid][1] for pid in worker},
             {pid: cpu_seconds([pid]) for pid in db},
             {pid: cpu_seconds([pid]) for pid in redis_}]
 

@@ -74,22 +74,22 @@ def raw_rate(loops: int, seconds: float) -> float:
 # ---------------------------------------------------------------- CPU accounting
 
 
-def _ticks(pid: int, own: bool = True, reaped: bool = True) -> int:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process: its own, and its children's that it waited for (the job
+    processes); (0, 0) when it is gone."""
+    import os
+
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return 0
-    # utime, stime (its own); cutime, cstime (children that were waited for: the job processes)
-    return (sum(int(x) for x in fields[11:13]) if own else 0) + (
-        sum(int(x) for x in fields[13:15]) if reaped else 0)
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")  # utime + stime, cutime + cstime
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
-def cpu_seconds(pids: list[int], *, own: bool = True, reaped: bool = True) -> float:
-    """CPU seconds of the processes: their own (`own`), and their children's that they
-    waited for (`reaped`)."""
-    import os
-
-    return sum(_ticks(p, own, reaped) for p in pids) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds of the processes, with their children's that they waited for."""
+    return sum(sum(cpu_split(p)) for p in pids)
 
 
 def postgres_pids(servers: Servers) -> list[int]:

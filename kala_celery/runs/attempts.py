@@ -368,11 +368,13 @@ def warm(engine: Engine, connections: int, now: datetime) -> None:
               "p_attempt": 1, "p_state": "success", "p_duration": 0, "p_output": "",
               "p_error": None, "p_exit": 0, "p_http": None, "p_total": 1, "p_attempts": None}
     size = min(connections, engine.pool.size())  # type: ignore[attr-defined]  # QueuePool
+    statements = (driven(_CLAIM_IN_ONE, engine.dialect),
+                  driven(_end_in_one("success", False, "total", False), engine.dialect))
     with ExitStack() as held:  # all open at once: each a connection of its own
         for _ in range(size):
             conn = held.enter_context(engine.connect()).execution_options(**_AUTOCOMMIT)
-            driven(_CLAIM_IN_ONE, conn.dialect).first(conn, params)
-            driven(_end_in_one("success", False, "total", False), conn.dialect).first(conn, params)
+            for statement in statements:
+                statement.first(conn, params)
 
 
 @dataclass(frozen=True)
@@ -604,8 +606,9 @@ def finish(
     that child stays as it was). Returns the runs recorded here to
     publish, or None when the run was no longer `me`'s to end."""
     params = _end_params(run, me, state, outcome, now)
+    params["p_attempts"] = attempts  # _END_UNCOUNTED's (the others have no such parameter)
     end = _END_UNTAKEN if untaken else _END if attempts is None else _END_UNCOUNTED
-    if driven(end, conn.dialect).count(conn, {**params, "p_attempts": attempts}) != 1:
+    if driven(end, conn.dialect).count(conn, params) != 1:
         return None  # someone else ended it (status callback, sweep)
     if job_untouched:
         return []

@@ -9,7 +9,8 @@
 - history: reads of run history (a job's stats, pages of runs, NextKala's status callback);
 - activity: the last 24 h of runs grouped for the dashboard's charts;
 - bulk: statements over a batch of rows (PostgreSQL arrays, SQLite executemany);
-- driver: statements the driver runs itself, compiled once (a worker's claim and end);
+- driver: statements the driver runs itself, compiled once (a run's claim and end, a
+  create's INSERTs);
 - tokens: named API tokens with scopes; audit: the audit trail; sign_in: the dashboard's
   wrong sign-ins by address.
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from kala_celery import wire
 from kala_celery.store.clock import now as db_now
-from kala_celery.store.driver import driven
+from kala_celery.store.driver import driven, insert_of
 from kala_celery.store.tables import AuditEntry, Job
 
 # What a row's `action` may be: the job changes, then the token changes.
@@ -38,9 +38,8 @@ FIELDS = ("name", "command", "owner", "disabled", "schedule", "cron", "timezone"
 HIDDEN = frozenset({"remote_headers", "remote_body"})
 CHANGED = "(changed)"
 PRUNE_BATCH = 1000
-_COLUMNS = ("at", "token", "address", "via", "action", "job_id", "job_name", "changes")
-_INSERT = insert(AuditEntry.__table__).values(  # run by the driver (store/driver.py)
-    {name: bindparam(f"p_{name}", type_=AuditEntry.__table__.c[name].type) for name in _COLUMNS})
+_INSERT = insert_of(AuditEntry.__table__, (  # run by the driver (store/driver.py)
+    "at", "token", "address", "via", "action", "job_id", "job_name", "changes"))
 
 
 @dataclass(frozen=True)

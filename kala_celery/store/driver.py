@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Dialect
+from sqlalchemy import Connection, Dialect, Insert, Table, bindparam, insert
 from sqlalchemy.sql import Executable
 
 
@@ -103,6 +103,14 @@ class DriverStatement:
             return found
         return tuple(value if convert is None else convert(value)
                      for convert, value in zip(self._results, found, strict=True))
+
+
+def insert_of(table: Table, names: tuple[str, ...] | None = None) -> Insert:
+    """An INSERT into `table` of the columns `names` (default: every column), each bound as
+    `p_<name>` (a parameter named as its column is reserved by SQLAlchemy in VALUES)."""
+    columns = [table.c[name] for name in names] if names else list(table.c)
+    return insert(table).values(
+        {column.key: bindparam(f"p_{column.key}", type_=column.type) for column in columns})
 
 
 @cache

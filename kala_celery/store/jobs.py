@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import bindparam, case, delete, func, insert, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -24,7 +24,7 @@ from kala_celery.config import RemotePolicy
 from kala_celery.errors import Conflict, Forbidden, InvalidJob, NotFound
 from kala_celery.schedule import cron, occurrences
 from kala_celery.store import links
-from kala_celery.store.driver import driven
+from kala_celery.store.driver import driven, insert_of
 from kala_celery.store.tables import (
     JOB_CELERY_TASK,
     JOB_LOCAL,
@@ -380,9 +380,7 @@ def validate_timing(data: dict[str, Any], rules: Rules, now: datetime) -> occurr
 
 
 _JOB_PARAMS = tuple((column.key, f"p_{column.key}") for column in Job.__table__.columns)
-_INSERT_JOB = insert(Job.__table__).values(
-    {column.key: bindparam(f"p_{column.key}", type_=column.type)
-     for column in Job.__table__.columns})
+_INSERT_JOB = insert_of(Job.__table__)
 
 
 def _insert(session: Session, job: Job) -> None:
