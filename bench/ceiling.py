@@ -7,6 +7,10 @@ window:
 - bare Celery, a task that does nothing (`bench/bare_app.py`: Celery's own cost per task);
 - bare Celery, a task that forks the same command a kala job runs (`true`, output piped);
 - the same with kala-celery's delivery settings (acks late, prefetch 1, no ack emulation);
+- the same, writing what at-most-once needs in PostgreSQL around the command: one UPDATE
+  taking the message's row from `sent` to `started`, one UPDATE with the outcome (psycopg
+  alone, autocommit, prepared; `bare.fork_recorded`): what any scheduler on Celery that runs
+  each occurrence at most once and keeps its outcome in SQL pays the database at least;
 - kala-celery: manual starts of jobs whose command is `true` (the API's start path, recorded
   and published before the window), on PostgreSQL (or --dbs).
 Each rate is messages taken off the queue per second while the queue was not empty (in the
@@ -95,9 +99,10 @@ def drain(redis_url: str, window: float, pids: Pids) -> Measured:
 
 
 def bare_worker(servers: Servers, where: Path, pool: str, concurrency: int,
-                kala_settings: bool) -> tuple[str, Proc]:
+                kala_settings: bool, database: str = "") -> tuple[str, Proc]:
     url = servers.fresh_redis()
-    env = {"BARE_BROKER_URL": url, "BARE_KALA_SETTINGS": "1" if kala_settings else "0"}
+    env = {"BARE_BROKER_URL": url, "BARE_KALA_SETTINGS": "1" if kala_settings else "0",
+           "BARE_DATABASE_URL": database}
     proc = Proc([sys.executable, "-m", "celery", "-A", "bench.bare_app", "worker", "-l",
                  "warning", "-c", str(concurrency), "-P", pool, "-n", f"bare-{pool}@%h",
                  "--without-gossip", "--without-mingle", "--without-heartbeat"],
@@ -125,6 +130,36 @@ def send_bare(url: str, task: str, n: int, kala_settings: bool) -> None:
     with app.producer_or_acquire() as producer:
         for _ in range(n):
             app.send_task(task, args, producer=producer)
+
+
+def recorded_database(servers: Servers, label: str) -> str:
+    """A new PostgreSQL database with `bare_app.RECORDED_TABLE`; its libpq URL."""
+    import psycopg
+
+    from bench.bare_app import RECORDED_TABLE
+
+    dsn = servers.database("postgresql", label).replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(RECORDED_TABLE)
+    return dsn
+
+
+def send_recorded(url: str, dsn: str, n: int) -> None:
+    """`n` rows in `sent`, then a `bare.fork_recorded` message for each (as a scheduler
+    records its runs before it publishes them)."""
+    import uuid
+
+    import psycopg
+
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    with (psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cursor,
+          cursor.copy("COPY bare_runs (id, state) FROM STDIN") as copy):
+        for run_id in ids:
+            copy.write_row((run_id, "sent"))
+    app = bare_app_on(url, True)
+    with app.producer_or_acquire() as producer:
+        for run_id in ids:
+            app.send_task("bare.fork_recorded", (run_id, COMMAND), producer=producer)
 
 
 def measure(fill: Callable[[int], None], url: str, pids: Pids, window: float, warmup: float,
@@ -168,6 +203,19 @@ def run(args, servers: Servers) -> Report:
                     window, warmup, args.smoke)
             finally:
                 proc.stop()
+        label = f"bare Celery: forks `{COMMAND}` between two UPDATEs"
+        log(f"ceiling: {label} (-P {pool} -c {concurrency})")
+        dsn = recorded_database(servers, f"ceiling-bare-{pool}")
+        url, proc = bare_worker(servers, where, pool, concurrency, True, dsn)
+        try:
+            rows[label + " (postgresql)"] = recorded = measure(
+                lambda n, url=url, dsn=dsn: send_recorded(url, dsn, n), url,
+                lambda pid=proc.pid: ([pid, *worker_children(pid)], postgres_pids(servers),
+                                      redis_pids),
+                window, warmup, args.smoke)
+        finally:
+            proc.stop()
+            servers.drop(dsn)
         bare_fork = rows[f"bare Celery: a task that forks `{COMMAND}`"]
         for store in stores:
             log(f"ceiling: kala-celery on {store} (-P {pool} -c {concurrency})")
@@ -207,9 +255,14 @@ def run(args, servers: Servers) -> Report:
                         f"(-P {pool} -c {concurrency}, {store})",
                         f"{share:.0%} ({ours.rate:,.0f} of {bare_fork.rate:,.0f}/s)",
                         "yes" if share >= 0.7 else "**no**")
+            targets.add(f"(reference) kala-celery's share of bare Celery writing the two "
+                        f"UPDATEs at-most-once needs (-P {pool} -c {concurrency}, {store})",
+                        f"{ours.rate / max(recorded.rate, 1e-9):.0%} ({ours.rate:,.0f} of "
+                        f"{recorded.rate:,.0f}/s)", "—")
         for label, m in rows.items():
             share = m.rate / max(bare_fork.rate, 1e-9)
-            store = label.partition("(")[2].rstrip(")") if label.startswith("kala") else "—"
+            _, _, store = label.rpartition(" (")
+            store = store.rstrip(")") if store in ("postgresql)", "sqlite)") else "—"
             table.add(pool, label + (" (ran dry)" if m.dry else ""), store, f"{m.rate:,.0f}",
                       f"{share:.0%}" if label.startswith("kala") else "—",
                       *(f"{c:.2f}" for c in m.cpu_ms), f"{sum(m.cpu_ms):.2f}")
