@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 
 from kala_celery.runs.attempts import NotYet, claim
 from kala_celery.runs.heartbeats import worker_id
-from kala_celery.store.db import DatabaseAway, make_engine, store_for
+from kala_celery.store.db import DatabaseAway, autocommit_engine, make_engine, store_for
 from kala_celery.store.driver import DriverStatement
 from kala_celery.store.tables import Job, UTCDateTime, utcnow
 from tests.test_runner_sql import FOREVER, create, record
@@ -35,8 +35,9 @@ def test_a_dropped_connection_is_an_outage_and_the_next_claim_reconnects(pg_url:
     try:
         job_id = create(store, schedule=FOREVER)
         run_id = record(store, job_id)
+        alone = autocommit_engine(store.engine)  # the claim's pool (store/driver.py)
         with ExitStack() as held:  # two pooled connections, both cut by the server
-            pids = [held.enter_context(store.engine.connect()).exec_driver_sql(
+            pids = [held.enter_context(alone.connect()).exec_driver_sql(
                 "SELECT pg_backend_pid()").scalar() for _ in range(2)]
         admin = make_engine(pg_url)  # another process's connection ends them
         with admin.connect() as conn:
@@ -129,5 +130,34 @@ def test_a_statement_begins_the_connections_transaction_as_execute_does(db_url: 
             conn.commit()
         with store.sessions() as session:
             assert session.get(Job, job_id).name == "b"
+    finally:
+        store.engine.dispose()
+
+
+def test_a_statement_run_alone_commits_on_a_pool_of_its_own(pg_url: str) -> None:
+    """Given the engine, a statement runs alone, in autocommit, on a connection of the
+    engine's sibling pool (how a worker's claim and end run): its change is kept without a
+    commit, the engine's own pool is not touched, and every connection goes back; an error
+    is SQLAlchemy's and the connection still goes back."""
+    store = store_for(pg_url, pre_ping=False, prepared=True)
+    job_id = create(store, schedule=FOREVER)
+    rename = update(Job).where(Job.id == bindparam("p_job")).values(name=bindparam("p_name"))
+    missing = DriverStatement(select(literal_column("x")).select_from(text("no_such_table")),
+                              store.engine.dialect)
+    try:
+        alone = autocommit_engine(store.engine)
+        assert autocommit_engine(store.engine) is alone
+        opened = store.engine.pool.checkedin() + store.engine.pool.checkedout()
+        assert DriverStatement(rename, store.engine.dialect).count(
+            store.engine, {"p_job": job_id, "p_name": "alone"}) == 1
+        with store.sessions() as session:
+            assert session.get(Job, job_id).name == "alone"
+        with pytest.raises(DBAPIError) as caught:
+            missing.first(store.engine, {})
+        assert not caught.value.connection_invalidated
+        assert alone.pool.checkedout() == 0 and alone.pool.checkedin() == 1
+        assert store.engine.pool.checkedin() + store.engine.pool.checkedout() == opened
+        store.engine.dispose()  # the sibling goes with it
+        assert alone.pool.checkedin() == 0
     finally:
         store.engine.dispose()

@@ -53,7 +53,7 @@ from kala_celery.runs import dispatch, heartbeats, parents
 from kala_celery.runs.outcome import Outcome, tail
 from kala_celery.runs.retry import RetryPolicy
 from kala_celery.schedule import occurrences
-from kala_celery.store.db import begin_write, engine_of
+from kala_celery.store.db import autocommit_engine, begin_write, engine_of
 from kala_celery.store.driver import driven
 from kala_celery.store.tables import (
     PARENTS_ALL,
@@ -317,16 +317,11 @@ _CLAIM_IN_ONE = select(
     _claimed.outerjoin(_job_now, _job_now.c.id == _claimed.c.job_id)
     .outerjoin(_first_attempt, true())
 )
-_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
-
-
 def _claim_in_one(engine: Engine, params: dict[str, Any]
                   ) -> tuple[RunInfo, JobRecord, str | None] | bool | None:
     """The claim of a queued run in one statement; False when it missed (the run is not
     pending or sent: the transaction's claim looks further)."""
-    with engine.connect() as conn:
-        row = driven(_CLAIM_IN_ONE, conn.dialect).first(
-            conn.execution_options(**_AUTOCOMMIT), params)
+    row = driven(_CLAIM_IN_ONE, engine.dialect).first(engine, params)  # alone, autocommit
     if row is None:
         return False
     run = _run_info(row)
@@ -357,8 +352,9 @@ NO_RUN = "00000000-0000-0000-0000-000000000000"  # the id of no run
 
 
 def warm(engine: Engine, connections: int, now: datetime) -> None:
-    """Open `connections` of the engine's pool (at most its size) on PostgreSQL, and on each
-    run the claim and the usual end for a run that does not exist (they change nothing): a
+    """Open `connections` of the pool the claims and ends run on (the engine's autocommit
+    sibling, at most its size) on PostgreSQL, and on each run the claim and the usual end
+    for a run that does not exist (they change nothing): a
     new backend loads its catalogs and plans a statement at its first executions, about a
     millisecond each, which otherwise fell on a worker's first runs (the first burst after
     a start)."""
@@ -370,9 +366,10 @@ def warm(engine: Engine, connections: int, now: datetime) -> None:
     size = min(connections, engine.pool.size())  # type: ignore[attr-defined]  # QueuePool
     statements = (driven(_CLAIM_IN_ONE, engine.dialect),
                   driven(_end_in_one("success", False, "total", False), engine.dialect))
+    alone = autocommit_engine(engine)  # where the claims and ends run (store/driver.py)
     with ExitStack() as held:  # all open at once: each a connection of its own
         for _ in range(size):
-            conn = held.enter_context(engine.connect()).execution_options(**_AUTOCOMMIT)
+            conn = held.enter_context(alone.connect())
             for statement in statements:
                 statement.first(conn, params)
 
@@ -533,11 +530,11 @@ def _done(job: JobRecord, settings: Settings) -> tuple[str, int | None]:
     return ("child" if total is None else "total"), total
 
 
-def end_in_one(conn: Connection, e: Ending) -> bool:
-    """The usual end on PostgreSQL, in its one statement on `conn`: the run and its job's
-    counters, when there is nothing else to record (no child waiting for all its parents, no
-    on-failure job). False when it is not that end, or did not happen there: `finish`
-    decides it then, as always."""
+def end_in_one(conn: Connection | Engine, e: Ending) -> bool:
+    """The usual end on PostgreSQL, in its one statement on `conn` (an Engine: alone, in
+    autocommit): the run and its job's counters, when there is nothing else to record (no
+    child waiting for all its parents, no on-failure job). False when it is not that end,
+    or did not happen there: `finish` decides it then, as always."""
     if conn.dialect.name != "postgresql" or e.job_untouched or (
             e.state in ("failed", "lost") and e.job.on_failure_job):
         return False
@@ -575,10 +572,8 @@ class Ending:
 def end(engine: Engine, e: Ending) -> list[str] | None:
     """A worker's `finish`, in a transaction of its own; on PostgreSQL the usual end is one
     statement outside a transaction block (`end_in_one`)."""
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            if end_in_one(conn.execution_options(**_AUTOCOMMIT), e):
-                return []
+    if end_in_one(engine, e):  # alone, autocommit
+        return []
     with begin_write(engine) as conn:
         return finish_ending(conn, e)
 

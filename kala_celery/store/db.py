@@ -99,6 +99,35 @@ def make_engine(url: str, *, pre_ping: bool = True, prepared: bool = False) -> E
                          connect_args=connect_args)
 
 
+_siblings: dict[Engine, Engine] = {}
+_siblings_lock = threading.Lock()
+
+
+def autocommit_engine(engine: Engine) -> Engine:
+    """`engine`'s sibling for statements run alone, outside a transaction block (a worker's
+    claim and end on PostgreSQL, store/driver.py): the same URL and pool size, every
+    connection in autocommit for good and returned to its pool without a rollback. Through
+    `engine` each such statement set autocommit on its connection and reset it after, in
+    SQLAlchemy and psycopg, at about half the CPU of the statement's own client work
+    (docs/design.md Decision 36). Disposed with `engine`; made on first use, so a process
+    that runs no such statement opens no connection for it."""
+    sibling = _siblings.get(engine)
+    if sibling is not None:
+        return sibling
+    if engine.dialect.name != "postgresql":  # SQLite's writes take turns (begin_write)
+        raise ValueError("statements run alone on PostgreSQL only")
+    with _siblings_lock:
+        sibling = _siblings.get(engine)
+        if sibling is None:
+            sibling = create_engine(
+                engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
+                pool_size=engine.pool.size(),  # type: ignore[attr-defined]  # QueuePool
+                pool_pre_ping=False)
+            event.listen(engine, "engine_disposed", lambda _engine: sibling.dispose())
+            _siblings[engine] = sibling
+    return sibling
+
+
 def _pool_size() -> int:
     return max(POOL_SIZE, _threads + 2)  # + the heartbeat's and a follow-up publish's
 

@@ -22,8 +22,11 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Insert, Table, bindparam, insert
+from sqlalchemy import Connection, Dialect, Engine, Insert, Table, bindparam, insert
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import Executable
+
+from kala_celery.store.db import autocommit_engine
 
 
 class DriverStatement:
@@ -60,8 +63,11 @@ class DriverStatement:
         processor = self._binds.get(name)  # called for None too, as SQLAlchemy calls it (a
         return value if processor is None else processor(value)  # JSON None is 'null')
 
-    def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """The statement's first row on `conn`, or None (also when it returns no rows)."""
+    def first(self, conn: Connection | Engine, params: Mapping[str, Any]
+              ) -> tuple[Any, ...] | None:
+        """The statement's first row on `conn`, or None (also when it returns no rows). Given
+        an Engine, the statement runs alone, on a connection of the engine's autocommit
+        sibling (`store.db.autocommit_engine`): its own transaction."""
         return self._run(conn, params, rows=True)
 
     def count(self, conn: Connection, params: Mapping[str, Any]) -> int:
@@ -72,37 +78,57 @@ class DriverStatement:
         """Run the statement on `conn` (an INSERT), reading no answer."""
         self._run(conn, params, rows=None)
 
-    def _run(self, conn: Connection, params: Mapping[str, Any], *, rows: bool | None) -> Any:
+    def _run(self, conn: Connection | Engine, params: Mapping[str, Any], *,
+             rows: bool | None) -> Any:
         values = dict(self._fixed)
         binds = self._binds
         for name, value in params.items():  # _bound, inlined: a create binds 50 values
             processor = binds.get(name)
             values[name] = value if processor is None else processor(value)
         bound: Any = values if self._order is None else tuple(values[n] for n in self._order)
-        if not conn.in_transaction():  # autobegin, as Connection.execute does: conn.commit()
-            conn.begin()  # then commits (a no-op under AUTOCOMMIT), and `begin` events fire
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(self.sql, bound, **self._options)
-            if rows is None:
-                found = None
-            elif not rows:
-                found = cursor.rowcount
-            else:  # none from a statement that returns no rows (an UPDATE without RETURNING;
-                # not asked of the cursor: psycopg describes every column at each asking)
-                found = cursor.fetchone() if self._rows else None
-        except self._error as exc:
-            # SQLAlchemy's own handling of a driver's error, as Connection.execute does it:
-            # wrapped in sqlalchemy.exc, a dropped connection invalidated with the pool's
-            # older ones. (Private to SQLAlchemy; tests/test_driver.py holds it to this.)
-            conn._handle_dbapi_exception(exc, self.sql, bound, cursor, None)
-            raise  # not reached: the call above raises
-        finally:
-            cursor.close()
+        if isinstance(conn, Engine):
+            found = self._alone(autocommit_engine(conn), bound, rows)
+        else:
+            if not conn.in_transaction():  # autobegin, as Connection.execute does: commit()
+                conn.begin()  # then commits (a no-op under AUTOCOMMIT); `begin` events fire
+            found = self._on(conn, conn.connection, bound, rows)
         if rows is not True or found is None or not self._converts:
             return found
         return tuple(value if convert is None else convert(value)
                      for convert, value in zip(self._results, found, strict=True))
+
+    def _alone(self, engine: Engine, bound: Any, rows: bool | None) -> Any:
+        """Run on a connection checked out of `engine`'s pool for this statement alone,
+        without a SQLAlchemy Connection (whose making, closing and checks cost as much CPU as
+        the statement's own client work); one is made around it only for an error."""
+        pooled = engine.raw_connection()
+        try:
+            return self._on(None, pooled, bound, rows, engine)
+        finally:
+            pooled.close()
+
+    def _on(self, conn: Connection | None, pooled: PoolProxiedConnection, bound: Any,
+            rows: bool | None, engine: Engine | None = None) -> Any:
+        cursor = pooled.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(self.sql, bound, **self._options)
+            if rows is None:
+                return None
+            if not rows:
+                return cursor.rowcount
+            # none from a statement that returns no rows (an UPDATE without RETURNING; not
+            # asked of the cursor: psycopg describes every column at each asking)
+            return cursor.fetchone() if self._rows else None
+        except self._error as exc:
+            # SQLAlchemy's own handling of a driver's error, as Connection.execute does it:
+            # wrapped in sqlalchemy.exc, a dropped connection invalidated with the pool's
+            # older ones. (Private to SQLAlchemy; tests/test_driver.py holds it to this.)
+            if conn is None:
+                conn = Connection(engine, connection=pooled)  # type: ignore[arg-type]
+            conn._handle_dbapi_exception(exc, self.sql, bound, cursor, None)
+            raise  # not reached: the call above raises
+        finally:
+            cursor.close()
 
 
 def insert_of(table: Table, names: tuple[str, ...] | None = None) -> Insert:
