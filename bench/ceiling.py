@@ -271,5 +271,6 @@ def run(args, servers: Servers) -> Report:
                 "window by each group of processes / messages taken: the worker's main process "
                 "(with the threads pool it runs the tasks too, and its pool column is 0), its "
                 "pool processes less the commands, the commands (the children they waited "
-                "for), the database, Redis; bare Celery has no database")
+                "for), the database, Redis; bare Celery has no database but in the row with "
+                "the two UPDATEs")
     return report
