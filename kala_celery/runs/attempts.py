@@ -317,6 +317,8 @@ _CLAIM_IN_ONE = select(
     _claimed.outerjoin(_job_now, _job_now.c.id == _claimed.c.job_id)
     .outerjoin(_first_attempt, true())
 )
+
+
 def _claim_in_one(engine: Engine, params: dict[str, Any]
                   ) -> tuple[RunInfo, JobRecord, str | None] | bool | None:
     """The claim of a queued run in one statement; False when it missed (the run is not
@@ -354,10 +356,9 @@ NO_RUN = "00000000-0000-0000-0000-000000000000"  # the id of no run
 def warm(engine: Engine, connections: int, now: datetime) -> None:
     """Open `connections` of the pool the claims and ends run on (the engine's autocommit
     sibling, at most its size) on PostgreSQL, and on each run the claim and the usual end
-    for a run that does not exist (they change nothing): a
-    new backend loads its catalogs and plans a statement at its first executions, about a
-    millisecond each, which otherwise fell on a worker's first runs (the first burst after
-    a start)."""
+    for a run that does not exist (they change nothing): a new backend loads its catalogs
+    and plans a statement at its first executions, about a millisecond each, which
+    otherwise fell on a worker's first runs (the first burst after a start)."""
     if engine.dialect.name != "postgresql":
         return
     params = {"p_run": NO_RUN, "p_me": NO_RUN, "p_now": now, "p_ready": now, "p_job": NO_RUN,

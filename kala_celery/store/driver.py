@@ -10,10 +10,13 @@ work: the execution context, the result's metadata (psycopg describes every colu
 claim's 50 at each execution) and the rows' processing. The types' own conversions still
 apply (an aware UTC datetime in, one out).
 
-SQLAlchemy still owns the connection: it checks it out, begins, commits or sets its isolation
-level, and returns it to the pool; and a driver's error goes through its own handling, so an
-outage raises what `store.db.DatabaseAway` names and a dropped connection invalidates the
-pool's older ones, as for any statement.
+SQLAlchemy still owns the connection: its pool checks it out and takes it back, and a driver's
+error goes through SQLAlchemy's own handling, so an outage raises what `store.db.DatabaseAway`
+names and a dropped connection invalidates the pool's older ones, as for any statement. On a
+Connection the statement joins its transaction (or begins one, as `Connection.execute` does).
+Given the Engine instead, the statement runs alone, as a worker's claim and end do: on a
+pooled DB-API connection of the engine's autocommit sibling (`store.db.autocommit_engine`),
+with no Connection made around it unless it fails.
 """
 
 from __future__ import annotations
@@ -70,11 +73,11 @@ class DriverStatement:
         sibling (`store.db.autocommit_engine`): its own transaction."""
         return self._run(conn, params, rows=True)
 
-    def count(self, conn: Connection, params: Mapping[str, Any]) -> int:
+    def count(self, conn: Connection | Engine, params: Mapping[str, Any]) -> int:
         """The rows the statement changed on `conn` (an UPDATE without RETURNING)."""
         return self._run(conn, params, rows=False)
 
-    def execute(self, conn: Connection, params: Mapping[str, Any]) -> None:
+    def execute(self, conn: Connection | Engine, params: Mapping[str, Any]) -> None:
         """Run the statement on `conn` (an INSERT), reading no answer."""
         self._run(conn, params, rows=None)
 
