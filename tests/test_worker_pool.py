@@ -70,10 +70,10 @@ def test_sqlite_writes_of_one_process_take_turns(tmp_path: Path) -> None:
 
 
 def test_a_worker_opens_its_connections_warm_and_changes_nothing(db_url: str) -> None:
-    """runs/attempts.warm: on PostgreSQL the worker's connections are open at its start, each
-    with the claim and the end prepared (a worker's engine prepares at the first execution),
-    and running them for no run changed no row, counter or store version; on SQLite nothing
-    is opened."""
+    """runs/attempts.warm: on PostgreSQL the connections the worker's claims and ends run on
+    (the engine's autocommit sibling, store/db.py) are open at its start, each with the claim
+    and the end prepared (a worker's engine prepares at the first execution), and running
+    them for no run changed no row, counter or store version; on SQLite nothing is opened."""
     from sqlalchemy import select, text
 
     from kala_celery.runs.attempts import warm
@@ -99,10 +99,11 @@ def test_a_worker_opens_its_connections_warm_and_changes_nothing(db_url: str) ->
     if store.engine.dialect.name == "sqlite":
         assert store.engine.pool.checkedin() == 0
     else:
-        assert store.engine.pool.checkedin() == 3
-        # autocommit: psycopg forgets a connection's prepared statements at a ROLLBACK
-        connections = [store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-                       for _ in range(3)]
+        alone = db.autocommit_engine(store.engine)
+        assert alone.pool.checkedin() == 3
+        assert store.engine.pool.checkedin() == 0  # the engine's own pool opens nothing
+        # in autocommit: psycopg forgets a connection's prepared statements at a ROLLBACK
+        connections = [alone.connect() for _ in range(3)]
         try:
             for conn in connections:
                 prepared = conn.execute(text("SELECT statement FROM pg_prepared_statements"))

@@ -14,7 +14,7 @@ from sqlalchemy import event
 from kala_celery.config import Settings
 from kala_celery.runs.attempts import Ending, claim
 from kala_celery.runs.heartbeats import worker_id
-from kala_celery.store.db import Store, store_for
+from kala_celery.store.db import Store, autocommit_engine, store_for
 from kala_celery.store.tables import utcnow
 from kala_celery.tasks import heartbeat
 from kala_celery.tasks import writer as writer_module
@@ -43,15 +43,19 @@ def ending(store: Store, settings: Settings, job_id: str, **change: object) -> E
 
 
 class Gate:
-    """Holds every transaction begun on the engine (the writer's) until opened, and says
-    when one is waiting: the writer held up, as on a busy database."""
+    """Holds every write the writer begins until opened, and says when one is waiting: the
+    writer held up, as on a busy database. A write is a transaction begun on the engine, or
+    on PostgreSQL an end run alone, on a connection checked out of the engine's autocommit
+    sibling (store/db.py)."""
 
     def __init__(self, store: Store) -> None:
         self.waiting = threading.Event()
         self._open = threading.Event()
         event.listen(store.engine, "begin", self._hold)
+        if store.engine.dialect.name == "postgresql":
+            event.listen(autocommit_engine(store.engine).pool, "checkout", self._hold)
 
-    def _hold(self, _conn) -> None:
+    def _hold(self, *_args) -> None:
         if not self._open.is_set():
             self.waiting.set()
             assert self._open.wait(30)
