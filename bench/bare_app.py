@@ -40,20 +40,19 @@ def noop() -> None:
     return None
 
 
-def _run(words: list[str]) -> int:
-    done = subprocess.run(words, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+def _run(words: list[str]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(words, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT)
-    return done.returncode
 
 
 @app.task(name="bare.fork")
 def fork(command: str) -> int:
-    return _run([command])
+    return _run([command]).returncode
 
 
 @app.task(name="bare.argv")
 def argv(words: list[str]) -> int:
-    return _run(words)
+    return _run(words).returncode
 
 
 RECORDED_TABLE = (
@@ -83,8 +82,7 @@ def fork_recorded(run_id: str, command: str) -> int | None:
     db = _database()
     if db.execute(_CLAIM, (run_id,), prepare=True).fetchone() is None:
         return None  # taken already: a duplicate delivery runs nothing
-    done = subprocess.run([command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT)
+    done = _run([command])
     db.execute(_END, ("success" if done.returncode == 0 else "failed", done.returncode,
                       done.stdout.decode(errors="replace")[-4000:], run_id), prepare=True)
     return done.returncode

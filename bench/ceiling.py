@@ -138,7 +138,7 @@ def recorded_database(servers: Servers, label: str) -> str:
 
     from bench.bare_app import RECORDED_TABLE
 
-    dsn = servers.database("postgresql", label).replace("postgresql+psycopg://", "postgresql://")
+    dsn = servers.postgres.dsn(servers.database("postgresql", label).rsplit("/", 1)[1])
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(RECORDED_TABLE)
     return dsn
@@ -187,7 +187,7 @@ def run(args, servers: Servers) -> Report:
     redis_pids = [servers.redis.process.pid] if servers.redis.process else []
     for pool in pools:
         concurrency = args.concurrency or (32 if pool == "threads" else cores())
-        rows: dict[str, Measured] = {}
+        rows: dict[str, tuple[str, Measured]] = {}  # label: (store, measured)
         where = servers.dir(f"ceiling-{pool}")
         for label, task, kala_settings in (
             ("bare Celery: a task that does nothing", "bare.noop", False),
@@ -197,7 +197,7 @@ def run(args, servers: Servers) -> Report:
             log(f"ceiling: {label} (-P {pool} -c {concurrency})")
             url, proc = bare_worker(servers, where, pool, concurrency, kala_settings)
             try:
-                rows[label] = measure(
+                rows[label] = "—", measure(
                     lambda n, url=url, task=task, ks=kala_settings: send_bare(url, task, n, ks),
                     url, lambda pid=proc.pid: ([pid, *worker_children(pid)], [], redis_pids),
                     window, warmup, args.smoke)
@@ -208,7 +208,7 @@ def run(args, servers: Servers) -> Report:
         dsn = recorded_database(servers, f"ceiling-bare-{pool}")
         url, proc = bare_worker(servers, where, pool, concurrency, True, dsn)
         try:
-            rows[label + " (postgresql)"] = recorded = measure(
+            recorded = measure(
                 lambda n, url=url, dsn=dsn: send_recorded(url, dsn, n), url,
                 lambda pid=proc.pid: ([pid, *worker_children(pid)], postgres_pids(servers),
                                       redis_pids),
@@ -216,7 +216,8 @@ def run(args, servers: Servers) -> Report:
         finally:
             proc.stop()
             servers.drop(dsn)
-        bare_fork = rows[f"bare Celery: a task that forks `{COMMAND}`"]
+        rows[label + " (postgresql)"] = "postgresql", recorded
+        bare_fork = rows[f"bare Celery: a task that forks `{COMMAND}`"][1]
         for store in stores:
             log(f"ceiling: kala-celery on {store} (-P {pool} -c {concurrency})")
             cluster = Cluster(servers, store, f"ceiling-{pool}")
@@ -238,7 +239,7 @@ def run(args, servers: Servers) -> Report:
                     return [pid, *worker_children(pid)], db, redis_pids
 
                 ours = measure(fill, cluster.redis_url, pids, window, warmup, args.smoke)
-                rows[f"kala-celery ({store})"] = ours
+                rows[f"kala-celery ({store})"] = store, ours
                 spy = None
                 if args.profile and pyspy_available() and queue_length(cluster.redis_url):
                     out = cluster.dir / "worker.pyspy.txt"
@@ -259,10 +260,8 @@ def run(args, servers: Servers) -> Report:
                         f"UPDATEs at-most-once needs (-P {pool} -c {concurrency}, {store})",
                         f"{ours.rate / max(recorded.rate, 1e-9):.0%} ({ours.rate:,.0f} of "
                         f"{recorded.rate:,.0f}/s)", "—")
-        for label, m in rows.items():
+        for label, (store, m) in rows.items():
             share = m.rate / max(bare_fork.rate, 1e-9)
-            _, _, store = label.rpartition(" (")
-            store = store.rstrip(")") if store in ("postgresql)", "sqlite)") else "—"
             table.add(pool, label + (" (ran dry)" if m.dry else ""), store, f"{m.rate:,.0f}",
                       f"{share:.0%}" if label.startswith("kala") else "—",
                       *(f"{c:.2f}" for c in m.cpu_ms), f"{sum(m.cpu_ms):.2f}")

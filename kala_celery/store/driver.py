@@ -106,12 +106,14 @@ class DriverStatement:
         the statement's own client work); one is made around it only for an error."""
         pooled = engine.raw_connection()
         try:
-            return self._on(None, pooled, bound, rows, engine)
+            return self._on(engine, pooled, bound, rows)
         finally:
             pooled.close()
 
-    def _on(self, conn: Connection | None, pooled: PoolProxiedConnection, bound: Any,
-            rows: bool | None, engine: Engine | None = None) -> Any:
+    def _on(self, owner: Connection | Engine, pooled: PoolProxiedConnection, bound: Any,
+            rows: bool | None) -> Any:
+        """Execute on `pooled`, the DB-API connection of `owner` (a Connection, or the
+        engine it was checked out of for this statement alone)."""
         cursor = pooled.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(self.sql, bound, **self._options)
@@ -126,8 +128,7 @@ class DriverStatement:
             # SQLAlchemy's own handling of a driver's error, as Connection.execute does it:
             # wrapped in sqlalchemy.exc, a dropped connection invalidated with the pool's
             # older ones. (Private to SQLAlchemy; tests/test_driver.py holds it to this.)
-            if conn is None:
-                conn = Connection(engine, connection=pooled)  # type: ignore[arg-type]
+            conn = owner if isinstance(owner, Connection) else Connection(owner, pooled)
             conn._handle_dbapi_exception(exc, self.sql, bound, cursor, None)
             raise  # not reached: the call above raises
         finally:
