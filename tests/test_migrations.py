@@ -42,7 +42,7 @@ def test_head_is_the_models(db_url: str) -> None:
     engine = make_engine(db_url)
     try:
         init_schema(engine)  # an empty database: created by running the migrations
-        assert schema.revision_of(engine) == schema.head() == "0010"
+        assert schema.revision_of(engine) == schema.head() == "0011"
         assert diff(engine, Base.metadata) == []
     finally:
         engine.dispose()
@@ -110,8 +110,8 @@ def test_a_0_1_0_database_upgrades_and_its_jobs_still_run(db_url: str, tmp_path:
     assert done.returncode == 1 and "kala-celery db upgrade" in done.stdout
     done = kala("db", "upgrade", "--db", db_url)
     assert done.returncode == 0, done.stderr
-    assert "upgraded from 0001 to 0010" in done.stdout
-    assert kala("db", "current", "--db", db_url).stdout.strip() == "0010 (head)"
+    assert "upgraded from 0001 to 0011" in done.stdout
+    assert kala("db", "current", "--db", db_url).stdout.strip() == "0011 (head)"
     assert diff(engine, Base.metadata) == []
 
     # the rows survived and read through today's API
