@@ -6,13 +6,14 @@ one."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import bindparam, literal, literal_column, select, text, update
+from sqlalchemy import bindparam, func, literal, literal_column, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from kala_celery.runs.attempts import NotYet, claim
@@ -137,27 +138,42 @@ def test_a_statement_begins_the_connections_transaction_as_execute_does(db_url: 
 def test_a_statement_run_alone_commits_on_a_pool_of_its_own(pg_url: str) -> None:
     """Given the engine, a statement runs alone, in autocommit, on a connection of the
     engine's sibling pool (how a worker's claim and end run): its change is kept without a
-    commit, the engine's own pool is not touched, and every connection goes back; an error
-    is SQLAlchemy's and the connection still goes back."""
+    commit, the engine's own pool is not touched, and each thread holds one connection for
+    all its statements; an error is SQLAlchemy's and the connection goes back."""
     store = store_for(pg_url, pre_ping=False, prepared=True)
     job_id = create(store, schedule=FOREVER)
     rename = update(Job).where(Job.id == bindparam("p_job")).values(name=bindparam("p_name"))
+    renaming = DriverStatement(rename, store.engine.dialect)
+    backend = DriverStatement(select(func.pg_backend_pid()), store.engine.dialect)
     missing = DriverStatement(select(literal_column("x")).select_from(text("no_such_table")),
                               store.engine.dialect)
     try:
         alone = autocommit_engine(store.engine)
         assert autocommit_engine(store.engine) is alone
         opened = store.engine.pool.checkedin() + store.engine.pool.checkedout()
-        assert DriverStatement(rename, store.engine.dialect).count(
-            store.engine, {"p_job": job_id, "p_name": "alone"}) == 1
+        assert renaming.count(store.engine, {"p_job": job_id, "p_name": "alone"}) == 1
         with store.sessions() as session:
             assert session.get(Job, job_id).name == "alone"
+        # the thread's statements run on one connection, which it holds between them
+        mine = {backend.first(store.engine, {})[0] for _ in range(3)}
+        assert len(mine) == 1 and alone.pool.checkedout() == 1
+        other: list[int] = []  # another thread holds one of its own
+        thread = threading.Thread(target=lambda: other.append(
+            backend.first(store.engine, {})[0]))
+        thread.start()
+        thread.join(10)
+        assert other and other[0] not in mine
+        # the other thread's connection went back to the pool when the thread ended
+        assert alone.pool.checkedout() == 1 and alone.pool.checkedin() == 1
         with pytest.raises(DBAPIError) as caught:
             missing.first(store.engine, {})
         assert not caught.value.connection_invalidated
-        assert alone.pool.checkedout() == 0 and alone.pool.checkedin() == 1
+        assert alone.pool.checkedout() == 0 and alone.pool.checkedin() == 2
+        assert backend.first(store.engine, {})[0] in {*mine, *other}  # a good one, reused
         assert store.engine.pool.checkedin() + store.engine.pool.checkedout() == opened
-        store.engine.dispose()  # the sibling goes with it
+        store.engine.dispose()  # the sibling goes with it; the thread takes a new connection
         assert alone.pool.checkedin() == 0
+        assert renaming.count(store.engine, {"p_job": job_id, "p_name": "again"}) == 1
+        assert alone.pool.checkedout() == 1
     finally:
         store.engine.dispose()

@@ -9,12 +9,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import event
 
 from kala_celery.config import Settings
 from kala_celery.runs.attempts import Ending, claim
 from kala_celery.runs.heartbeats import worker_id
-from kala_celery.store.db import Store, autocommit_engine, store_for
+from kala_celery.store.db import Store, store_for
 from kala_celery.store.tables import utcnow
 from kala_celery.tasks import heartbeat
 from kala_celery.tasks import writer as writer_module
@@ -44,24 +43,27 @@ def ending(store: Store, settings: Settings, job_id: str, **change: object) -> E
 
 class Gate:
     """Holds every write the writer begins until opened, and says when one is waiting: the
-    writer held up, as on a busy database. A write is a transaction begun on the engine, or
-    on PostgreSQL an end run alone, on a connection checked out of the engine's autocommit
-    sibling (store/db.py)."""
+    writer held up, as on a busy database. A write is an end written alone or ends written
+    together (tasks/writer.py's `end` and `end_together`)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.waiting = threading.Event()
         self._open = threading.Event()
-        event.listen(store.engine, "begin", self._hold)
-        if store.engine.dialect.name == "postgresql":
-            event.listen(autocommit_engine(store.engine).pool, "checkout", self._hold)
+        for name in ("end", "end_together"):
+            write = getattr(writer_module, name)
+            monkeypatch.setattr(writer_module, name, self._held(write))
 
-    def _hold(self, *_args) -> None:
-        if not self._open.is_set():
-            self.waiting.set()
-            assert self._open.wait(30)
+    def _held(self, write):
+        def held(*args):
+            if not self._open.is_set():
+                self.waiting.set()
+                assert self._open.wait(30)
+            return write(*args)
 
-    def open(self) -> None:  # the listener stays, passing everything (removing it while the
-        self._open.set()     # writer's transaction runs it would break that transaction)
+        return held
+
+    def open(self) -> None:
+        self._open.set()
 
 
 class Batches:
@@ -96,7 +98,7 @@ def test_ends_handed_while_the_writer_writes_are_written_together(store, setting
     assert batches.sizes == []
     # the writer is held up with the next end; eight more arrive meanwhile and go in the
     # transaction after it, together
-    gate = Gate(store)
+    gate = Gate(monkeypatch)
     try:
         hand_all(writer, endings[1:2])
         assert gate.waiting.wait(10)
@@ -115,13 +117,13 @@ def test_ends_handed_while_the_writer_writes_are_written_together(store, setting
     assert not any(e.run.id in heartbeat._running for e in endings)
 
 
-def test_a_bad_end_fails_alone(store, settings) -> None:
+def test_a_bad_end_fails_alone(store, settings, monkeypatch) -> None:
     job_id = create(store, schedule=FOREVER)
     good = [ending(store, settings, job_id) for _ in range(2)]
     # a duration no column can hold (started in year 1): the statement fails on both stores
     bad = ending(store, settings, job_id, started_at=datetime(1, 1, 1, tzinfo=UTC))
     writer = Writer(store.engine, publish=lambda ids: None)
-    gate = Gate(store)
+    gate = Gate(monkeypatch)
     try:
         hand_all(writer, [good[0]])
         assert gate.waiting.wait(10)

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, Pool, PoolProxiedConnection
 
 from kala_celery.store import clock, schema
 
@@ -126,6 +126,64 @@ def autocommit_engine(engine: Engine) -> Engine:
             event.listen(engine, "engine_disposed", lambda _engine: sibling.dispose())
             _siblings[engine] = sibling
     return sibling
+
+
+class _Held:
+    """A connection a thread holds out of an autocommit sibling's pool between its
+    statements run alone; back to the pool when the thread ends (this object goes)."""
+
+    __slots__ = ("pid", "pool", "pooled")
+
+    def __init__(self, pool: Pool, pooled: PoolProxiedConnection) -> None:
+        self.pid = os.getpid()
+        self.pool = pool
+        self.pooled = pooled
+
+    def usable(self, sibling: Engine) -> bool:
+        return (self.pid == os.getpid() and self.pool is sibling.pool
+                and self.pooled.is_valid)
+
+    def close(self) -> None:
+        if self.pid != os.getpid():  # a parent's, inherited by fork: its socket is the
+            _inherited.append(self)  # parent's, and closing it here would end its session
+            return
+        with suppress(Exception):  # a connection already gone
+            self.pooled.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+_held = threading.local()  # .connections: {sibling: _Held}
+_inherited: list[_Held] = []
+
+
+def held_connection(sibling: Engine) -> PoolProxiedConnection:
+    """This thread's DB-API connection of `sibling` (an `autocommit_engine`), checked out of
+    its pool at the thread's first statement run alone and held for the next ones: each
+    checkout and return through SQLAlchemy's pool costs a run's two statements about as
+    much CPU as psycopg's own work for one (docs/design.md Decision 36). A connection that
+    was invalidated, or whose pool was disposed, is let go and another checked out."""
+    connections: dict[Engine, _Held] | None = getattr(_held, "connections", None)
+    if connections is None:
+        connections = _held.connections = {}
+    held = connections.get(sibling)
+    if held is not None:
+        if held.usable(sibling):
+            return held.pooled
+        del connections[sibling]
+        held.close()
+    pooled = sibling.raw_connection()
+    connections[sibling] = _Held(sibling.pool, pooled)
+    return pooled
+
+
+def let_go(sibling: Engine) -> None:
+    """Return this thread's held connection of `sibling` to its pool (after an error: the
+    next statement checks out another, or this one if it is still good)."""
+    held = getattr(_held, "connections", {}).pop(sibling, None)
+    if held is not None:
+        held.close()
 
 
 def _pool_size() -> int:

@@ -14,9 +14,10 @@ SQLAlchemy still owns the connection: its pool checks it out and takes it back, 
 error goes through SQLAlchemy's own handling, so an outage raises what `store.db.DatabaseAway`
 names and a dropped connection invalidates the pool's older ones, as for any statement. On a
 Connection the statement joins its transaction (or begins one, as `Connection.execute` does).
-Given the Engine instead, the statement runs alone, as a worker's claim and end do: on a
-pooled DB-API connection of the engine's autocommit sibling (`store.db.autocommit_engine`),
-with no Connection made around it unless it fails.
+Given the Engine instead, the statement runs alone, as a worker's claim and end do: on the
+DB-API connection the thread holds out of the pool of the engine's autocommit sibling
+(`store.db.autocommit_engine`, `store.db.held_connection`), with no Connection made around
+it unless it fails.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sqlalchemy import Connection, Dialect, Engine, Insert, Table, bindparam, in
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import Executable
 
-from kala_celery.store.db import autocommit_engine
+from kala_celery.store.db import autocommit_engine, held_connection, let_go
 
 
 class DriverStatement:
@@ -101,14 +102,16 @@ class DriverStatement:
                      for convert, value in zip(self._results, found, strict=True))
 
     def _alone(self, engine: Engine, bound: Any, rows: bool | None) -> Any:
-        """Run on a connection checked out of `engine`'s pool for this statement alone,
-        without a SQLAlchemy Connection (whose making, closing and checks cost as much CPU as
-        the statement's own client work); one is made around it only for an error."""
-        pooled = engine.raw_connection()
+        """Run on the connection this thread holds out of `engine`'s pool for statements run
+        alone (`store.db.held_connection`), without a SQLAlchemy Connection (whose making,
+        closing and checks cost as much CPU as the statement's own client work); one is
+        made around it only for an error, after which the connection goes back."""
+        pooled = held_connection(engine)
         try:
             return self._on(engine, pooled, bound, rows)
-        finally:
-            pooled.close()
+        except BaseException:
+            let_go(engine)
+            raise
 
     def _on(self, owner: Connection | Engine, pooled: PoolProxiedConnection, bound: Any,
             rows: bool | None) -> Any:
