@@ -160,10 +160,10 @@ _inherited: list[_Held] = []
 
 def held_connection(sibling: Engine) -> PoolProxiedConnection:
     """This thread's DB-API connection of `sibling` (an `autocommit_engine`), checked out of
-    its pool at the thread's first statement run alone and held for the next ones: each
-    checkout and return through SQLAlchemy's pool costs a run's two statements about as
-    much CPU as psycopg's own work for one (docs/design.md Decision 36). A connection that
-    was invalidated, or whose pool was disposed, is let go and another checked out."""
+    its pool at the thread's first statement run alone and held for the next ones: a
+    checkout and return through SQLAlchemy's pool for each of a run's claim and end were a
+    fifth of their CPU in the worker (docs/design.md Decision 36). A connection that was
+    invalidated, or whose pool was disposed, is let go and another checked out."""
     connections: dict[Engine, _Held] | None = getattr(_held, "connections", None)
     if connections is None:
         connections = _held.connections = {}
