@@ -56,10 +56,11 @@ class DriverStatement:
                 self._fixed[name] = self._bound(name, bind.effective_value)
         self._order = tuple(compiled.positiontup or ()) if compiled.positional else None
         columns = getattr(statement, "exported_columns", ())  # a SELECT's, or a RETURNING
-        self._results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
-                              for column in columns)
-        self._rows = bool(self._results)  # the statement returns rows (it has columns)
-        self._converts = any(self._results)
+        results = [column.type.dialect_impl(dialect).result_processor(dialect, None)
+                   for column in columns]
+        self._rows = bool(results)  # the statement returns rows (it has columns)
+        # the columns whose type converts a value (a few of the claim's 60)
+        self._converts = tuple((at, convert) for at, convert in enumerate(results) if convert)
         self._options = {"prepare": True} if dialect.driver == "psycopg" else {}
         self._error = dialect.loaded_dbapi.Error
 
@@ -98,8 +99,10 @@ class DriverStatement:
             found = self._on(conn, conn.connection, bound, rows)
         if rows is not True or found is None or not self._converts:
             return found
-        return tuple(value if convert is None else convert(value)
-                     for convert, value in zip(self._results, found, strict=True))
+        row = list(found)
+        for at, convert in self._converts:
+            row[at] = convert(row[at])
+        return tuple(row)
 
     def _alone(self, engine: Engine, bound: Any, rows: bool | None) -> Any:
         """Run on the connection this thread holds out of `engine`'s pool for statements run
