@@ -3,7 +3,8 @@
 - tables: the SQLAlchemy tables (jobs, job_links, runs, workers, beats, metric_counts,
   api_tokens, audit_log, sign_in_failures);
 - db: engines and sessions (SQLite's WAL, busy timeout and write lock; PostgreSQL's
-  autocommit sibling for statements run alone), the schema at start;
+  autocommit sibling for statements run alone, whose connection each thread holds), the
+  schema at start;
 - schema, migrations/: the schema's Alembic revision, and who may change it;
 - jobs: the job rules (create, replace, delete with its cascade, enable, stats);
 - links: the links between jobs, and the checks a change of links passes;
