@@ -163,11 +163,13 @@ def send_recorded(url: str, dsn: str, n: int) -> None:
 
 
 def measure(fill: Callable[[int], None], url: str, pids: Pids, window: float, warmup: float,
-            smoke: bool) -> Measured:
-    """Queue a warm-up's worth, estimate the rate, queue 1.5 windows' worth, measure."""
+            smoke: bool, at_least: float = 0.0) -> Measured:
+    """Queue a warm-up's worth, estimate the rate, queue 1.5 windows' worth, measure.
+    `at_least`: a rate to queue for when the warm-up's estimate is lower (a worker still
+    warming up then ran its backlog dry inside the window)."""
     fill(100 if smoke else 1500)
     estimate = drain(url, warmup, pids).rate  # what the warm-up leaves joins the backlog
-    fill(int(max(estimate, 50 if smoke else 500) * window * 1.5))
+    fill(int(max(estimate, at_least, 50 if smoke else 500) * window * 1.5))
     return drain(url, window, pids)
 
 
@@ -238,7 +240,8 @@ def run(args, servers: Servers) -> Report:
                     db = postgres_pids(servers) if store == "postgresql" else []
                     return [pid, *worker_children(pid)], db, redis_pids
 
-                ours = measure(fill, cluster.redis_url, pids, window, warmup, args.smoke)
+                ours = measure(fill, cluster.redis_url, pids, window, warmup, args.smoke,
+                               at_least=bare_fork.rate)  # bare Celery's rate bounds ours
                 rows[f"kala-celery ({store})"] = store, ours
                 spy = None
                 if args.profile and pyspy_available() and queue_length(cluster.redis_url):
