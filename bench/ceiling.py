@@ -12,7 +12,7 @@ window:
   alone, autocommit, prepared; `bare.fork_recorded`): what any scheduler on Celery that runs
   each occurrence at most once and keeps its outcome in SQL pays the database at least;
 - kala-celery: manual starts of jobs whose command is `true` (the API's start path, recorded
-  and published before the window), on PostgreSQL (or --dbs).
+  and published before the window, the worker stopped meanwhile), on PostgreSQL (or --dbs).
 Each rate is messages taken off the queue per second while the queue was not empty (in the
 steady state that is what finished). CPU ms per run is split by process over the window: the
 worker's main process (Celery's consumer; with the threads pool it also runs the tasks), its
@@ -23,9 +23,12 @@ samples the kala-celery worker after its window, while its backlog lasts.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -162,14 +165,33 @@ def send_recorded(url: str, dsn: str, n: int) -> None:
             app.send_task("bare.fork_recorded", (run_id, COMMAND), producer=producer)
 
 
+@contextmanager
+def paused(pids: list[int]) -> Iterator[None]:
+    """The processes stopped (SIGSTOP) inside the block, continued after it."""
+    stopped = []
+    try:
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        yield
+    finally:
+        for pid in stopped:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
 def measure(fill: Callable[[int], None], url: str, pids: Pids, window: float, warmup: float,
             smoke: bool, at_least: float = 0.0) -> Measured:
-    """Queue a warm-up's worth, estimate the rate, queue 1.5 windows' worth, measure.
-    `at_least`: a rate to queue for when the warm-up's estimate is lower (a worker still
-    warming up then ran its backlog dry inside the window)."""
+    """Queue a warm-up's worth, estimate the rate, queue 1.5 windows' worth with the worker
+    stopped, measure. Stopped: kala-celery's starts are recorded and published at about
+    300 a second on this box, slower than its worker takes them, so a backlog queued
+    beside a running worker never built up and the worker ran dry inside its window.
+    `at_least`: a rate to queue for when the warm-up's estimate is lower."""
     fill(100 if smoke else 1500)
     estimate = drain(url, warmup, pids).rate  # what the warm-up leaves joins the backlog
-    fill(int(max(estimate, at_least, 50 if smoke else 500) * window * 1.5))
+    with paused(pids()[0]):  # the worker's processes: it takes nothing while it is queued
+        fill(int(max(estimate, at_least, 50 if smoke else 500) * window * 1.5))
     return drain(url, window, pids)
 
 
