@@ -177,3 +177,51 @@ def test_a_statement_run_alone_commits_on_a_pool_of_its_own(pg_url: str) -> None
         assert alone.pool.checkedout() == 1
     finally:
         store.engine.dispose()
+
+
+def test_after_a_dropped_connection_every_threads_next_statement_reconnects(pg_url: str
+                                                                          ) -> None:
+    """Each thread holds its connection for statements run alone. When one statement finds
+    its connection dropped (the server restarted), the others' held connections are just as
+    dead: each thread's next statement runs on a new connection instead of failing too, as a
+    checkout from the pool would give it."""
+    store = store_for(pg_url, pre_ping=False, prepared=True)
+    backend = DriverStatement(select(func.pg_backend_pid()), store.engine.dialect)
+    asked, answered = threading.Event(), threading.Event()
+    pids: list[int] = []
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:  # holds a connection, then runs a statement when asked
+        try:
+            pids.append(backend.first(store.engine, {})[0])
+            answered.set()
+            assert asked.wait(30)
+            pids.append(backend.first(store.engine, {})[0])
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            answered.set()
+
+    thread = threading.Thread(target=other_thread)
+    try:
+        mine = backend.first(store.engine, {})[0]
+        thread.start()
+        assert answered.wait(10) and len(pids) == 1 and pids[0] != mine
+        answered.clear()
+        admin = make_engine(pg_url)  # another process's connection ends both
+        with admin.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM unnest(%(p)s) pid",
+                                 {"p": [mine, pids[0]]})
+        admin.dispose()
+        with pytest.raises(DatabaseAway) as caught:
+            backend.first(store.engine, {})
+        assert caught.value.connection_invalidated
+        asked.set()  # the other thread's connection is dead too: it is let go, not used
+        thread.join(10)
+        assert not errors, errors
+        assert len(pids) == 2 and pids[1] not in (mine, pids[0])
+        assert backend.first(store.engine, {})[0] not in (mine, *pids)  # mine is new too
+    finally:
+        asked.set()
+        thread.join(10)
+        store.engine.dispose()

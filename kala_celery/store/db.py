@@ -7,7 +7,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool, Pool, PoolProxiedConnection
+from sqlalchemy.pool import NullPool, PoolProxiedConnection
 
 from kala_celery.store import clock, schema
 
@@ -124,23 +124,42 @@ def autocommit_engine(engine: Engine) -> Engine:
                 pool_size=engine.pool.size(),  # type: ignore[attr-defined]  # QueuePool
                 pool_pre_ping=False)
             event.listen(engine, "engine_disposed", lambda _engine: sibling.dispose())
+            event.listen(sibling, "invalidate", _invalidated(sibling))
             _siblings[engine] = sibling
     return sibling
+
+
+# Per sibling, how many of its connections were invalidated (a dropped connection
+# invalidates the pool's older ones too): a held connection from before one is let go.
+_invalidations: dict[Engine, int] = {}
+
+
+def _invalidated(sibling: Engine) -> Callable[..., None]:
+    def count(*_args: object) -> None:
+        _invalidations[sibling] = _invalidations.get(sibling, 0) + 1
+
+    return count
 
 
 class _Held:
     """A connection a thread holds out of an autocommit sibling's pool between its
     statements run alone; back to the pool when the thread ends (this object goes)."""
 
-    __slots__ = ("pid", "pool", "pooled")
+    __slots__ = ("invalidations", "pid", "pool", "pooled")
 
-    def __init__(self, pool: Pool, pooled: PoolProxiedConnection) -> None:
+    def __init__(self, sibling: Engine, pooled: PoolProxiedConnection) -> None:
         self.pid = os.getpid()
-        self.pool = pool
+        self.pool = sibling.pool
+        self.invalidations = _invalidations.get(sibling, 0)
         self.pooled = pooled
 
     def usable(self, sibling: Engine) -> bool:
+        """Still this process's, from the sibling's pool as it is, and nothing invalidated
+        since it was checked out: after a dropped connection every thread's next statement
+        runs on a connection the pool makes anew, as a checkout would give it (the pool
+        replaces the connections older than the drop), instead of failing once on each."""
         return (self.pid == os.getpid() and self.pool is sibling.pool
+                and self.invalidations == _invalidations.get(sibling, 0)
                 and self.pooled.is_valid)
 
     def close(self) -> None:
@@ -163,7 +182,8 @@ def held_connection(sibling: Engine) -> PoolProxiedConnection:
     its pool at the thread's first statement run alone and held for the next ones: a
     checkout and return through SQLAlchemy's pool for each of a run's claim and end were a
     fifth of their CPU in the worker (docs/design.md Decision 36). A connection that was
-    invalidated, or whose pool was disposed, is let go and another checked out."""
+    invalidated, or checked out before another was, or whose pool was disposed, is let go
+    and another checked out."""
     connections: dict[Engine, _Held] | None = getattr(_held, "connections", None)
     if connections is None:
         connections = _held.connections = {}
@@ -174,7 +194,7 @@ def held_connection(sibling: Engine) -> PoolProxiedConnection:
         del connections[sibling]
         held.close()
     pooled = sibling.raw_connection()
-    connections[sibling] = _Held(sibling.pool, pooled)
+    connections[sibling] = _Held(sibling, pooled)
     return pooled
 
 
