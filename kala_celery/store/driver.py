@@ -71,8 +71,8 @@ class DriverStatement:
     def first(self, conn: Connection | Engine, params: Mapping[str, Any]
               ) -> tuple[Any, ...] | None:
         """The statement's first row on `conn`, or None (also when it returns no rows). Given
-        an Engine, the statement runs alone, on a connection of the engine's autocommit
-        sibling (`store.db.autocommit_engine`): its own transaction."""
+        an Engine, the statement runs alone, on the connection the thread holds of the
+        engine's autocommit sibling (`store.db.autocommit_engine`): its own transaction."""
         return self._run(conn, params, rows=True)
 
     def count(self, conn: Connection | Engine, params: Mapping[str, Any]) -> int:
@@ -119,7 +119,7 @@ class DriverStatement:
     def _on(self, owner: Connection | Engine, pooled: PoolProxiedConnection, bound: Any,
             rows: bool | None) -> Any:
         """Execute on `pooled`, the DB-API connection of `owner` (a Connection, or the
-        engine it was checked out of for this statement alone)."""
+        engine whose pool the thread holds it out of for statements run alone)."""
         cursor = pooled.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(self.sql, bound, **self._options)
