@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import sqlite3
 import threading
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool, PoolProxiedConnection
 
@@ -77,11 +78,10 @@ def size_pools_for(threads: int) -> None:
 def make_engine(url: str, *, pre_ping: bool = True, prepared: bool = False) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys and a busy timeout.
 
-    `pre_ping` tests every pooled connection before use (one more round trip per checkout),
-    so a request never fails on a connection the server dropped. The beat and the workers
-    turn it off: it is a round trip before each of their transactions (a run has two on its
-    way from due to start), and a failed tick, claim or finish (the pool then drops every
-    connection older than the failure) is retried as in an outage.
+    `pre_ping` (PostgreSQL) checks every pooled connection at its checkout, without a round
+    trip (`_dropped_at_checkout`), so a request never fails on a connection the server
+    dropped. The beat and the workers turn it off: a failed tick, claim or finish (the pool
+    then drops every connection older than the failure) is retried as in an outage.
 
     `prepared` (a worker's engine, on PostgreSQL): psycopg prepares each statement at its
     first execution on a connection instead of its sixth; a worker repeats the same few
@@ -95,8 +95,34 @@ def make_engine(url: str, *, pre_ping: bool = True, prepared: bool = False) -> E
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     connect_args = {"prepare_threshold": 0} if prepared else {}
-    return create_engine(url, pool_pre_ping=pre_ping, pool_size=_pool_size(),
-                         connect_args=connect_args)
+    engine = create_engine(url, pool_size=_pool_size(), connect_args=connect_args)
+    if pre_ping:
+        event.listen(engine, "checkout", _dropped_at_checkout)
+    return engine
+
+
+def _dropped_at_checkout(dbapi_connection, _record, _proxy) -> None:
+    """Refuse a pooled connection the server dropped; the pool then connects anew
+    (SQLAlchemy's answer to DisconnectionError raised at checkout).
+
+    An idle connection has nothing to read: the server speaks only when asked. What makes
+    its socket readable is the server going away (the end of the stream, after a "terminating
+    connection" notice when it had time to send one): a restart, a terminated backend, an
+    idle timeout. So one poll of the socket, a system call, tells what SQLAlchemy's pre-ping
+    learns from a round trip to the server, which cost a create on PostgreSQL a fifth of
+    its time (docs/design.md Decision 36). A server that vanished without closing (a cut
+    network) is not seen by either: the statement then fails, as it would after a ping that
+    passed a moment before."""
+    try:
+        if dbapi_connection.closed or dbapi_connection.broken:
+            raise DisconnectionError("the connection is closed")
+        readable, _, _ = select.select([dbapi_connection.pgconn.socket], [], [], 0)
+    except DisconnectionError:
+        raise
+    except Exception as exc:  # its socket is gone
+        raise DisconnectionError(str(exc)) from exc
+    if readable:
+        raise DisconnectionError("the server closed the connection")
 
 
 _siblings: dict[Engine, Engine] = {}
