@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from kala_celery.runs import dispatch
-from kala_celery.store import jobs
+from kala_celery.store import audit, jobs
 from kala_celery.store.tables import Job, Run
 
 
@@ -25,11 +25,12 @@ def _now(session: Session, job: Job, due: bool, now: datetime) -> Run | None:
 
 def create(
     session: Session, data: dict[str, Any], rules: jobs.Rules, now: datetime, *,
-    managed: bool = False,
+    managed: bool = False, only_change_by: audit.Actor | None = None,
 ) -> tuple[Job, Run | None]:
     """POST /job/: the job, and the run of a one-off job. managed: the beat's beat_schedule
-    sync (Decision 30)."""
-    job, due = jobs.create_job(session, data, rules, now, managed=managed)
+    sync (Decision 30); only_change_by: as in `jobs.create_job` (its audit row written too)."""
+    job, due = jobs.create_job(session, data, rules, now, managed=managed,
+                               only_change_by=only_change_by)
     return job, _now(session, job, due, now)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Insert, delete, select
 from sqlalchemy.orm import Session
 
 from kala_celery import wire
@@ -92,18 +92,25 @@ def differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str
     return out
 
 
+def _values(actor: Actor, action: str, *, job_id: str | None, job_name: str | None,
+            changes: Mapping[str, Any] | None, now: datetime | None) -> dict[str, Any]:
+    """A row's values, as the parameters of its INSERT."""
+    assert action in ACTIONS, action
+    return {
+        "p_at": now or db_now(), "p_token": actor.token, "p_address": actor.address,
+        "p_via": actor.via, "p_action": action, "p_job_id": job_id, "p_job_name": job_name,
+        "p_changes": dict(changes or {}),
+    }
+
+
 def record(session: Session, actor: Actor, action: str, *, job_id: str | None = None,
            job_name: str | None = None, changes: Mapping[str, Any] | None = None,
            now: datetime | None = None) -> None:
     """Add one row to the caller's transaction (a Core INSERT: the ORM's unit of work for
     one new object cost a create more than the row's own write)."""
-    assert action in ACTIONS, action
     conn = session.connection()
-    driven(_INSERT, conn.dialect).execute(conn, {
-        "p_at": now or db_now(), "p_token": actor.token, "p_address": actor.address,
-        "p_via": actor.via, "p_action": action, "p_job_id": job_id, "p_job_name": job_name,
-        "p_changes": dict(changes or {}),
-    })
+    driven(_INSERT, conn.dialect).execute(conn, _values(
+        actor, action, job_id=job_id, job_name=job_name, changes=changes, now=now))
 
 
 def job_changed(session: Session, actor: Actor, action: str, before: Mapping[str, Any],
@@ -112,6 +119,20 @@ def job_changed(session: Session, actor: Actor, action: str, before: Mapping[str
     entries such as run=[None, run_id]."""
     record(session, actor, action, job_id=job.id, job_name=job.name,
            changes={**differences(before, snapshot(job)), **extra})
+
+
+def with_row(statement: Insert) -> Insert:
+    """`statement` (an INSERT) and a row of this log in one statement, for PostgreSQL: the
+    first runs as a common table expression of the row's INSERT. Its parameters are both
+    statements' (the row's from `created`)."""
+    return _INSERT.add_cte(statement.cte("changed"))
+
+
+def created(actor: Actor, action: str, job: Job) -> dict[str, Any]:
+    """The values of the row `job_changed(session, actor, action, {}, job)` adds, as the
+    parameters of `with_row`'s statement."""
+    return _values(actor, action, job_id=job.id, job_name=job.name,
+                   changes=differences({}, snapshot(job)), now=None)
 
 
 def deleted(session: Session, actor: Actor, names: Mapping[str, str], asked: str | None

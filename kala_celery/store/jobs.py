@@ -23,7 +23,7 @@ from kala_celery import schedule, wire
 from kala_celery.config import RemotePolicy
 from kala_celery.errors import Conflict, Forbidden, InvalidJob, NotFound
 from kala_celery.schedule import cron, occurrences
-from kala_celery.store import links
+from kala_celery.store import audit, links
 from kala_celery.store.driver import driven, insert_of
 from kala_celery.store.tables import (
     JOB_CELERY_TASK,
@@ -381,6 +381,7 @@ def validate_timing(data: dict[str, Any], rules: Rules, now: datetime) -> occurr
 
 _JOB_PARAMS = tuple((column.key, f"p_{column.key}") for column in Job.__table__.columns)
 _INSERT_JOB = insert_of(Job.__table__)
+_INSERT_JOB_AUDITED = audit.with_row(_INSERT_JOB)  # PostgreSQL's create in one statement
 
 
 def _insert(session: Session, job: Job) -> None:
@@ -391,17 +392,43 @@ def _insert(session: Session, job: Job) -> None:
     conn = session.connection()
     driven(_INSERT_JOB, conn.dialect).execute(
         conn, {param: getattr(job, key) for key, param in _JOB_PARAMS})
+    _attach(session, job)
+
+
+def _attach(session: Session, job: Job) -> None:
     make_transient_to_detached(job)
     session.add(job)
 
 
+def _insert_audited_alone(session: Session, job: Job, by: audit.Actor) -> bool:
+    """On PostgreSQL, INSERT the job and its audit row ("create" by `by`) in one statement,
+    committed at once on a connection of its own, in autocommit: one round trip where the
+    session's transaction took four (BEGIN, the two INSERTs, COMMIT), and a third of a
+    create's time (docs/design.md Decision 36). False on SQLite, which writes nothing
+    here. The caller's transaction must hold nothing else to write (`create_job`)."""
+    engine = session.get_bind()
+    if engine.dialect.name != "postgresql":
+        return False
+    params = {param: getattr(job, key) for key, param in _JOB_PARAMS}
+    params.update(audit.created(by, "create", job))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        driven(_INSERT_JOB_AUDITED, conn.dialect).execute(conn, params)
+    _attach(session, job)
+    return True
+
+
 def create_job(
     session: Session, data: dict[str, Any], rules: Rules, now: datetime, *,
-    managed: bool = False,
+    managed: bool = False, only_change_by: audit.Actor | None = None,
 ) -> tuple[Job, bool]:
     """Create a job from a decoded body. Returns the job, and whether a run of it is due now
     (a one-off job): runs/start.py records it in the same transaction. managed: the caller
-    is the beat's beat_schedule sync, which may write source "config" (Decision 30)."""
+    is the beat's beat_schedule sync, which may write source "config" (Decision 30).
+
+    only_change_by: the create is all the caller's transaction changes (`POST /job/`), made
+    by this actor; its audit row ("create") is written here too. On PostgreSQL a create
+    with nothing else to record (no links, no run due now) is then one statement, committed
+    at once outside the session's transaction (which it leaves as it was)."""
     _validate(data, rules, managed=managed)
     parents = links.unique(data.get("parent_jobs") or [])
     parsed = _validate_schedule(data, rules, bool(parents))
@@ -415,12 +442,19 @@ def create_job(
         # No links to check first: arm before the INSERT, so a create is one statement
         # (not an INSERT and then an UPDATE of next_run_at).
         due_now = _arm(job, rules, now, fresh=True, parsed=parsed)
+        if only_change_by is not None and not due_now and _insert_audited_alone(
+                session, job, only_change_by):
+            return job, False
         _insert(session, job)
-        return job, due_now
-    session.add(job)
-    session.flush()
-    links.set_links(session, job_id, parents or None, links.unique(children) if children else None)
-    return job, _start_if_due(job, rules, now, fresh=not parents, parsed=parsed)
+    else:
+        session.add(job)
+        session.flush()
+        links.set_links(session, job_id, parents or None,
+                        links.unique(children) if children else None)
+        due_now = _start_if_due(job, rules, now, fresh=not parents, parsed=parsed)
+    if only_change_by is not None:
+        audit.job_changed(session, only_change_by, "create", {}, job)
+    return job, due_now
 
 
 def _start_if_due(job: Job, rules: Rules, now: datetime, *, fresh: bool,
