@@ -1,6 +1,7 @@
 """The audit trail (Decision 32 of docs/design.md): one row per change, written in the
 caller's session, so it commits with the change or not at all (a refused change leaves no
-row); reads for the API and the dashboard; the beat's pruning past KALA_AUDIT_RETENTION.
+row), or in the change's own statement (`with_row`: an API create on PostgreSQL); reads for
+the API and the dashboard; the beat's pruning past KALA_AUDIT_RETENTION.
 
 A row says when, which token (its name, never its secret; NULL when no token is configured),
 from which address, through what (`via`), the action, the job's id and name, and the fields
