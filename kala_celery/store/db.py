@@ -109,7 +109,7 @@ def _dropped_at_checkout(dbapi_connection, _record, _proxy) -> None:
     its socket readable is the server going away (the end of the stream, after a "terminating
     connection" notice when it had time to send one): a restart, a terminated backend, an
     idle timeout. So one poll of the socket, a system call, tells what SQLAlchemy's pre-ping
-    learns from a round trip to the server, which cost a create on PostgreSQL a fifth of
+    learns from a round trip to the server, which cost a create on PostgreSQL a tenth of
     its time (docs/design.md Decision 36). A server that vanished without closing (a cut
     network) is not seen by either: the statement then fails, as it would after a ping that
     passed a moment before."""

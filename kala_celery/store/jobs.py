@@ -403,8 +403,8 @@ def _attach(session: Session, job: Job) -> None:
 def _insert_audited_alone(session: Session, job: Job, by: audit.Actor) -> bool:
     """On PostgreSQL, INSERT the job and its audit row ("create" by `by`) in one statement,
     committed at once on a connection of its own, in autocommit: one round trip where the
-    session's transaction took four (BEGIN, the two INSERTs, COMMIT), and a third of a
-    create's time (docs/design.md Decision 36). False on SQLite, which writes nothing
+    session's transaction took four (BEGIN, the two INSERTs, COMMIT), and nearly a third of
+    a create's time (docs/design.md Decision 36). False on SQLite, which writes nothing
     here. The caller's transaction must hold nothing else to write (`create_job`)."""
     engine = session.get_bind()
     if engine.dialect.name != "postgresql":
