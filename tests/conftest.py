@@ -66,6 +66,14 @@ def redis_url(redis_server: servers.RedisServer) -> str:
     return redis_server.url
 
 
+@pytest.fixture
+def pg_url(postgres_server: servers.PostgresServer) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database per test (for what only PostgreSQL has)."""
+    name = f"kala_test_{uuid.uuid4().hex[:12]}"
+    yield postgres_server.create_database(name)
+    postgres_server.drop_database(name)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database per test, as a SQLAlchemy URL, on SQLite and on PostgreSQL."""

@@ -7,8 +7,6 @@ one."""
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime
 
@@ -22,13 +20,6 @@ from kala_celery.store.db import DatabaseAway, autocommit_engine, make_engine, s
 from kala_celery.store.driver import DriverStatement
 from kala_celery.store.tables import Job, UTCDateTime, utcnow
 from tests.test_runner_sql import FOREVER, create, record
-
-
-@pytest.fixture
-def pg_url(postgres_server) -> Iterator[str]:
-    name = f"kala_test_{uuid.uuid4().hex[:12]}"
-    yield postgres_server.create_database(name)
-    postgres_server.drop_database(name)
 
 
 def test_a_dropped_connection_is_an_outage_and_the_next_claim_reconnects(pg_url: str) -> None:

@@ -5,20 +5,10 @@ ended (a restart, a terminated backend): the pool connects anew instead."""
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import Engine
 
 from kala_celery.store.db import make_engine
-
-
-@pytest.fixture
-def pg_url(postgres_server) -> Iterator[str]:
-    name = f"kala_test_{uuid.uuid4().hex[:12]}"
-    yield postgres_server.create_database(name)
-    postgres_server.drop_database(name)
 
 
 def _backend_pid(engine: Engine) -> int:

@@ -23,7 +23,7 @@ from kala_celery.api.http import (
 from kala_celery.api.state import kala
 from kala_celery.errors import Forbidden
 from kala_celery.runs import start
-from kala_celery.store import audit, history, jobs, links
+from kala_celery.store import audit, history, jobs, links, totals
 from kala_celery.store import version as store_version
 from kala_celery.store.clock import now as db_now
 from kala_celery.store.tables import JOB_REMOTE, TERMINAL_STATES, Job, Run
@@ -292,7 +292,7 @@ def put_execution_status(job_id: str, run_id: str) -> Response:
 
 def app_stats() -> Response:
     with _transaction() as session:
-        stats = jobs.app_stats(session)
+        stats = totals.app_stats(session)
     return json_response(
         wire.app_stats_document(
             active_jobs=stats.active_jobs,

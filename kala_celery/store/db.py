@@ -113,12 +113,10 @@ def _dropped_at_checkout(dbapi_connection, _record, _proxy) -> None:
     its time (docs/design.md Decision 36). A server that vanished without closing (a cut
     network) is not seen by either: the statement then fails, as it would after a ping that
     passed a moment before."""
+    if dbapi_connection.closed or dbapi_connection.broken:
+        raise DisconnectionError("the connection is closed")
     try:
-        if dbapi_connection.closed or dbapi_connection.broken:
-            raise DisconnectionError("the connection is closed")
         readable, _, _ = select.select([dbapi_connection.pgconn.socket], [], [], 0)
-    except DisconnectionError:
-        raise
     except Exception as exc:  # its socket is gone
         raise DisconnectionError(str(exc)) from exc
     if readable:

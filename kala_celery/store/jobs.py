@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -390,9 +390,13 @@ def _insert(session: Session, job: Job) -> None:
     what add + flush would leave, without the unit of work's bookkeeping (most of a
     create's database time)."""
     conn = session.connection()
-    driven(_INSERT_JOB, conn.dialect).execute(
-        conn, {param: getattr(job, key) for key, param in _JOB_PARAMS})
+    driven(_INSERT_JOB, conn.dialect).execute(conn, _values(job))
     _attach(session, job)
+
+
+def _values(job: Job) -> dict[str, Any]:
+    """The job's every column, as the parameters of its INSERT."""
+    return {param: getattr(job, key) for key, param in _JOB_PARAMS}
 
 
 def _attach(session: Session, job: Job) -> None:
@@ -409,8 +413,7 @@ def _insert_audited_alone(session: Session, job: Job, by: audit.Actor) -> bool:
     engine = session.get_bind()
     if engine.dialect.name != "postgresql":
         return False
-    params = {param: getattr(job, key) for key, param in _JOB_PARAMS}
-    params.update(audit.created(by, "create", job))
+    params = {**_values(job), **audit.created(by, "create", job)}
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         driven(_INSERT_JOB_AUDITED, conn.dialect).execute(conn, params)
     _attach(session, job)
@@ -630,52 +633,6 @@ def count_manual_start(session: Session, job: Job, rules: Rules) -> None:
         total = parse_job_schedule(job, rules.default_timezone).total_runs
         if total is not None and job.runs_used >= total:
             job.next_run_at = None
-
-
-# ---------------------------------------------------------------- stats
-
-
-@dataclass(frozen=True)
-class AppStats:
-    jobs: int
-    disabled_jobs: int
-    active_jobs: int
-    success_count: int
-    error_count: int
-    next_run_at: datetime | None
-    last_attempted_run: datetime | None
-
-
-def _sum64(column: Any) -> tuple[Any, Any]:
-    """SUM of a 64-bit counter as (high, low) 32-bit halves, so that counters near the limit
-    (Decision 25) do not overflow SQLite's 64-bit SUM; the total is high << 32 + low."""
-    high = func.coalesce(func.sum(column.op("/")(1 << 32)), 0)
-    return high, func.coalesce(func.sum(column.op("%")(1 << 32)), 0)
-
-
-def app_stats(session: Session) -> AppStats:
-    """Kala's /stats/ over all jobs in one aggregate query (docs/kala.md §12)."""
-    row = session.execute(
-        select(
-            func.count(),
-            func.coalesce(func.sum(case((Job.disabled, 1), else_=0)), 0),
-            *_sum64(Job.success_count),
-            *_sum64(Job.error_count),
-            func.min(Job.next_run_at),
-            func.max(Job.last_attempted_run),
-        )
-    ).one()
-    total, disabled, success_high, success_low, error_high, error_low, *times = row
-    next_run, last_attempt = times
-    return AppStats(
-        jobs=total,
-        disabled_jobs=int(disabled),
-        active_jobs=total - int(disabled),
-        success_count=(int(success_high) << 32) + int(success_low),
-        error_count=(int(error_high) << 32) + int(error_low),
-        next_run_at=next_run,
-        last_attempted_run=last_attempt,
-    )
 
 
 # ---------------------------------------------------------------- import

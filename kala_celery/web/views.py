@@ -29,7 +29,7 @@ from kala_celery.api import auth as api_auth
 from kala_celery.api.state import KalaState, kala
 from kala_celery.errors import INIT_ERROR, Conflict, JobError, NotFound
 from kala_celery.runs import start
-from kala_celery.store import activity, jobs, links
+from kala_celery.store import activity, jobs, links, totals
 from kala_celery.store import audit as audit_log
 from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import DatabaseAway
@@ -419,7 +419,7 @@ def overview() -> str:
 def stats() -> str:
     now = db_now()
     with _transaction() as session:
-        figures = jobs.app_stats(session)
+        figures = totals.app_stats(session)
         failures = queries.recent_failures(session, now)
         shown = _overview(session, now)
         session.expunge_all()
