@@ -1,5 +1,6 @@
 """Kala's app stats (`GET /api/v1/stats/`, docs/kala.md §12): totals over every job, in one
-aggregate query."""
+aggregate query; counters near their 64-bit limit are summed in halves (Decision 25 of
+docs/design.md)."""
 
 from __future__ import annotations
 
