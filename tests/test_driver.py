@@ -216,3 +216,32 @@ def test_after_a_dropped_connection_every_threads_next_statement_reconnects(pg_u
         asked.set()
         thread.join(10)
         store.engine.dispose()
+
+
+def test_integers_go_as_their_columns_types_so_a_statement_is_prepared_once(pg_url: str
+                                                                             ) -> None:
+    """psycopg sends a Python int as the smallest type that holds it, and prepares a statement
+    once per query and parameter types: a run's end (its duration 0, then in nanoseconds)
+    was prepared again, and planned for its parameters five times over, for each size. The
+    driver sends each integer as its column's type: one prepared statement, whatever the
+    values (a None still goes as psycopg sends it, a NULL of no type)."""
+    from sqlalchemy import BigInteger, Integer
+
+    from kala_celery.store.db import held_connection
+    from kala_celery.store.tables import Run
+
+    store = store_for(pg_url, pre_ping=False, prepared=True)
+    finding = DriverStatement(
+        select(Run.id).where(Run.duration_ns == bindparam("p_ns", type_=BigInteger),
+                             Run.attempts == bindparam("p_attempts", type_=Integer)),
+        store.engine.dialect)
+    try:
+        for ns, attempts in ((0, 0), (70_000, 1), (2**40, 40_000), (5, 2**31 - 1)):
+            assert finding.first(store.engine, {"p_ns": ns, "p_attempts": attempts}) is None
+        held = held_connection(autocommit_engine(store.engine)).driver_connection
+        prepared = held.execute(
+            "SELECT parameter_types::text FROM pg_prepared_statements "
+            "WHERE statement LIKE 'SELECT runs.id%'").fetchall()
+        assert prepared == [("{bigint,integer}",)]
+    finally:
+        store.engine.dispose()

@@ -26,7 +26,18 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Engine, Insert, Table, bindparam, insert
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Dialect,
+    Engine,
+    Insert,
+    Integer,
+    SmallInteger,
+    Table,
+    bindparam,
+    insert,
+)
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import Executable
 
@@ -50,6 +61,8 @@ class DriverStatement:
         self._fixed: dict[str, Any] = {}
         for bind, name in compiled.bind_names.items():
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if dialect.driver == "psycopg" and processor is None:
+                processor = _sized_int(bind.type)
             if processor is not None:
                 self._binds[name] = processor
             if not bind.required:
@@ -139,6 +152,21 @@ class DriverStatement:
             raise  # not reached: the call above raises
         finally:
             cursor.close()
+
+
+def _sized_int(type_: Any) -> Callable[[Any], Any] | None:
+    """For psycopg, an integer column's values sent as its own PostgreSQL type. psycopg sends
+    a Python int as the smallest type that holds it (0 as smallint, a duration in
+    nanoseconds as integer or bigint), and a prepared statement is one per query and
+    parameter types: a run's end was prepared anew, and planned for its parameters five
+    times over, for each size its numbers came in."""
+    from psycopg.types.numeric import Int2, Int4, Int8
+
+    if not isinstance(type_, Integer):
+        return None
+    sized = Int8 if isinstance(type_, BigInteger) else Int2 if isinstance(
+        type_, SmallInteger) else Int4
+    return lambda value: value if value is None else sized(value)
 
 
 def insert_of(table: Table, names: tuple[str, ...] | None = None) -> Insert:
