@@ -72,11 +72,13 @@ def test_sqlite_writes_of_one_process_take_turns(tmp_path: Path) -> None:
 def test_a_worker_opens_its_connections_warm_and_changes_nothing(db_url: str) -> None:
     """runs/attempts.warm: on PostgreSQL the connections the worker's claims and ends run on
     (the engine's autocommit sibling, store/db.py) are open at its start, each with the claim
-    and the end prepared (a worker's engine prepares at the first execution), and running
-    them for no run changed no row, counter or store version; on SQLite nothing is opened."""
+    and the end prepared and past the executions PostgreSQL plans for their parameters (it
+    keeps a generic plan), after the triggers of a run's claim and end fired in a transaction
+    rolled back; nothing changed a row, counter or store version. On SQLite nothing is
+    opened."""
     from sqlalchemy import select, text
 
-    from kala_celery.runs.attempts import warm
+    from kala_celery.runs.attempts import PLANNED_EXECUTIONS, _fire_triggers, warm
     from kala_celery.store import version
     from kala_celery.store.tables import Job, MetricCount, Run, utcnow
     from tests.test_runner_sql import create, record
@@ -106,10 +108,52 @@ def test_a_worker_opens_its_connections_warm_and_changes_nothing(db_url: str) ->
         connections = [alone.connect() for _ in range(3)]
         try:
             for conn in connections:
-                prepared = conn.execute(text("SELECT statement FROM pg_prepared_statements"))
-                starts = {statement.split()[1] for statement in prepared.scalars()}
+                prepared = conn.execute(text(
+                    "SELECT statement, generic_plans FROM pg_prepared_statements")).all()
+                starts = {statement.split()[1] for statement, _ in prepared}
                 assert {"claimed", "ended"} <= starts  # WITH claimed AS, WITH ended AS
+                assert all(generic >= 1 for _, generic in prepared), prepared
+            # in its own transaction: each run claimed and ended, its job counted done
+            reached = _fire_triggers(connections[0], utcnow())
+            assert reached == [("success", True)] * (PLANNED_EXECUTIONS + 1)
         finally:
             for conn in connections:
                 conn.close()
     assert state() == before
+
+
+def test_a_threads_worker_opens_a_warm_connection_for_each_thread(
+        pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    """The threads pool runs its runs in the worker's own process: at its start it warms one
+    connection per thread (runs/attempts.warm), each ending on the end's statement. It once
+    warmed one (the concurrency was asked of Celery's Consumer, which has none), and the first
+    burst after a start opened a new backend for each of its threads."""
+    import sys
+
+    import psycopg
+
+    from tests.processes import Command, wait_for
+
+    env = {"KALA_DATABASE_URL": pg_url, "KALA_BROKER_URL": redis_url,
+           "KALA_DATA_DIR": str(tmp_path)}
+    worker = Command([sys.executable, "-m", "celery", "-A", "kala_celery", "worker", "-l",
+                      "info", "-P", "threads", "-c", "6", "--without-gossip",
+                      "--without-mingle"], tmp_path / "worker.log", env)
+    libpq_url = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    database = pg_url.rsplit("/", 1)[1]
+
+    def warmed() -> int:
+        with psycopg.connect(libpq_url, autocommit=True) as conn:
+            return conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND state = 'idle' "
+                "AND query LIKE 'WITH ended AS%%'", (database,)).fetchone()[0]
+
+    try:
+        wait_for(lambda: " ready." in worker.output() or worker.proc.poll() is not None, 60,
+                 "celery worker ready")
+        assert worker.proc.poll() is None, worker.output()
+        wait_for(lambda: warmed() >= 6 or worker.proc.poll() is not None, 30,
+                 "six warm connections")
+        assert warmed() == 6, worker.output()
+    finally:
+        worker.kill()

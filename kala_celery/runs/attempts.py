@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from functools import cache, lru_cache
 from types import SimpleNamespace
 from typing import Any, TypeAlias
+from uuid import uuid4
 
 from sqlalchemy import (
     Connection,
@@ -353,26 +354,70 @@ def _end_in_one(state: str, failed_attempt: bool, done: str, uncounted: bool) ->
 NO_RUN = "00000000-0000-0000-0000-000000000000"  # the id of no run
 
 
+_WARM = {"p_me": NO_RUN, "p_state": "success", "p_duration": 0, "p_output": "",
+         "p_error": None, "p_exit": 0, "p_http": None, "p_total": 1, "p_attempts": None}
+# PostgreSQL plans a prepared statement (and each statement of a PL/pgSQL function) for its
+# parameters at each of its first five executions, then builds the generic plan it keeps.
+PLANNED_EXECUTIONS = 6
+
+
+def _fire_triggers(conn: Connection, now: datetime) -> list[tuple[str, bool]]:
+    """Claim and end runs of jobs of its own on `conn` (a connection of the autocommit
+    sibling) in a transaction it rolls back, as many as PostgreSQL plans a statement for
+    before it keeps one plan, and one manual run: so that its backend has compiled the
+    triggers a run's claim and end fire (`kala_runs_changed`, `kala_count_jobs`: PL/pgSQL,
+    each compiled at its first firing in a backend) and planned their statements for good.
+    Returns each run's state and its job's `is_done` as they were in it (the test's proof
+    that the triggers fired: each changed what they count); nothing of it is kept."""
+    triggers = ["schedule"] * PLANNED_EXECUTIONS + ["manual"]
+    job_ids = [str(uuid4()) for _ in triggers]
+    run_ids = [str(uuid4()) for _ in triggers]
+    params = {**_WARM, "p_now": now, "p_ready": now, "p_attempt": 1}
+    with conn.connection.driver_connection.transaction(force_rollback=True):  # type: ignore[union-attr]
+        conn.execute(insert(_jobs), [  # used up and unscheduled: the end marks each done
+            {"id": job_id, "name": "warm", "runs_used": 1, "created_at": now}
+            for job_id in job_ids])
+        conn.execute(insert(_runs), [
+            {"id": run_id, "job_id": job_id, "scheduled_for": now, "trigger": trigger,
+             "created_at": now}
+            for run_id, job_id, trigger in zip(run_ids, job_ids, triggers, strict=True)])
+        for run_id, job_id in zip(run_ids, job_ids, strict=True):
+            step = {**params, "p_run": run_id, "p_job": job_id}
+            driven(_CLAIM_IN_ONE, conn.dialect).first(conn, step)
+            driven(_end_in_one("success", False, "total", False), conn.dialect).first(
+                conn, step)
+        reached = conn.execute(
+            select(_runs.c.state, _jobs.c.is_done).join_from(
+                _runs, _jobs, _jobs.c.id == _runs.c.job_id).where(_runs.c.id.in_(run_ids)))
+        return [tuple(row) for row in reached]
+
+
 def warm(engine: Engine, connections: int, now: datetime) -> None:
     """Open `connections` of the pool the claims and ends run on (the engine's autocommit
-    sibling, at most its size) on PostgreSQL, and on each run the claim and the usual end
-    for a run that does not exist (they change nothing): a new backend loads its catalogs
-    and plans a statement at its first executions, about a millisecond each, which
-    otherwise fell on a worker's first runs (the first burst after a start)."""
+    sibling, at most its size) on PostgreSQL, and get each past PostgreSQL's first
+    executions: a new backend loads its catalogs, compiles each trigger function at its
+    first firing and plans each statement for its parameters at its first five executions,
+    which otherwise fell on the worker's first runs (the first burst after a start: 20 ms of
+    the server's CPU per connection on this box, bench/history). On each connection the
+    run path's triggers fire (_fire_triggers), then the claim and the usual end run as many
+    times for a run that does not exist (they change nothing; psycopg prepares them again
+    after the ROLLBACK)."""
     if engine.dialect.name != "postgresql":
         return
-    params = {"p_run": NO_RUN, "p_me": NO_RUN, "p_now": now, "p_ready": now, "p_job": NO_RUN,
-              "p_attempt": 1, "p_state": "success", "p_duration": 0, "p_output": "",
-              "p_error": None, "p_exit": 0, "p_http": None, "p_total": 1, "p_attempts": None}
+    params = {**_WARM, "p_run": NO_RUN, "p_now": now, "p_ready": now, "p_job": NO_RUN,
+              "p_attempt": 1}
     size = min(connections, engine.pool.size())  # type: ignore[attr-defined]  # QueuePool
-    statements = (driven(_CLAIM_IN_ONE, engine.dialect),
-                  driven(_end_in_one("success", False, "total", False), engine.dialect))
+    statements = [driven(_CLAIM_IN_ONE, engine.dialect)] + [  # a success's end, by schedule
+        driven(_end_in_one("success", False, done, False), engine.dialect)
+        for done in ("total", "child", "yes")]
     alone = autocommit_engine(engine)  # where the claims and ends run (store/driver.py)
     with ExitStack() as held:  # all open at once: each a connection of its own
         for _ in range(size):
             conn = held.enter_context(alone.connect())
-            for statement in statements:
-                statement.first(conn, params)
+            _fire_triggers(conn, now)  # first: psycopg forgets what it prepared at a ROLLBACK
+            for _ in range(PLANNED_EXECUTIONS):
+                for statement in statements:
+                    statement.first(conn, params)
 
 
 @dataclass(frozen=True)

@@ -105,10 +105,11 @@ def _worker_ready(sender: object = None, **_kwargs: object) -> None:
     """The solo and threads pools execute runs in the worker's own process."""
     from celery.concurrency.prefork import TaskPool
 
-    hostname = getattr(sender, "hostname", None)
-    if hostname and not isinstance(getattr(sender, "pool", None), TaskPool):
-        concurrency = getattr(sender, "concurrency", 1)
-        _process_started(hostname, concurrency if isinstance(concurrency, int) else 1)
+    hostname = getattr(sender, "hostname", None)  # sender: the worker's Consumer
+    pool = getattr(sender, "pool", None)
+    if hostname and not isinstance(pool, TaskPool):
+        limit = getattr(pool, "limit", None)  # the pool's concurrency: threads at once
+        _process_started(hostname, limit if isinstance(limit, int) and limit > 0 else 1)
 
 
 @shared_task(
