@@ -397,11 +397,12 @@ def warm(engine: Engine, connections: int, now: datetime) -> None:
     sibling, at most its size) on PostgreSQL, and get each past PostgreSQL's first
     executions: a new backend loads its catalogs, compiles each trigger function at its
     first firing and plans each statement for its parameters at its first five executions,
-    which otherwise fell on the worker's first runs (the first burst after a start: 20 ms of
-    the server's CPU per connection on this box, bench/history). On each connection the
-    run path's triggers fire (_fire_triggers), then the claim and the usual end run as many
-    times for a run that does not exist (they change nothing; psycopg prepares them again
-    after the ROLLBACK)."""
+    which otherwise fell on the worker's first runs (the first burst after a start; in one
+    process a connection's first eight runs cost the server 14.3 ms of CPU with one claim
+    and one end warmed, 6.0 ms so: docs/design.md, the run lifecycle). On each connection
+    the run path's triggers fire (_fire_triggers), then the claim and a success's ends run
+    as many times for a run that does not exist (they change nothing; psycopg prepares them
+    again after the ROLLBACK)."""
     if engine.dialect.name != "postgresql":
         return
     params = {**_WARM, "p_run": NO_RUN, "p_now": now, "p_ready": now, "p_job": NO_RUN,
