@@ -70,7 +70,7 @@ def test_sqlite_writes_of_one_process_take_turns(tmp_path: Path) -> None:
 
 
 def test_a_worker_opens_its_connections_warm_and_changes_nothing(db_url: str) -> None:
-    """runs/attempts.warm: on PostgreSQL the connections the worker's claims and ends run on
+    """runs/warmup.warm: on PostgreSQL the connections the worker's claims and ends run on
     (the engine's autocommit sibling, store/db.py) are open at its start, each with the claim
     and the end prepared and past the executions PostgreSQL plans for their parameters (it
     keeps a generic plan), after the triggers of a run's claim and end fired in a transaction
@@ -78,7 +78,7 @@ def test_a_worker_opens_its_connections_warm_and_changes_nothing(db_url: str) ->
     opened."""
     from sqlalchemy import select, text
 
-    from kala_celery.runs.attempts import PLANNED_EXECUTIONS, _fire_triggers, warm
+    from kala_celery.runs.warmup import PLANNED_EXECUTIONS, _fire_triggers, warm
     from kala_celery.store import version
     from kala_celery.store.tables import Job, MetricCount, Run, utcnow
     from tests.test_runner_sql import create, record
@@ -125,7 +125,7 @@ def test_a_worker_opens_its_connections_warm_and_changes_nothing(db_url: str) ->
 def test_a_threads_worker_opens_a_warm_connection_for_each_thread(
         pg_url: str, redis_url: str, tmp_path: Path) -> None:
     """The threads pool runs its runs in the worker's own process: at its start it warms one
-    connection per thread (runs/attempts.warm), each ending on the end's statement. It once
+    connection per thread (runs/warmup.warm), each ending on the end's statement. It once
     warmed one (the concurrency was asked of Celery's Consumer, which has none), and the first
     burst after a start opened a new backend for each of its threads."""
     import sys

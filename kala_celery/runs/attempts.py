@@ -26,13 +26,11 @@ transaction block, run by the driver (store/driver.py): a run is two round trips
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache, lru_cache
 from types import SimpleNamespace
 from typing import Any, TypeAlias
-from uuid import uuid4
 
 from sqlalchemy import (
     Connection,
@@ -54,7 +52,7 @@ from kala_celery.runs import dispatch, heartbeats, parents
 from kala_celery.runs.outcome import Outcome, tail
 from kala_celery.runs.retry import RetryPolicy
 from kala_celery.schedule import occurrences
-from kala_celery.store.db import autocommit_engine, begin_write, engine_of
+from kala_celery.store.db import begin_write, engine_of
 from kala_celery.store.driver import driven
 from kala_celery.store.tables import (
     PARENTS_ALL,
@@ -309,7 +307,7 @@ _first_attempt = (  # Kala's last_attempted_run: the claim's first attempt, unle
 # set (a row of 50 columns instead of twice the job's: psycopg describes every column of
 # every result, and a statement under 4 KiB is one it converts once).
 _job_now = _jobs.alias("job_now")
-_CLAIM_IN_ONE = select(
+CLAIM_IN_ONE = select(
     *(_claimed.c[c.key] for c in _RUN_RETURNING),
     _PARENT_OF_CLAIMED,
     *(func.coalesce(_first_attempt.c.last_attempted_run, _job_now.c[k])
@@ -324,7 +322,7 @@ def _claim_in_one(engine: Engine, params: dict[str, Any]
                   ) -> tuple[RunInfo, JobRecord, str | None] | bool | None:
     """The claim of a queued run in one statement; False when it missed (the run is not
     pending or sent: the transaction's claim looks further)."""
-    row = driven(_CLAIM_IN_ONE, engine.dialect).first(engine, params)  # alone, autocommit
+    row = driven(CLAIM_IN_ONE, engine.dialect).first(engine, params)  # alone, autocommit
     if row is None:
         return False
     run = _run_info(row)
@@ -335,7 +333,7 @@ def _claim_in_one(engine: Engine, params: dict[str, Any]
 
 
 @cache
-def _end_in_one(state: str, failed_attempt: bool, done: str, uncounted: bool) -> Any:
+def end_statement(state: str, failed_attempt: bool, done: str, uncounted: bool) -> Any:
     """The run's end and its job's counters in one statement; a success ends nothing here
     when a child waits for all its parents (the transaction marks its link too)."""
     end = _END_UNCOUNTED if uncounted else _END
@@ -349,76 +347,6 @@ def _end_in_one(state: str, failed_attempt: bool, done: str, uncounted: bool) ->
         .cte("counted")
     )
     return select(ended.c.id).add_cte(counted)
-
-
-NO_RUN = "00000000-0000-0000-0000-000000000000"  # the id of no run
-
-
-_WARM = {"p_me": NO_RUN, "p_state": "success", "p_duration": 0, "p_output": "",
-         "p_error": None, "p_exit": 0, "p_http": None, "p_total": 1, "p_attempts": None}
-# PostgreSQL plans a prepared statement (and each statement of a PL/pgSQL function) for its
-# parameters at each of its first five executions, then builds the generic plan it keeps.
-PLANNED_EXECUTIONS = 6
-
-
-def _fire_triggers(conn: Connection, now: datetime) -> list[tuple[str, bool]]:
-    """Claim and end runs of jobs of its own on `conn` (a connection of the autocommit
-    sibling) in a transaction it rolls back, as many as PostgreSQL plans a statement for
-    before it keeps one plan, and one manual run: so that its backend has compiled the
-    triggers a run's claim and end fire (`kala_runs_changed`, `kala_count_jobs`: PL/pgSQL,
-    each compiled at its first firing in a backend) and planned their statements for good.
-    Returns each run's state and its job's `is_done` as they were in it (the test's proof
-    that the triggers fired: each changed what they count); nothing of it is kept."""
-    triggers = ["schedule"] * PLANNED_EXECUTIONS + ["manual"]
-    job_ids = [str(uuid4()) for _ in triggers]
-    run_ids = [str(uuid4()) for _ in triggers]
-    params = {**_WARM, "p_now": now, "p_ready": now, "p_attempt": 1}
-    with conn.connection.driver_connection.transaction(force_rollback=True):  # type: ignore[union-attr]
-        conn.execute(insert(_jobs), [  # used up and unscheduled: the end marks each done
-            {"id": job_id, "name": "warm", "runs_used": 1, "created_at": now}
-            for job_id in job_ids])
-        conn.execute(insert(_runs), [
-            {"id": run_id, "job_id": job_id, "scheduled_for": now, "trigger": trigger,
-             "created_at": now}
-            for run_id, job_id, trigger in zip(run_ids, job_ids, triggers, strict=True)])
-        for run_id, job_id in zip(run_ids, job_ids, strict=True):
-            step = {**params, "p_run": run_id, "p_job": job_id}
-            driven(_CLAIM_IN_ONE, conn.dialect).first(conn, step)
-            driven(_end_in_one("success", False, "total", False), conn.dialect).first(
-                conn, step)
-        reached = conn.execute(
-            select(_runs.c.state, _jobs.c.is_done).join_from(
-                _runs, _jobs, _jobs.c.id == _runs.c.job_id).where(_runs.c.id.in_(run_ids)))
-        return [tuple(row) for row in reached]
-
-
-def warm(engine: Engine, connections: int, now: datetime) -> None:
-    """Open `connections` of the pool the claims and ends run on (the engine's autocommit
-    sibling, at most its size) on PostgreSQL, and get each past PostgreSQL's first
-    executions: a new backend loads its catalogs, compiles each trigger function at its
-    first firing and plans each statement for its parameters at its first five executions,
-    which otherwise fell on the worker's first runs (the first burst after a start; in one
-    process a connection's first eight runs cost the server 14.3 ms of CPU with one claim
-    and one end warmed, 6.0 ms so: docs/design.md, the run lifecycle). On each connection
-    the run path's triggers fire (_fire_triggers), then the claim and a success's ends run
-    as many times for a run that does not exist (they change nothing; psycopg prepares them
-    again after the ROLLBACK)."""
-    if engine.dialect.name != "postgresql":
-        return
-    params = {**_WARM, "p_run": NO_RUN, "p_now": now, "p_ready": now, "p_job": NO_RUN,
-              "p_attempt": 1}
-    size = min(connections, engine.pool.size())  # type: ignore[attr-defined]  # QueuePool
-    statements = [driven(_CLAIM_IN_ONE, engine.dialect)] + [  # a success's end, by schedule
-        driven(_end_in_one("success", False, done, False), engine.dialect)
-        for done in ("total", "child", "yes")]
-    alone = autocommit_engine(engine)  # where the claims and ends run (store/driver.py)
-    with ExitStack() as held:  # all open at once: each a connection of its own
-        for _ in range(size):
-            conn = held.enter_context(alone.connect())
-            _fire_triggers(conn, now)  # first: psycopg forgets what it prepared at a ROLLBACK
-            for _ in range(PLANNED_EXECUTIONS):
-                for statement in statements:
-                    statement.first(conn, params)
 
 
 @dataclass(frozen=True)
@@ -588,7 +516,7 @@ def end_in_one(conn: Connection | Engine, e: Ending) -> bool:
     done, total = _done(e.job, e.settings)
     params = {**_end_params(e.run, e.me, e.state, e.outcome, e.now), "p_job": e.job.id,
               "p_total": total, "p_attempts": e.attempts}
-    statement = _end_in_one(e.state, e.failed_attempt, done, e.attempts is not None)
+    statement = end_statement(e.state, e.failed_attempt, done, e.attempts is not None)
     return driven(statement, conn.dialect).first(conn, params) is not None
 
 

@@ -22,10 +22,11 @@ from sqlalchemy import Engine
 
 from kala_celery.celery_app import RUN_TASK, settings_of
 from kala_celery.config import Settings
-from kala_celery.runs.attempts import Ending, warm
+from kala_celery.runs.attempts import Ending
 from kala_celery.runs.heartbeats import worker_id
 from kala_celery.runs.publish import CeleryPublisher
 from kala_celery.runs.sweep import reopen
+from kala_celery.runs.warmup import warm
 from kala_celery.store.clock import now as db_now
 from kala_celery.store.db import DatabaseAway, Store, size_pools_for, store_for
 from kala_celery.tasks import heartbeat
@@ -65,7 +66,7 @@ ENDED_BADLY = {"failed": RunFailed, "lost": RunFailed, "skipped": RunSkipped}
 def _process_started(hostname: str, runs_at_once: int) -> None:
     """This worker process is alive from its start, not only from its first run (so
     `kala-celery health worker` passes for an idle worker), and its connections are warm
-    for as many runs as it executes at once (runs/attempts.warm)."""
+    for as many runs as it executes at once (runs/warmup.py)."""
     try:
         settings = settings_of(current_app)
         engine = _store(settings).engine
